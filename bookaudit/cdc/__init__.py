@@ -1,0 +1,1 @@
+"""Capture: pgoutput stream → decoded messages → row changes → Avro envelopes → Kafka."""

@@ -1,0 +1,162 @@
+"""Runs one capture: read frame → decode → assemble → publish → confirm, until stopped or idle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message, format_lsn, parse_lsn
+from bookaudit.cdc.envelope import SourceInfo, to_kafka
+from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+from bookaudit.cdc.stream import Catalog, ReplicationStream
+from bookaudit.cdc.transactions import RowChange, TransactionAssembler
+from bookaudit.errors import TransientError
+
+STATUS_INTERVAL_S = 1.0
+PROGRESS_INTERVAL_S = 5.0
+READ_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    source_dsn: str
+    kafka_bootstrap: str
+    slot: str
+    publication: str
+    topic_prefix: str
+    source_name: str
+    exit_when_idle: bool = False
+    partitions: int = 3
+
+
+@dataclass
+class CaptureStats:
+    changes: int = 0
+    transactions: int = 0
+    confirmed_lsn: int = 0
+
+
+class Capture:
+    """One session of the slot. Each step is a method; `run` only sequences them."""
+
+    def __init__(self, settings: CaptureSettings, log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.log = log
+        self.stats = CaptureStats()
+        self.catalog = Catalog(settings.source_dsn)
+        self.source = SourceInfo(name=settings.source_name, db=self.catalog.dbname)
+        self.assembler = TransactionAssembler(self.catalog.resolve)
+        self.ledger = AckLedger()
+        self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
+        self.stream: ReplicationStream | None = None
+        self.server_wal_end = 0
+        self._last_status = 0.0
+        self._last_progress = time.monotonic()
+        self._sent_lsn = -1
+
+    def open(self) -> int | None:
+        """Make sure the slot exists and start streaming; returns the idle target, if any."""
+        self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
+        target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
+        self.stream = ReplicationStream(self.settings.source_dsn)
+        self.stream.start(self.settings.slot, self.settings.publication)
+        self.log(
+            f"capture: streaming slot {self.settings.slot!r} to {self.settings.kafka_bootstrap}"
+        )
+        return target
+
+    def handle(self, data: bytes) -> None:
+        frame = decode_copy_data(data)
+        if isinstance(frame, Keepalive):
+            self.server_wal_end = max(self.server_wal_end, frame.wal_end)
+            if frame.reply_requested:
+                self.confirm(force=True)
+            return
+        self.server_wal_end = max(self.server_wal_end, frame.wal_end)
+        for out in self.assembler.feed(frame.wal_start, decode_message(frame.payload)):
+            if isinstance(out, RowChange):
+                self.publish(out)
+            else:
+                self.ledger.close(out.end_lsn)
+                self.stats.transactions += 1
+
+    def publish(self, change: RowChange) -> None:
+        record = to_kafka(
+            change, self.source, self.settings.topic_prefix, time.time_ns() // 1_000_000
+        )
+        self.sink.send(record, self.ledger.track())
+        self.stats.changes += 1
+
+    def confirm(self, force: bool = False) -> None:
+        """Tell the server how far Kafka has acknowledged, and never further."""
+        self.sink.poll(0)
+        if self.ledger.error:
+            raise TransientError(f"Kafka refused an event: {self.ledger.error}")
+        lsn = self.ledger.advance()
+        if self.ledger.drained and not self.assembler.in_transaction:
+            # Nothing is pending, so everything the server has sent so far is safe to release.
+            lsn = max(lsn, self.server_wal_end)
+        now = time.monotonic()
+        if force or (lsn != self._sent_lsn and now - self._last_status >= STATUS_INTERVAL_S):
+            assert self.stream is not None
+            self.stream.send_status(lsn)
+            self._sent_lsn = lsn
+            self._last_status = now
+            self.stats.confirmed_lsn = lsn
+
+    def report_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_INTERVAL_S:
+            self._last_progress = now
+            self.log(
+                f"capture: {self.stats.changes} changes in {self.stats.transactions} transactions, "
+                f"confirmed {format_lsn(self.stats.confirmed_lsn)}"
+            )
+
+    def caught_up(self, target: int) -> bool:
+        """Idle: every transaction up to the WAL position seen at start is in Kafka and confirmed."""
+        if self.assembler.in_transaction or self.server_wal_end < target:
+            return False
+        self.sink.flush()
+        self.confirm()
+        return self.ledger.drained
+
+    def request_keepalive(self) -> None:
+        assert self.stream is not None
+        self.confirm()
+        self.stream.send_status(self._sent_lsn if self._sent_lsn >= 0 else 0, reply_requested=True)
+
+    def run(self) -> CaptureStats:
+        target = self.open()
+        assert self.stream is not None
+        try:
+            while True:
+                data = self.stream.read(timeout=0.2)
+                idle = data is None
+                batch = 0
+                # Read what is already buffered before paying for a status round trip.
+                while data is not None and batch < READ_BATCH:
+                    self.handle(data)
+                    batch += 1
+                    data = self.stream.read(timeout=0)
+                if data is not None:
+                    self.handle(data)
+                self.confirm()
+                self.report_progress()
+                if target is not None and idle:
+                    if self.caught_up(target):
+                        self.confirm(force=True)
+                        break
+                    self.request_keepalive()
+        finally:
+            self.close()
+        self.log(
+            f"capture: done, {self.stats.changes} changes, confirmed {format_lsn(self.stats.confirmed_lsn)}"
+        )
+        return self.stats
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.catalog.close()

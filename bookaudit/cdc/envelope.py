@@ -1,0 +1,127 @@
+"""Pure mapping of a RowChange to its Kafka topic, Avro key and Debezium-shaped Avro envelope."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+from bookaudit import __version__
+from bookaudit._resources import read_text
+from bookaudit.cdc.transactions import RowChange
+from bookaudit.errors import DecodeError
+
+SCHEMA_HEADER = "bookaudit.schema"
+ENVELOPE_SCHEMA_ID = b"bookaudit.Envelope/1"
+
+
+def _load(name: str) -> Any:
+    return fastavro.parse_schema(json.loads(read_text("schemas", name)))
+
+
+ENVELOPE_SCHEMA = _load("envelope.avsc")
+KEY_SCHEMA = _load("key.avsc")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What the envelope's `source` block says about where changes come from."""
+
+    name: str
+    db: str
+    mode: str = "logical"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def topic_for(prefix: str, schema: str, table: str) -> str:
+    return f"{prefix}.{schema}.{table}"
+
+
+def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, Any]:
+    table = change.table
+    actor = change.actor
+    key_set = set(table.key)
+    return {
+        "before": change.before,
+        "after": change.after,
+        "source": {
+            "version": __version__,
+            "connector": "bookaudit",
+            "name": source.name,
+            "db": source.db,
+            "schema": table.schema,
+            "table": table.name,
+            "txId": change.xid,
+            "lsn": change.lsn,
+            "commit_lsn": change.commit_lsn,
+            "sequence": change.sequence,
+            "ts_ms": change.commit_unix_ms,
+            "snapshot": "false",
+            "mode": source.mode,
+        },
+        "op": change.op,
+        "ts_ms": now_ms,
+        "transaction": {
+            "id": f"{change.xid}:{change.commit_lsn}",
+            "total_order": change.sequence + 1,
+            "data_collection_order": change.data_collection_order + 1,
+        },
+        "actor": {
+            "id": actor.id,
+            "role": actor.role,
+            "reason": actor.reason,
+            "approval_ref": actor.approval_ref,
+            "request_id": actor.request_id,
+            "application": actor.application,
+            "db_user": actor.db_user,
+            "client_addr": actor.client_addr,
+            "origin": actor.origin,
+        },
+        "columns": [
+            {"name": c, "type": t, "key": c in key_set}
+            for c, t in zip(table.columns, table.types, strict=True)
+        ],
+        "unchanged_toast": list(change.unchanged_toast),
+    }
+
+
+def row_key(change: RowChange) -> dict[str, Any] | None:
+    """The real primary key, taken from the new row (or the old one for a delete)."""
+    row = change.after if change.after is not None else change.before
+    if row is None:
+        return None
+    return {"columns": [{"name": c, "value": row.get(c)} for c in change.table.key]}
+
+
+def encode(schema: Any, record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+    return buf.getvalue()
+
+
+def decode(schema: Any, data: bytes) -> dict[str, Any]:
+    try:
+        result = fastavro.schemaless_reader(io.BytesIO(data), schema, None)
+    except (EOFError, ValueError, IndexError, UnicodeDecodeError, TypeError) as exc:
+        raise DecodeError(f"not a bookaudit Avro record: {exc}", data) from None
+    if not isinstance(result, dict):
+        raise DecodeError("Avro record did not decode to a record", data)
+    return result
+
+
+def to_kafka(change: RowChange, source: SourceInfo, prefix: str, now_ms: int) -> KafkaRecord:
+    key = row_key(change)
+    return KafkaRecord(
+        topic=topic_for(prefix, change.table.schema, change.table.name),
+        key=None if key is None else encode(KEY_SCHEMA, key),
+        value=encode(ENVELOPE_SCHEMA, envelope(change, source, now_ms)),
+    )

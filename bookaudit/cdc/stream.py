@@ -1,0 +1,170 @@
+"""Postgres edge of the capture: the slot, the catalog lookups and the START_REPLICATION stream."""
+
+from __future__ import annotations
+
+import select
+import time
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+from bookaudit.cdc.decode import Relation, format_lsn, standby_status, unix_us_to_pg
+from bookaudit.cdc.transactions import TableSchema
+from bookaudit.errors import SourceCheckError, TerminalError, TransientError
+
+
+def _connect_error(exc: psycopg.OperationalError, what: str) -> Exception:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    if "password authentication" in text or "does not exist" in text or "permission" in text:
+        return TerminalError(f"{what}: {text}")
+    return TransientError(f"{what}: {text}")
+
+
+class Catalog:
+    """A plain connection to the source for slot management and relation lookups."""
+
+    def __init__(self, dsn: str) -> None:
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=True, application_name="bookaudit-capture")
+        except psycopg.OperationalError as exc:
+            raise _connect_error(exc, "cannot connect to the source database") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def dbname(self) -> str:
+        return self.conn.info.dbname
+
+    def ensure_slot(self, slot: str, publication: str) -> None:
+        if (
+            self.conn.execute(
+                "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
+            ).fetchone()
+            is None
+        ):
+            raise SourceCheckError(
+                f"publication {publication!r} does not exist: run `bookaudit source install` first"
+            )
+        row = self.conn.execute(
+            "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        if row is None:
+            try:
+                self.conn.execute(
+                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+                )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise SourceCheckError(
+                    f"cannot create slot {slot!r}: {exc.diag.message_primary} "
+                    "(the capture role needs REPLICATION)"
+                ) from None
+        elif row[0] != "pgoutput" or row[1] != self.dbname:
+            raise SourceCheckError(
+                f"slot {slot!r} exists for plugin {row[0]!r} in database {row[1]!r}; "
+                f"bookaudit needs pgoutput in {self.dbname!r}: choose another --slot"
+            )
+
+    def current_lsn(self) -> str:
+        row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def resolve(self, relation: Relation) -> TableSchema:
+        """Type names and the real primary key: pgoutput flags every column as key under FULL."""
+        oids = [c.type_oid for c in relation.columns]
+        mods = [c.type_modifier for c in relation.columns]
+        types = [
+            str(r[0])
+            for r in self.conn.execute(
+                "SELECT format_type(o, m) FROM unnest(%s::oid[], %s::int[]) WITH ORDINALITY "
+                "AS x(o, m, n) ORDER BY n",
+                (oids, mods),
+            )
+        ]
+        key = tuple(
+            str(r[0])
+            for r in self.conn.execute(
+                """
+                SELECT a.attname FROM pg_index i
+                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n
+                """,
+                (relation.oid,),
+            )
+        )
+        if not key:
+            key = tuple(c.name for c in relation.columns if c.is_identity)
+        return TableSchema(
+            oid=relation.oid,
+            schema=relation.namespace,
+            name=relation.name,
+            columns=tuple(c.name for c in relation.columns),
+            types=tuple(types),
+            key=key,
+        )
+
+
+class ReplicationStream:
+    """START_REPLICATION over libpq's copy protocol (psycopg 3 has no replication API)."""
+
+    def __init__(self, dsn: str) -> None:
+        info = make_conninfo(dsn, replication="database", application_name="bookaudit-capture")
+        self._pgconn = pq.PGconn.connect(info.encode())
+        if self._pgconn.status != pq.ConnStatus.OK:
+            message = self._pgconn.get_error_message().strip()
+            self._pgconn.finish()
+            raise (TerminalError if "replication" in message else TransientError)(
+                f"cannot open a replication connection: {message}"
+            )
+
+    def start(self, slot: str, publication: str) -> None:
+        # Identifiers inside replication commands cannot go through psycopg.sql (no server-side
+        # parse for them), and Config only admits [a-z0-9_] names, so quoting here is safe.
+        command = (
+            f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
+            f"(proto_version '2', publication_names '\"{publication}\"', messages 'true')"
+        )
+        self._pgconn.send_query(command.encode())
+        while True:
+            result = self._pgconn.get_result()
+            if result is None:
+                raise TransientError("server closed the replication stream before COPY")
+            if result.status == pq.ExecStatus.COPY_BOTH:
+                return
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                message = (result.error_message or b"").decode().strip()
+                raise (TransientError if "is active" in message else TerminalError)(
+                    f"START_REPLICATION on slot {slot!r} failed: {message}"
+                )
+
+    def read(self, timeout: float) -> bytes | None:
+        """One CopyData message, or None when none arrived within timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nbytes, data = self._pgconn.get_copy_data(1)
+            if nbytes > 0:
+                return bytes(data)
+            if nbytes < 0:
+                message = self._pgconn.get_error_message().strip() or "stream ended"
+                raise TransientError(f"replication stream closed: {message}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._pgconn.socket], [], [], remaining)
+            if not ready:
+                return None
+            self._pgconn.consume_input()
+
+    def send_status(self, lsn: int, reply_requested: bool = False) -> None:
+        now = unix_us_to_pg(time.time_ns() // 1000)
+        if self._pgconn.put_copy_data(standby_status(lsn, now, reply_requested)) != 1:
+            raise TransientError(
+                f"cannot confirm LSN {format_lsn(lsn)}: {self._pgconn.get_error_message()}"
+            )
+        self._pgconn.flush()
+
+    def close(self) -> None:
+        self._pgconn.finish()

@@ -1,0 +1,237 @@
+"""Pure transaction assembly: decoded pgoutput messages in, actor-attributed row changes out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bookaudit.cdc.decode import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Message,
+    Relation,
+    Truncate,
+    Update,
+    Value,
+)
+from bookaudit.errors import DecodeError
+
+CONTEXT_PREFIX = "bookaudit.context"
+Row = dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActorContext:
+    """Who acted: the application's user when it said so, always the database session's facts."""
+
+    origin: str
+    id: str | None = None
+    role: str | None = None
+    reason: str | None = None
+    approval_ref: str | None = None
+    request_id: str | None = None
+    application: str | None = None
+    db_user: str | None = None
+    client_addr: str | None = None
+
+    @classmethod
+    def from_message(cls, content: bytes) -> ActorContext:
+        try:
+            doc = json.loads(content)
+        except ValueError as exc:
+            raise DecodeError(f"bookaudit.context message is not JSON: {exc}", content) from None
+        if not isinstance(doc, dict):
+            raise DecodeError("bookaudit.context message is not a JSON object", content)
+
+        def text(key: str) -> str | None:
+            value = doc.get(key)
+            return None if value in (None, "") else str(value)
+
+        return cls(
+            origin=text("origin") or "application",
+            id=text("actor"),
+            role=text("role"),
+            reason=text("reason"),
+            approval_ref=text("approval_ref"),
+            request_id=text("request_id"),
+            application=text("application"),
+            db_user=text("db_user"),
+            client_addr=text("client_addr"),
+        )
+
+
+# Changes that reach the slot without a context message (a table audited without the trigger,
+# or changes written before the install) still say so instead of pretending to know.
+NO_CONTEXT = ActorContext(origin="missing")
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A relation as the capture needs it: column names and types, and its real primary key."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One committed row change with everything the envelope needs."""
+
+    table: TableSchema
+    op: str  # c, u, d or t (truncate)
+    before: Row | None
+    after: Row | None
+    xid: int
+    commit_lsn: int
+    lsn: int
+    sequence: int
+    data_collection_order: int
+    commit_unix_ms: int
+    actor: ActorContext
+    unchanged_toast: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEnd:
+    """The commit of a transaction: once its changes are acknowledged, end_lsn can be confirmed."""
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    changes: int
+
+
+Output = RowChange | TransactionEnd
+SchemaResolver = Callable[[Relation], TableSchema]
+
+
+@dataclass
+class _Open:
+    begin: Begin
+    actor: ActorContext = NO_CONTEXT
+    sequence: int = 0
+    per_table: dict[int, int] = field(default_factory=dict)
+
+
+class TransactionAssembler:
+    """Feeds on (wal_start, message) pairs; keeps relations and the open transaction's context.
+
+    `resolve` turns a Relation into a TableSchema; it is the one call that may do I/O (a
+    catalog lookup for the primary key and type names), injected so this class stays pure.
+    """
+
+    def __init__(self, resolve: SchemaResolver) -> None:
+        self._resolve = resolve
+        self._tables: dict[int, TableSchema] = {}
+        self._open: _Open | None = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open is not None
+
+    def feed(self, wal_start: int, message: Message) -> Iterator[Output]:
+        if isinstance(message, Relation):
+            self._tables[message.oid] = self._resolve(message)
+        elif isinstance(message, Begin):
+            if self._open is not None:
+                raise DecodeError(f"BEGIN of xid {message.xid} inside xid {self._open.begin.xid}")
+            self._open = _Open(message)
+        elif isinstance(message, Commit):
+            txn = self._require_open("COMMIT")
+            self._open = None
+            yield TransactionEnd(txn.begin.xid, message.commit_lsn, message.end_lsn, txn.sequence)
+        elif isinstance(message, LogicalMessage):
+            if message.prefix == CONTEXT_PREFIX and message.transactional:
+                self._require_open("context message").actor = ActorContext.from_message(
+                    message.content
+                )
+        elif isinstance(message, Insert):
+            table = self._table(message.relation_oid)
+            yield self._change(wal_start, table, "c", None, _row(table, message.new))
+        elif isinstance(message, Update):
+            table = self._table(message.relation_oid)
+            before = None if message.old is None else _row(table, message.old)
+            after = _row(table, message.new)
+            yield self._change(wal_start, table, "u", before, after)
+        elif isinstance(message, Delete):
+            table = self._table(message.relation_oid)
+            yield self._change(wal_start, table, "d", _row(table, message.old), None)
+        elif isinstance(message, Truncate):
+            for oid in message.relation_oids:
+                yield self._change(wal_start, self._table(oid), "t", None, None)
+
+    def _require_open(self, what: str) -> _Open:
+        if self._open is None:
+            raise DecodeError(f"{what} outside a transaction")
+        return self._open
+
+    def _table(self, oid: int) -> TableSchema:
+        try:
+            return self._tables[oid]
+        except KeyError:
+            raise DecodeError(f"change for relation {oid} before its Relation message") from None
+
+    def _change(
+        self, lsn: int, table: TableSchema, op: str, before: Row | None, after: Row | None
+    ) -> RowChange:
+        txn = self._require_open("row change")
+        toast: tuple[str, ...] = ()
+        if after is not None:
+            after, toast = _fill_unchanged_toast(after, before)
+        if before is not None:
+            # A key-only or default-identity old tuple leaves UNCHANGED_TOAST-like gaps as None.
+            before = {k: (None if v is UNCHANGED_TOAST else v) for k, v in before.items()}
+        order = txn.per_table.get(table.oid, 0)
+        txn.per_table[table.oid] = order + 1
+        change = RowChange(
+            table=table,
+            op=op,
+            before=before,
+            after=after,
+            xid=txn.begin.xid,
+            commit_lsn=txn.begin.final_lsn,
+            lsn=lsn,
+            sequence=txn.sequence,
+            data_collection_order=order,
+            commit_unix_ms=txn.begin.commit_unix_ms,
+            actor=txn.actor,
+            unchanged_toast=toast,
+        )
+        txn.sequence += 1
+        return change
+
+
+def _row(table: TableSchema, values: tuple[Value, ...]) -> Row:
+    if len(values) != len(table.columns):
+        raise DecodeError(
+            f"{table.schema}.{table.name}: tuple has {len(values)} values for "
+            f"{len(table.columns)} columns"
+        )
+    return dict(zip(table.columns, values, strict=True))  # type: ignore[arg-type]
+
+
+def _fill_unchanged_toast(after: Row, before: Row | None) -> tuple[Row, tuple[str, ...]]:
+    """pgoutput sends 'u' for an unchanged TOASTed value; REPLICA IDENTITY FULL gives us the old
+    one, so the new row stays complete instead of silently losing the column."""
+    missing = [k for k, v in after.items() if v is UNCHANGED_TOAST]
+    if not missing:
+        return after, ()
+    filled = dict(after)
+    unknown = []
+    for column in missing:
+        old: object = UNCHANGED_TOAST if before is None else before.get(column, UNCHANGED_TOAST)
+        if old is UNCHANGED_TOAST:
+            filled[column] = None
+            unknown.append(column)
+        else:
+            filled[column] = old  # type: ignore[assignment]
+    return filled, tuple(unknown)

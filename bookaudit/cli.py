@@ -1,0 +1,275 @@
+"""The `bookaudit` command line: builds the Config once and hands it to each stage."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from bookaudit.config import Config, load_config
+from bookaudit.errors import BookauditError, TerminalError, TransientError
+
+T = TypeVar("T")
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _config(ctx: click.Context, /, **flags: Any) -> Config:
+    toml = ctx.find_root().params.get("config")
+    return load_config(flags=flags, toml_path=Path(toml) if toml else None)
+
+
+def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
+    """Transient failures retry with capped exponential backoff; terminal ones go straight up."""
+    delay = 1.0
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except TransientError as exc:
+            if max_attempts is not None and tries >= max_attempts:
+                raise
+            log(f"bookaudit: {exc} (retry {tries} in {delay:.0f}s)")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BookauditError as exc:
+            click.echo(f"bookaudit: error: {exc}", err=True)
+            sys.exit(75 if isinstance(exc, TransientError) else 2)
+
+    return wrapper
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        return _handle_errors(super().invoke)(ctx)
+
+
+def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    options = {
+        "source_dsn": click.option(
+            "--source-dsn", "--dsn", "source_dsn", help="bookings database (BOOKAUDIT_SOURCE_DSN)"
+        ),
+        "warehouse_dsn": click.option(
+            "--warehouse-dsn", help="audit warehouse (BOOKAUDIT_WAREHOUSE_DSN)"
+        ),
+        "kafka_bootstrap": click.option(
+            "--kafka-bootstrap", help="Kafka bootstrap servers (BOOKAUDIT_KAFKA_BOOTSTRAP)"
+        ),
+        "slot": click.option("--slot", help="replication slot (BOOKAUDIT_SLOT)"),
+        "publication": click.option("--publication", help="publication (BOOKAUDIT_PUBLICATION)"),
+        "topic_prefix": click.option(
+            "--topic-prefix", help="topic prefix (BOOKAUDIT_TOPIC_PREFIX)"
+        ),
+    }
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):
+            fn = options[name](fn)
+        return fn
+
+    return decorate
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
+)
+@click.version_option(package_name="bookaudit")
+def main(config: str | None) -> None:
+    """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+
+
+# --- source ---------------------------------------------------------------------------------
+
+
+@main.group()
+def source() -> None:
+    """Install or remove the audit hooks in the bookings database."""
+
+
+@source.command("install")
+@_connection_options("source_dsn", "publication")
+@click.option("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
+@click.pass_context
+def source_install(
+    ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
+) -> None:
+    """Context API, statement triggers, publication and REPLICA IDENTITY FULL."""
+    from bookaudit.source.install import TableName, apply, plan_install, render
+
+    cfg = _config(ctx, tables=tables, **flags)
+    cfg.require("source_dsn")
+    names = [TableName.parse(t) for t in cfg.tables]
+    assert cfg.source_dsn is not None
+    with _connect(cfg.source_dsn, "source") as conn:
+        statements = plan_install(conn, names, cfg.publication)
+        if dry_run:
+            click.echo(render(conn, statements))
+            return
+        apply(conn, statements, lambda m: log(f"  {m}"))
+    log(f"source: auditing {', '.join(map(str, names))} in publication {cfg.publication!r}")
+
+
+@source.command("uninstall")
+@_connection_options("source_dsn", "publication", "slot")
+@click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
+@click.pass_context
+def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None:
+    """Drop the slot, the publication, the triggers and the bookaudit schema."""
+    from bookaudit.source.install import apply, plan_uninstall, render
+
+    cfg = _config(ctx, **flags)
+    cfg.require("source_dsn")
+    assert cfg.source_dsn is not None
+    with _connect(cfg.source_dsn, "source") as conn:
+        statements = plan_uninstall(conn, cfg.publication, cfg.slot)
+        if dry_run:
+            click.echo(render(conn, statements))
+            return
+        apply(conn, statements, lambda m: log(f"  {m}"))
+    log("source: bookaudit removed")
+
+
+def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise TerminalError(f"cannot connect to the {what} database: {str(exc).strip()}") from None
+
+
+# --- capture --------------------------------------------------------------------------------
+
+
+@main.command()
+@_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix")
+@click.option("--exit-when-idle", is_flag=True, help="stop once every committed change is in Kafka")
+@click.pass_context
+def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
+    """Stream the slot to Kafka, confirming only what Kafka acknowledged."""
+    from bookaudit.cdc.capture import Capture, CaptureSettings
+
+    cfg = _config(ctx, **flags)
+    cfg.require("source_dsn", "kafka_bootstrap")
+    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
+    settings = CaptureSettings(
+        source_dsn=cfg.source_dsn,
+        kafka_bootstrap=cfg.kafka_bootstrap,
+        slot=cfg.slot,
+        publication=cfg.publication,
+        topic_prefix=cfg.topic_prefix,
+        source_name=cfg.source_name,
+        exit_when_idle=exit_when_idle,
+    )
+    with_retry(lambda: Capture(settings, log).run(), max_attempts=5 if exit_when_idle else None)
+
+
+# --- warehouse and consumers ----------------------------------------------------------------
+
+
+@main.group()
+def warehouse() -> None:
+    """Manage the audit warehouse."""
+
+
+@warehouse.command("init")
+@_connection_options("warehouse_dsn")
+@click.option("--dsn", "warehouse_dsn_alias", help="same as --warehouse-dsn")
+@click.pass_context
+def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **flags: Any) -> None:
+    """Create (or upgrade) the append-only audit schema."""
+    from bookaudit.warehouse.schema import init_warehouse
+
+    if warehouse_dsn_alias:
+        flags["warehouse_dsn"] = warehouse_dsn_alias
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    init_warehouse(cfg.warehouse_dsn)
+    log("warehouse: audit schema ready")
+
+
+@main.group()
+def consume() -> None:
+    """Run a consumer group."""
+
+
+@consume.command("audit")
+@_connection_options("warehouse_dsn", "kafka_bootstrap", "topic_prefix")
+@click.option("--group-id", help="consumer group (default bookaudit-audit)")
+@click.option("--batch-size", type=int, help="records per warehouse transaction")
+@click.option("--exit-when-idle", is_flag=True, help="stop once every partition is read to its end")
+@click.pass_context
+def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
+    """Write audit entries with old and new values to the warehouse."""
+    from bookaudit.consumers._kafka import ConsumerSettings
+    from bookaudit.consumers.audit import AuditWriter
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn", "kafka_bootstrap")
+    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    settings = ConsumerSettings(
+        bootstrap=cfg.kafka_bootstrap,
+        group_id=cfg.group_id,
+        topic_prefix=cfg.topic_prefix,
+        batch_size=cfg.batch_size,
+    )
+    dsn = cfg.warehouse_dsn
+    with_retry(
+        lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
+        max_attempts=5 if exit_when_idle else None,
+    )
+
+
+# --- read back ------------------------------------------------------------------------------
+
+
+@main.group()
+def history() -> None:
+    """Read audit history back."""
+
+
+@history.command("booking")
+@click.argument("booking_id")
+@_connection_options("warehouse_dsn")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
+    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
+    from bookaudit.warehouse.history import booking_history, render_json, render_table
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    rows = booking_history(cfg.warehouse_dsn, booking_id)
+    if not rows and fmt == "table":
+        log(f"no audit entries for booking {booking_id}")
+        return
+    click.echo(render_json(rows) if fmt == "json" else render_table(rows))
+
+
+def _register_optional() -> None:
+    from bookaudit.demo.cli import demo
+    from bookaudit.stack.cli import stack
+
+    main.add_command(stack)
+    main.add_command(demo)
+
+
+_register_optional()

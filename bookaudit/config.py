@@ -1,0 +1,126 @@
+"""Builds the one frozen Config from CLI flags, then BOOKAUDIT_* env vars, then bookaudit.toml."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bookaudit.errors import ConfigError
+
+ENV_PREFIX = "BOOKAUDIT_"
+DEFAULT_TOML = "bookaudit.toml"
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class Secret(str):
+    """A DSN or password: usable as a string, but never printed whole in a repr or a log line."""
+
+    def __repr__(self) -> str:
+        return "Secret('" + redact_dsn(str(self)) + "')"
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide a password in either DSN form, so a config can be shown in errors safely."""
+    dsn = re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+    return re.sub(r"(://[^:/@]+:)([^@]+)(@)", r"\1***\3", dsn)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting a bookaudit command can read; each command checks the ones it needs."""
+
+    source_dsn: Secret | None = None
+    warehouse_dsn: Secret | None = None
+    kafka_bootstrap: str | None = None
+    slot: str = "bookaudit"
+    publication: str = "bookaudit"
+    topic_prefix: str = "bookaudit"
+    source_name: str = "bookings"
+    group_id: str = "bookaudit-audit"
+    batch_size: int = 500
+    tables: tuple[str, ...] = field(default_factory=tuple)
+
+    def require(self, *names: str) -> None:
+        """Fail with the env var a user should set, rather than deep inside a connection call."""
+        for name in names:
+            if not getattr(self, name):
+                raise ConfigError(
+                    f"{name} is not set: pass --{name.replace('_', '-')} "
+                    f"or set {ENV_PREFIX}{name.upper()}"
+                )
+
+
+_INT_FIELDS = {"batch_size"}
+_SECRET_FIELDS = {"source_dsn", "warehouse_dsn"}
+
+
+def _coerce(name: str, raw: Any, origin: str) -> Any:
+    if name in _INT_FIELDS:
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{origin}: {name} must be positive, got {value}")
+        return value
+    if name == "tables":
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(t).strip() for t in items if str(t).strip())
+    if not isinstance(raw, str):
+        raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
+    if name in _SECRET_FIELDS:
+        return Secret(raw)
+    if name in {"slot", "publication"} and not _IDENT.match(raw):
+        raise ConfigError(
+            f"{origin}: {name} {raw!r} must be a lower-case identifier (letters, digits, _)"
+        )
+    if name == "topic_prefix" and not _TOPIC.match(raw):
+        raise ConfigError(f"{origin}: topic_prefix {raw!r} may hold only letters, digits, . _ -")
+    return raw
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    toml_path: Path | None = None,
+) -> Config:
+    """Merge the three sources, highest precedence first: flags, env, TOML file."""
+    env = os.environ if env is None else env
+    known = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+
+    explicit_toml = toml_path is not None or ENV_PREFIX + "CONFIG" in env
+    path = toml_path or Path(env.get(ENV_PREFIX + "CONFIG", DEFAULT_TOML))
+    if path.is_file():
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        section = doc.get("bookaudit", doc)
+        for key, raw in section.items():
+            if not isinstance(raw, dict):
+                if key not in known:
+                    raise ConfigError(f"{path}: unknown setting {key!r}")
+                values[key] = _coerce(key, raw, str(path))
+    elif explicit_toml:
+        raise ConfigError(f"config file {path} does not exist")
+
+    for name in known:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+
+    for name, raw in (flags or {}).items():
+        if raw is None or raw == ():
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, "--" + name.replace("_", "-"))
+
+    return Config(**values)

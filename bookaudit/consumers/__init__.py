@@ -1,0 +1,1 @@
+"""Consumers: Kafka envelopes → audit entries in the warehouse, and alerts."""

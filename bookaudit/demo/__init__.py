@@ -1,0 +1,1 @@
+"""The sample bookings database and the realistic day that `make demo` plays through the pipeline."""

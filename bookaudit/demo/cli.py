@@ -1,0 +1,67 @@
+"""`bookaudit demo`: the sample database, the day, the pipeline, and the booking's history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+@click.group()
+def demo() -> None:
+    """Play the sample day through the whole pipeline."""
+
+
+@demo.command("run")
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Sample schema → install → the day → capture → audit writer → history."""
+    from bookaudit.cdc.capture import Capture, CaptureSettings
+    from bookaudit.cli import _config, log
+    from bookaudit.consumers._kafka import ConsumerSettings
+    from bookaudit.consumers.audit import AuditWriter
+    from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
+    from bookaudit.source.install import TableName, apply, plan_install
+    from bookaudit.warehouse.history import booking_history, render_table
+    from bookaudit.warehouse.schema import init_warehouse
+
+    cfg = _config(ctx)
+    cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
+    assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
+    import psycopg
+
+    log("demo: creating the sample bookings database")
+    create_sample_schema(cfg.source_dsn)
+    with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
+        apply(
+            conn, plan_install(conn, [TableName.parse(t) for t in AUDITED_TABLES], cfg.publication)
+        )
+    init_warehouse(cfg.warehouse_dsn)
+    capture_settings = CaptureSettings(
+        source_dsn=cfg.source_dsn,
+        kafka_bootstrap=cfg.kafka_bootstrap,
+        slot=cfg.slot,
+        publication=cfg.publication,
+        topic_prefix=cfg.topic_prefix,
+        source_name=cfg.source_name,
+        exit_when_idle=True,
+    )
+    # The slot must exist before the day, or its changes would precede the slot and be lost.
+    Capture(capture_settings, log).run()
+
+    log("demo: playing the day")
+    booking_id = play_day(cfg.source_dsn, lambda m: log(f"  {m}"))
+
+    log("demo: capture → Kafka")
+    Capture(capture_settings, log).run()
+    log("demo: Kafka → audit warehouse")
+    consumer: dict[str, Any] = {
+        "bootstrap": cfg.kafka_bootstrap,
+        "group_id": cfg.group_id,
+        "topic_prefix": cfg.topic_prefix,
+        "batch_size": cfg.batch_size,
+    }
+    AuditWriter(ConsumerSettings(**consumer), cfg.warehouse_dsn, log).run(exit_when_idle=True)
+
+    click.echo(f"\nHistory of booking {booking_id}:\n")
+    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))

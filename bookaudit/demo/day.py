@@ -1,0 +1,113 @@
+"""A realistic day at a field-service business, played as separate application transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+from bookaudit._resources import read_text
+
+AUDITED_TABLES = ("customers", "bookings", "assignments", "invoices", "payments", "notes")
+
+
+def create_sample_schema(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(read_text("demo", "schema.sql").encode())
+
+
+def _as(dsn: str, app: str = "bookings-app") -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(dsn, application_name=app)
+
+
+def play_day(dsn: str, say: Callable[[str], None]) -> int:
+    """Returns the id of the booking the day revolves around."""
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('dana', role => 'dispatcher', request_id => 'req-5001')"
+        )
+        row = conn.execute(
+            "INSERT INTO customers (name, email, phone, address) VALUES "
+            "('Grace Hopper', 'grace@example.com', '+31 20 555 0101', 'Keizersgracht 12') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        booking = conn.execute(
+            "INSERT INTO bookings (customer_id, service, address, price) "
+            "VALUES (%s, 'Annual HVAC maintenance', 'Keizersgracht 12', 149.00) RETURNING id",
+            (row[0],),
+        ).fetchone()
+        assert booking is not None
+        booking_id = int(str(booking[0]))
+    say(f"08:05 dana (dispatcher) creates booking {booking_id} for Grace Hopper at 149.00")
+
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('dana', role => 'dispatcher', request_id => 'req-5002')"
+        )
+        conn.execute(
+            "UPDATE bookings SET scheduled_start = '2026-11-27 09:00+01', "
+            "scheduled_end = '2026-11-27 11:00+01', status = 'scheduled', updated_at = now() "
+            "WHERE id = %s",
+            (booking_id,),
+        )
+        conn.execute(
+            "INSERT INTO assignments (booking_id, fieldworker) VALUES (%s, 'finn')", (booking_id,)
+        )
+    say("08:10 dana schedules it for tomorrow 09:00-11:00 and assigns finn")
+
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('alice', role => 'admin', reason => 'second unit on site', "
+            "approval_ref => 'APR-1042', request_id => 'req-5003')"
+        )
+        conn.execute(
+            "UPDATE bookings SET price = 189.50, updated_at = now() WHERE id = %s", (booking_id,)
+        )
+    say("09:30 alice (admin) raises the price 149.00 -> 189.50, approval APR-1042")
+
+    with _as(dsn, "fieldworker-app") as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('finn', role => 'fieldworker', request_id => 'req-5004')"
+        )
+        conn.execute(
+            "UPDATE bookings SET status = 'in_progress', updated_at = now() WHERE id = %s",
+            (booking_id,),
+        )
+        conn.execute(
+            "INSERT INTO notes (booking_id, author, body) VALUES "
+            "(%s, 'finn', 'Replaced filter on both units; condensate pump noisy.')",
+            (booking_id,),
+        )
+        conn.execute(
+            "UPDATE bookings SET status = 'completed', updated_at = now() WHERE id = %s",
+            (booking_id,),
+        )
+    say("11:05 finn (fieldworker) starts, notes the work, and completes the job")
+
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('olga', role => 'billing', request_id => 'req-5005')"
+        )
+        conn.execute(
+            "INSERT INTO invoices (booking_id, number, amount, status, sent_at) "
+            "VALUES (%s, 'INV-' || %s, 189.50, 'sent', now())",
+            (booking_id, booking_id),
+        )
+    say("14:00 olga (billing) sends the invoice for 189.50")
+
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('olga', role => 'billing', request_id => 'req-5006')"
+        )
+        conn.execute(
+            "INSERT INTO payments (booking_id, invoice_id, amount, method) "
+            "SELECT booking_id, id, amount, 'card' FROM invoices WHERE booking_id = %s",
+            (booking_id,),
+        )
+        conn.execute("UPDATE invoices SET status = 'paid' WHERE booking_id = %s", (booking_id,))
+    say("16:20 olga records the card payment and marks the invoice paid")
+
+    with _as(dsn, "psql") as conn:
+        conn.execute("UPDATE bookings SET price = 169.50 WHERE id = %s", (booking_id,))
+    say("18:45 someone runs raw SQL in psql: price 189.50 -> 169.50, no actor set")
+    return booking_id

@@ -1,0 +1,1 @@
+"""Source side: install and uninstall the audit hooks in the bookings database."""

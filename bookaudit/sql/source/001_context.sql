@@ -1,0 +1,59 @@
+-- bookaudit source install: the actor-context API and the statement trigger that puts it in the WAL.
+CREATE SCHEMA IF NOT EXISTS bookaudit;
+
+-- Transaction-scoped (is_local) so a pooled session never carries one request's actor into the next.
+CREATE OR REPLACE FUNCTION bookaudit.set_actor(
+    actor text,
+    role text DEFAULT NULL,
+    reason text DEFAULT NULL,
+    approval_ref text DEFAULT NULL,
+    request_id text DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF actor IS NULL OR btrim(actor) = '' THEN
+        RAISE EXCEPTION 'bookaudit.set_actor: actor must be a non-empty string';
+    END IF;
+    PERFORM set_config('bookaudit.actor', actor, true);
+    PERFORM set_config('bookaudit.role', coalesce(role, ''), true);
+    PERFORM set_config('bookaudit.reason', coalesce(reason, ''), true);
+    PERFORM set_config('bookaudit.approval_ref', coalesce(approval_ref, ''), true);
+    PERFORM set_config('bookaudit.request_id', coalesce(request_id, ''), true);
+END
+$$;
+
+-- A setting once set in a session reads '' (not NULL) in later transactions: '' means unset.
+CREATE OR REPLACE FUNCTION bookaudit._setting(name text) RETURNS text
+LANGUAGE sql STABLE AS $$ SELECT nullif(current_setting(name, true), '') $$;
+
+CREATE OR REPLACE FUNCTION bookaudit.current_context() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'actor', bookaudit._setting('bookaudit.actor'),
+        'role', bookaudit._setting('bookaudit.role'),
+        'reason', bookaudit._setting('bookaudit.reason'),
+        'approval_ref', bookaudit._setting('bookaudit.approval_ref'),
+        'request_id', bookaudit._setting('bookaudit.request_id'),
+        'application', nullif(current_setting('application_name'), ''),
+        'db_user', session_user::text,
+        'client_addr', host(inet_client_addr()),
+        'origin', CASE WHEN bookaudit._setting('bookaudit.actor') IS NULL
+                       THEN 'db_session' ELSE 'application' END
+    )
+$$;
+
+-- Once per transaction and again whenever the context changes; the marker is transaction-local
+-- and rolls back with a savepoint, exactly like the transactional message it stands for.
+CREATE OR REPLACE FUNCTION bookaudit.emit_context() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    ctx text := bookaudit.current_context()::text;
+    mark text := md5(ctx);
+BEGIN
+    IF bookaudit._setting('bookaudit._emitted') IS DISTINCT FROM mark THEN
+        PERFORM pg_logical_emit_message(true, 'bookaudit.context', ctx);
+        PERFORM set_config('bookaudit._emitted', mark, true);
+    END IF;
+    RETURN NULL;
+END
+$$;

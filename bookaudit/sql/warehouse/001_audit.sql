@@ -1,0 +1,113 @@
+-- bookaudit warehouse: append-only audit entries, one row per row change and one per changed field.
+CREATE SCHEMA IF NOT EXISTS audit;
+
+CREATE TABLE IF NOT EXISTS audit.row_changes (
+    id              bigserial PRIMARY KEY,
+    source          text        NOT NULL,
+    commit_lsn      pg_lsn      NOT NULL,
+    sequence        bigint      NOT NULL,
+    lsn             pg_lsn      NOT NULL,
+    txid            bigint      NOT NULL,
+    committed_at    timestamptz NOT NULL,
+    schema_name     text        NOT NULL,
+    table_name      text        NOT NULL,
+    action          text        NOT NULL CHECK (action IN ('insert', 'update', 'delete', 'truncate')),
+    row_key         jsonb,
+    before          jsonb,
+    after           jsonb,
+    actor           text,
+    actor_role      text,
+    reason          text,
+    approval_ref    text,
+    request_id      text,
+    application     text,
+    db_user         text,
+    client_addr     text,
+    actor_origin    text        NOT NULL,
+    capture_mode    text        NOT NULL DEFAULT 'logical',
+    kafka_topic     text        NOT NULL,
+    kafka_partition int         NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    -- The idempotency key: a replayed or duplicated event lands on this and is skipped.
+    UNIQUE (source, commit_lsn, sequence)
+);
+
+CREATE INDEX IF NOT EXISTS row_changes_table_key ON audit.row_changes (table_name, row_key);
+CREATE INDEX IF NOT EXISTS row_changes_committed_at ON audit.row_changes (committed_at);
+CREATE INDEX IF NOT EXISTS row_changes_actor ON audit.row_changes (actor, committed_at);
+CREATE INDEX IF NOT EXISTS row_changes_booking_ref
+    ON audit.row_changes ((coalesce(after ->> 'booking_id', before ->> 'booking_id')));
+
+CREATE TABLE IF NOT EXISTS audit.field_changes (
+    change_id  bigint NOT NULL REFERENCES audit.row_changes (id),
+    field      text   NOT NULL,
+    position   int    NOT NULL,
+    old_value  text,
+    new_value  text,
+    PRIMARY KEY (change_id, field)
+);
+
+-- Poison messages land here with their raw bytes, so nothing is lost and the writer moves on.
+CREATE TABLE IF NOT EXISTS audit.dead_letters (
+    id              bigserial PRIMARY KEY,
+    kafka_topic     text        NOT NULL,
+    kafka_partition int         NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    key             bytea,
+    value           bytea,
+    error           text        NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (kafka_topic, kafka_partition, kafka_offset)
+);
+
+-- Append-only: UPDATE, DELETE and TRUNCATE are refused for every role, owner included.
+CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['row_changes', 'field_changes', 'dead_letters'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS append_only ON audit.%I', t);
+        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION audit.refuse_change()', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS append_only_truncate ON audit.%I', t);
+        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()', t);
+    END LOOP;
+END
+$$;
+
+-- One row per changed field, with who and when: what analysts and `bookaudit history` read.
+CREATE OR REPLACE VIEW audit.field_history AS
+SELECT r.id AS change_id,
+       r.source,
+       r.committed_at,
+       r.txid,
+       r.commit_lsn,
+       r.sequence,
+       r.schema_name,
+       r.table_name,
+       r.action,
+       r.row_key,
+       coalesce(r.actor, r.db_user) AS actor,
+       r.actor_role,
+       r.actor_origin,
+       r.reason,
+       r.approval_ref,
+       r.application,
+       r.db_user,
+       r.client_addr,
+       f.field,
+       f.position,
+       f.old_value,
+       f.new_value,
+       coalesce(r.after ->> 'booking_id', r.before ->> 'booking_id') AS booking_ref
+FROM audit.row_changes r
+LEFT JOIN audit.field_changes f ON f.change_id = r.id;

@@ -1,0 +1,1 @@
+"""Warehouse side: the audit schema and the read-back queries over it."""

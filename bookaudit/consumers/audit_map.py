@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,9 @@ class AuditEntry:
 
 
 def changed_fields(
-    before: dict[str, str | None] | None, after: dict[str, str | None] | None, order: list[str]
+    before: Mapping[str, str | None] | None,
+    after: Mapping[str, str | None] | None,
+    order: Sequence[str],
 ) -> tuple[FieldChange, ...]:
     """Insert: every non-null new value. Delete: every non-null old value. Update: what differs."""
     if before is None and after is None:

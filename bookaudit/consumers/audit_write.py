@@ -42,8 +42,9 @@ INSERT INTO audit.field_changes (change_id, field, position, old_value, new_valu
 SELECT i.id, f.field, f.position, f.old, f.new
 FROM inserted i
 JOIN input USING (source, commit_lsn, sequence)
-CROSS JOIN LATERAL jsonb_to_recordset(input.fields) WITH ORDINALITY
-    AS f(field text, old text, new text, position int)
+CROSS JOIN LATERAL ROWS FROM (
+    jsonb_to_recordset(input.fields) AS (field text, old text, new text)
+) WITH ORDINALITY AS f(field, old, new, position)
 """
 
 _DEAD_LETTER = """

@@ -96,7 +96,9 @@ SELECT r.id AS change_id,
        r.table_name,
        r.action,
        r.row_key,
-       coalesce(r.actor, r.db_user) AS actor,
+       -- With no application actor, the database role and client application still attribute it.
+       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
+           AS actor,
        r.actor_role,
        r.actor_origin,
        r.reason,

@@ -1,0 +1,56 @@
+"""Mapping envelopes to audit entries, and poison records to dead letters, without services."""
+
+from __future__ import annotations
+
+from bookaudit.cdc.envelope import SourceInfo, to_kafka
+from bookaudit.consumers.audit import decode_and_map
+from bookaudit.consumers.audit_map import FieldChange, changed_fields
+from bookaudit.consumers.decode import Record
+from tests.cdc.test_envelope import change
+
+ORDER = ["id", "price", "status"]
+
+
+def test_insert_lists_every_non_null_new_value() -> None:
+    after = {"id": "1", "price": "10.00", "status": None}
+    assert changed_fields(None, after, ORDER) == (
+        FieldChange("id", None, "1"),
+        FieldChange("price", None, "10.00"),
+    )
+
+
+def test_update_lists_only_what_differs_in_column_order() -> None:
+    before = {"id": "1", "price": "10.00", "status": "new"}
+    after = {"id": "1", "price": "10.0", "status": "done"}
+    # "10.00" -> "10.0" is a change of the stored text even if numerically equal.
+    assert changed_fields(before, after, ORDER) == (
+        FieldChange("price", "10.00", "10.0"),
+        FieldChange("status", "new", "done"),
+    )
+
+
+def test_delete_lists_every_non_null_old_value() -> None:
+    before = {"id": "1", "price": None, "status": "x"}
+    assert changed_fields(before, None, ORDER) == (
+        FieldChange("id", "1", None),
+        FieldChange("status", "x", None),
+    )
+
+
+def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> None:
+    good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
+    records = [
+        Record("ba.public.booking_lines", 0, 10, good.key, good.value),
+        Record("ba.public.booking_lines", 0, 11, b"k", b"\x02garbage"),
+        Record("ba.public.booking_lines", 0, 12, None, None),
+    ]
+    entries, dead = decode_and_map(records)
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry.action == "update"
+    assert entry.actor["id"] == "alice"
+    assert entry.row_key == {"booking_id": "7", "line_no": "2"}
+    assert entry.commit_lsn == "1/0"
+    assert [f.field for f in entry.fields] == ["price", "memo"]
+    assert [d.record.offset for d in dead] == [11, 12]
+    assert "ba.public.booking_lines[0]@11" in dead[0].error

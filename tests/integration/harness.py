@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -134,13 +136,17 @@ class Pipeline:
         return result
 
     def spawn(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bookaudit", *args],
-            env=self.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        """Start a bookaudit process; its stderr goes to a log file named in the test output."""
+        log_path = Path(tempfile.gettempdir()) / f"{self.name}-{args[0]}.log"
+        self.logs.append(f"spawned {' '.join(args)}, stderr in {log_path}")
+        with log_path.open("a") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "bookaudit", *args],
+                env=self.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
 
     # --- databases --------------------------------------------------------------------------
 

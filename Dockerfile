@@ -1,0 +1,17 @@
+# Image for the long-running bookaudit services (capture, audit writer) in docker-compose.yml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Only what `pip install .` needs, so edits to tests or CI files do not invalidate the layer.
+COPY pyproject.toml README.md ./
+COPY bookaudit ./bookaudit
+RUN pip install . && useradd --system --no-create-home bookaudit
+
+USER bookaudit
+ENTRYPOINT ["bookaudit"]
+CMD ["--help"]

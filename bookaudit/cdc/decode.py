@@ -235,21 +235,40 @@ class _Reader:
 
 
 def _tuple(r: _Reader) -> tuple[Value, ...]:
-    """TupleData: Int16 count, then per column 'n' null, 'u' unchanged TOAST, 't'/'b' Int32 + bytes."""
-    count = r.int16()
+    """TupleData: Int16 count, then per column 'n' null, 'u' unchanged TOAST, 't' Int32 + text.
+
+    This is the hot loop of the capture (one call per row image), so it works on local
+    variables and raw offsets instead of the reader's checked helpers; a short buffer shows up
+    as struct.error or IndexError, which decode_message turns into a DecodeError.
+    """
+    buf = r.buf
+    pos = r.pos
+    (count,) = _I16.unpack_from(buf, pos)
+    pos += 2
     values: list[Value] = []
+    append = values.append
+    unpack_len = _I32.unpack_from
+    size = len(buf)
     for _ in range(count):
-        kind = r.char()
-        if kind == "n":
-            values.append(None)
-        elif kind == "u":
-            values.append(UNCHANGED_TOAST)
-        elif kind == "t":
-            values.append(r.raw(r.int32()).decode("utf-8"))
-        elif kind == "b":
-            raise DecodeError("binary tuple values were not requested", r.buf)
+        kind = buf[pos]
+        pos += 1
+        if kind == 116:  # 't'
+            (length,) = unpack_len(buf, pos)
+            pos += 4
+            end = pos + length
+            if length < 0 or end > size:
+                raise DecodeError(f"value of {length} bytes overruns message at {pos}", buf)
+            append(buf[pos:end].decode("utf-8"))
+            pos = end
+        elif kind == 110:  # 'n'
+            append(None)
+        elif kind == 117:  # 'u'
+            append(UNCHANGED_TOAST)
+        elif kind == 98:  # 'b'
+            raise DecodeError("binary tuple values were not requested", buf)
         else:
-            raise DecodeError(f"unknown tuple value kind {kind!r} at byte {r.pos - 1}", r.buf)
+            raise DecodeError(f"unknown tuple value kind {chr(kind)!r} at byte {pos - 1}", buf)
+    r.pos = pos
     return tuple(values)
 
 
@@ -270,6 +289,15 @@ def decode_message(payload: bytes) -> Message:
     """Decode one pgoutput message (the payload of an XLogData)."""
     if not payload:
         raise DecodeError("empty pgoutput message", payload)
+    try:
+        return _decode(payload)
+    except (struct.error, IndexError):
+        raise DecodeError("pgoutput message truncated", payload) from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"pgoutput text is not UTF-8: {exc.reason}", payload) from None
+
+
+def _decode(payload: bytes) -> Message:
     r = _Reader(payload)
     tag = r.char()
     if tag == "B":

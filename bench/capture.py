@@ -100,7 +100,7 @@ def time_recvlogical(dsn: str, end_lsn: str) -> float:
             "publication_names=bookaudit",
             "-o",
             "messages=true",
-        ],  # fmt: skip
+        ],
         check=True,
         env={**os.environ, "PGAPPNAME": "bench"},
         timeout=600,

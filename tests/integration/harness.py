@@ -16,6 +16,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
+from bookaudit.cdc.decode import LogicalMessage, decode_message
+from bookaudit.cdc.transactions import CONTEXT_PREFIX
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
@@ -81,16 +83,17 @@ class Pipeline:
 
     def drop(self) -> None:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
+            # Every slot of the source database (the capture's and any probe slot a test made):
+            # a logical slot left behind would keep the database from being dropped.
             admin.execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND active_pid IS NOT NULL",
-                (self.slot,),
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (f"{self.name}_src",),
             )
             with psycopg.connect(self.source_dsn, autocommit=True) as src:
                 src.execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s",
-                    (self.slot,),
+                    "WHERE database = current_database()"
                 )
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
@@ -147,6 +150,35 @@ class Pipeline:
                 stderr=log,
                 text=True,
             )
+
+    # --- looking at what the source recorded ------------------------------------------------
+
+    @property
+    def probe_slot(self) -> str:
+        return f"{self.name}_probe"
+
+    def start_context_probe(self) -> None:
+        """A second slot, so a test can read the WAL stream itself without consuming it."""
+        with psycopg.connect(self.source_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.probe_slot,)
+            )
+
+    def context_messages(self, xid: int) -> int:
+        """How many actor-context records the source wrote for one transaction (32-bit xid)."""
+        with psycopg.connect(self.source_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+                "'proto_version', '2', 'publication_names', 'bookaudit', 'messages', 'true') "
+                "WHERE xid::text = %s AND get_byte(data, 0) = ascii('M')",
+                (self.probe_slot, str(xid)),
+            ).fetchall()
+        messages = [decode_message(bytes(r[0])) for r in rows]
+        return sum(
+            1
+            for m in messages
+            if isinstance(m, LogicalMessage) and m.prefix == CONTEXT_PREFIX and m.transactional
+        )
 
     # --- databases --------------------------------------------------------------------------
 

@@ -182,6 +182,22 @@ class Pipeline:
 
     # --- databases --------------------------------------------------------------------------
 
+    def seed(self, bookings: int = 1, price: str = "100.00", actor: str = "seed") -> list[int]:
+        """One customer with `bookings` bookings, written in one transaction by `actor`."""
+        with self.source() as conn:
+            conn.execute("SELECT bookaudit.set_actor(%s)", (actor,))
+            customer = conn.execute(
+                "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
+            ).fetchone()
+            assert customer is not None
+            rows = conn.execute(
+                "INSERT INTO bookings (customer_id, service, address, price) "
+                "SELECT %s, 'Boiler check', 'Elm St ' || g, %s::numeric "
+                "FROM generate_series(1, %s) g RETURNING id",
+                (customer[0], price, bookings),
+            ).fetchall()
+        return sorted(int(r[0]) for r in rows)
+
     def source(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.source_dsn, application_name=application_name)
 

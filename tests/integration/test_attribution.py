@@ -25,25 +25,8 @@ def _xid(conn: Conn) -> int:
     return int(row[0])
 
 
-def _seed(p: Pipeline, bookings: int = 1, price: str = "100.00") -> list[int]:
-    """One customer with `bookings` bookings, written by the 'seed' actor."""
-    with p.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor(%s)", (SEED,))
-        customer = conn.execute(
-            "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
-        ).fetchone()
-        assert customer is not None
-        rows = conn.execute(
-            "INSERT INTO bookings (customer_id, service, address, price) "
-            "SELECT %s, 'Boiler check', 'Elm St ' || g, %s::numeric "
-            "FROM generate_series(1, %s) g RETURNING id",
-            (customer[0], price, bookings),
-        ).fetchall()
-    return sorted(int(r[0]) for r in rows)
-
-
 def test_set_actor_once_covers_every_statement_of_the_transaction(pipeline: Pipeline) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source() as conn:
         conn.execute(
             "SELECT bookaudit.set_actor('ann', role => 'dispatcher', reason => 'customer call', "
@@ -75,7 +58,7 @@ def test_set_actor_once_covers_every_statement_of_the_transaction(pipeline: Pipe
 def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_context(
     pipeline: Pipeline,
 ) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source() as conn:
         xid = _xid(conn)
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
@@ -109,7 +92,7 @@ def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_contex
 
 
 def test_set_local_settings_attribute_without_a_function_call(pipeline: Pipeline) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source() as conn:
         conn.execute("SET LOCAL bookaudit.actor = 'carl'")
         conn.execute("SET LOCAL bookaudit.role = 'support'")
@@ -132,7 +115,7 @@ def test_set_local_settings_attribute_without_a_function_call(pipeline: Pipeline
 
 def test_bulk_update_records_one_context_and_attributes_every_row(pipeline: Pipeline) -> None:
     rows = 10_000
-    _seed(pipeline, bookings=rows)
+    pipeline.seed(bookings=rows)
     pipeline.start_context_probe()
     with pipeline.source() as conn:
         xid = _xid(conn)
@@ -179,7 +162,7 @@ CREATE TRIGGER note_assignment AFTER INSERT ON assignments
 def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
     pipeline: Pipeline,
 ) -> None:
-    kept, removed = _seed(pipeline, bookings=2)
+    kept, removed = pipeline.seed(bookings=2)
     with pipeline.source() as conn:
         conn.execute(_HELPERS)
         conn.execute("SELECT bookaudit.set_actor(%s)", (SEED,))
@@ -225,7 +208,7 @@ def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
 
 
 def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(pipeline: Pipeline) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('gil', role => 'dispatcher')")
         conn.execute(
@@ -275,7 +258,7 @@ def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(pipeline: Pi
 def test_pooled_session_never_carries_one_transactions_actor_into_the_next(
     pipeline: Pipeline,
 ) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source(application_name="pool") as conn:
         conn.execute("SELECT bookaudit.set_actor('jo', role => 'billing', request_id => 'r-1')")
         conn.execute("UPDATE bookings SET price = 101.00 WHERE id = %s", (booking,))
@@ -305,7 +288,7 @@ def test_pooled_session_never_carries_one_transactions_actor_into_the_next(
 
 
 def test_no_context_records_db_role_application_and_client_address(pipeline: Pipeline) -> None:
-    [booking] = _seed(pipeline)
+    [booking] = pipeline.seed()
     with pipeline.source(application_name="psql-hotfix") as conn:
         session = conn.execute("SELECT session_user::text, host(inet_client_addr())").fetchone()
         assert session is not None
@@ -327,7 +310,7 @@ def test_no_context_records_db_role_application_and_client_address(pipeline: Pip
 def test_interleaved_transactions_each_keep_their_own_actor_in_commit_order(
     pipeline: Pipeline,
 ) -> None:
-    b1, b2, b3 = _seed(pipeline, bookings=3)
+    b1, b2, b3 = pipeline.seed(bookings=3)
     lea, max_, ned = (pipeline.source(application_name=n) for n in ("lea", "max", "ned"))
     try:
         lea.execute("SELECT bookaudit.set_actor('lea', role => 'dispatcher')")

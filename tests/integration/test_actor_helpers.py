@@ -1,0 +1,236 @@
+"""The application helpers on the real stack: psycopg's acting_as, and the documented snippets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from bookaudit.actor import Actor, ActorError, acting_as
+from tests.integration.harness import Pipeline
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "application-actor.md"
+
+_UPDATES = (
+    "SELECT after ->> 'price', after ->> 'status', actor, actor_role, request_id, application, "
+    "actor_origin FROM audit.row_changes WHERE action = 'update' ORDER BY commit_lsn, sequence"
+)
+
+
+def _snippet(name: str) -> dict[str, Any]:
+    """Run the code block the doc marks `<!-- snippet: name -->`, exactly as a reader copies it."""
+    text = DOC.read_text()
+    marker = f"<!-- snippet: {name} -->\n```python\n"
+    start = text.index(marker) + len(marker)
+    code = text[start : text.index("```", start)]
+    namespace: dict[str, Any] = {"__name__": f"snippet_{name}"}
+    exec(compile(code, f"{DOC}#{name}", "exec"), namespace)
+    return namespace
+
+
+def test_acting_as_attributes_one_transaction_and_commits_it(pipeline: Pipeline) -> None:
+    [booking] = pipeline.seed()
+    with pipeline.source(application_name="psycopg-app") as conn:
+        conn.autocommit = True
+        with acting_as(conn, "alice", role="admin", approval_ref="APR-1", request_id="r-1"):
+            conn.execute("UPDATE bookings SET price = 189.50 WHERE id = %s", (booking,))
+        with acting_as(conn, Actor("finn", role="fieldworker")):
+            conn.execute("UPDATE bookings SET status = 'completed' WHERE id = %s", (booking,))
+        with pytest.raises(ZeroDivisionError), acting_as(conn, "mallory"):
+            conn.execute("UPDATE bookings SET price = 1.00 WHERE id = %s", (booking,))
+            raise ZeroDivisionError
+        # The actor ended with its transaction: this change is the session's, not finn's.
+        conn.execute("UPDATE bookings SET status = 'closed' WHERE id = %s", (booking,))
+    pipeline.flow()
+
+    assert pipeline.warehouse(_UPDATES) == [
+        ("189.50", "requested", "alice", "admin", "r-1", "psycopg-app", "application"),
+        ("189.50", "completed", "finn", "fieldworker", None, "psycopg-app", "application"),
+        ("189.50", "closed", None, None, None, "psycopg-app", "db_session"),
+    ]
+
+
+def test_acting_as_refuses_a_transaction_it_does_not_own_and_an_empty_actor(
+    pipeline: Pipeline,
+) -> None:
+    with pipeline.source() as conn:
+        conn.execute("SELECT 1")  # the connection is now inside a transaction
+        with pytest.raises(ActorError, match="already in one"), acting_as(conn, "alice"):
+            pass
+        conn.rollback()
+        with pytest.raises(ActorError, match="non-empty"), acting_as(conn, " "):
+            pass
+        with (
+            pytest.raises(ActorError, match="in the Actor"),
+            acting_as(conn, Actor("bob"), role="admin"),
+        ):
+            pass
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Booking(_Base):
+    """The sample schema's bookings, as an ORM application maps them."""
+
+    __tablename__ = "bookings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    price: Mapped[Decimal]
+    status: Mapped[str]
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    params = conninfo_to_dict(dsn)
+    return URL.create(
+        "postgresql+psycopg",
+        username=str(params.get("user") or "") or None,
+        password=str(params.get("password") or "") or None,
+        host=str(params.get("host") or "") or None,
+        port=int(str(params["port"])) if params.get("port") else None,
+        database=str(params["dbname"]),
+    ).render_as_string(hide_password=False)
+
+
+def test_sqlalchemy_snippet_names_the_request_user_in_every_transaction(
+    pipeline: Pipeline,
+) -> None:
+    [booking] = pipeline.seed()
+    snippet = _snippet("sqlalchemy")
+    engine = create_engine(
+        _sqlalchemy_url(pipeline.source_dsn), connect_args={"application_name": "sa-app"}
+    )
+    try:
+        token = snippet["current_actor"].set(
+            {"id": "sam", "role": "dispatcher", "request_id": "req-sa"}
+        )
+        with Session(engine) as session:
+            row = session.get(Booking, booking)
+            assert row is not None
+            row.price = Decimal("111.10")
+            session.commit()
+            row.status = "scheduled"  # a second transaction of the same request
+            session.commit()
+        snippet["current_actor"].reset(token)
+        with Session(engine) as session:  # no request user: a job, a shell
+            row = session.get(Booking, booking)
+            assert row is not None
+            row.status = "confirmed"
+            session.commit()
+    finally:
+        event.remove(Session, "after_begin", snippet["name_the_actor"])
+        engine.dispose()
+    pipeline.flow()
+
+    assert pipeline.warehouse(_UPDATES) == [
+        ("111.10", "requested", "sam", "dispatcher", "req-sa", "sa-app", "application"),
+        ("111.10", "scheduled", "sam", "dispatcher", "req-sa", "sa-app", "application"),
+        ("111.10", "confirmed", None, None, None, "sa-app", "db_session"),
+    ]
+
+
+@dataclass
+class _User:
+    """Django's user protocol as the middleware reads it."""
+
+    username: str
+    role: str | None = None
+    is_authenticated: bool = True
+
+    def get_username(self) -> str:
+        return self.username
+
+
+def _configure_django(dsn: str) -> None:
+    import django
+    from django.conf import settings
+    from django.db import connections
+
+    params = conninfo_to_dict(dsn)
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": str(params["dbname"]),
+        "USER": str(params.get("user") or ""),
+        "PASSWORD": str(params.get("password") or ""),
+        "HOST": str(params.get("host") or ""),
+        "PORT": str(params.get("port") or ""),
+        "OPTIONS": {"application_name": "django-app"},
+    }
+    if not settings.configured:
+        settings.configure(DATABASES={"default": database}, INSTALLED_APPS=[], USE_TZ=True)
+        django.setup()
+    else:
+        # Settings configure once per process; later tests point the connection elsewhere.
+        connections["default"].close()
+        connections["default"].settings_dict.update(database)
+
+
+def test_django_middleware_snippet_names_the_request_user(pipeline: Pipeline) -> None:
+    [booking] = pipeline.seed()
+    snippet = _snippet("django")
+    _configure_django(pipeline.source_dsn)
+    from django.db import connection, connections, transaction
+    from django.http import HttpRequest, HttpResponse
+    from django.test import RequestFactory
+
+    def edit(request: HttpRequest) -> HttpResponse:
+        with connection.cursor() as cursor:  # autocommit: one statement, one transaction
+            cursor.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", [booking])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("UPDATE bookings SET status = 'scheduled' WHERE id = %s", [booking])
+            cursor.execute(
+                "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'web', 'moved')",
+                [booking],
+            )
+        return HttpResponse("ok")
+
+    def confirm(request: HttpRequest) -> HttpResponse:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE bookings SET status = 'confirmed' WHERE id = %s", [booking])
+        return HttpResponse("ok")
+
+    factory = RequestFactory()
+    signed_in = factory.post("/bookings", headers={"X-Request-ID": "req-dj"})
+    signed_in.user = _User("dj", role="dispatcher")  # type: ignore[assignment]
+    anonymous = factory.post("/bookings")
+    anonymous.user = _User("", is_authenticated=False)  # type: ignore[assignment]
+    try:
+        assert snippet["AuditActorMiddleware"](edit)(signed_in).status_code == 200
+        assert snippet["AuditActorMiddleware"](confirm)(anonymous).status_code == 200
+    finally:
+        connections.close_all()
+    pipeline.flow()
+
+    assert pipeline.warehouse(_UPDATES) == [
+        ("120.00", "requested", "dj", "dispatcher", "req-dj", "django-app", "application"),
+        ("120.00", "scheduled", "dj", "dispatcher", "req-dj", "django-app", "application"),
+        ("120.00", "confirmed", None, None, None, "django-app", "db_session"),
+    ]
+    note = pipeline.warehouse(
+        "SELECT actor, request_id FROM audit.row_changes WHERE table_name = 'notes'"
+    )
+    assert note == [("dj", "req-dj")]
+    one_each = pipeline.warehouse(
+        "SELECT count(DISTINCT txid) FROM audit.row_changes WHERE actor = 'dj'"
+    )
+    assert one_each == [(2,)]  # the autocommit UPDATE, then the atomic block
+
+
+def test_psycopg_connection_type_is_what_the_django_snippet_expects(pipeline: Pipeline) -> None:
+    """The Django snippet reaches under Django's wrapper for psycopg's transaction status."""
+    _configure_django(pipeline.source_dsn)
+    from django.db import connections
+
+    try:
+        connections["default"].ensure_connection()
+        assert isinstance(connections["default"].connection, psycopg.Connection)
+    finally:
+        connections.close_all()

@@ -76,6 +76,12 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
         "topic_prefix": click.option(
             "--topic-prefix", help="topic prefix (BOOKAUDIT_TOPIC_PREFIX)"
         ),
+        "mode": click.option(
+            "--mode",
+            type=click.Choice(["logical", "trigger"]),
+            help="logical decoding, or triggers + outbox where wal_level=logical is unavailable "
+            "(BOOKAUDIT_MODE, default logical)",
+        ),
     }
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,14 +110,15 @@ def source() -> None:
 
 
 @source.command("install")
-@_connection_options("source_dsn", "publication")
+@_connection_options("source_dsn", "publication", "mode")
 @click.option("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
 @click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
 @click.pass_context
 def source_install(
     ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
 ) -> None:
-    """Context API, statement triggers, publication and REPLICA IDENTITY FULL."""
+    """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
+    an outbox with row triggers."""
     from bookaudit.source.install import TableName, apply, plan_install, render
 
     cfg = _config(ctx, tables=tables, **flags)
@@ -119,12 +126,13 @@ def source_install(
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
-        statements = plan_install(conn, names, cfg.publication)
+        statements = plan_install(conn, names, cfg.publication, cfg.mode)
         if dry_run:
             click.echo(render(conn, statements))
             return
         apply(conn, statements, lambda m: log(f"  {m}"))
-    log(f"source: auditing {', '.join(map(str, names))} in publication {cfg.publication!r}")
+    where = "the outbox" if cfg.mode == "trigger" else f"publication {cfg.publication!r}"
+    log(f"source: auditing {', '.join(map(str, names))} in {where} ({cfg.mode} mode)")
 
 
 @source.command("uninstall")
@@ -158,12 +166,13 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 
 @main.command()
-@_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix")
+@_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix", "mode")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every committed change is in Kafka")
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
-    """Stream the slot to Kafka, confirming only what Kafka acknowledged."""
+    """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
     from bookaudit.cdc.capture import Capture, CaptureSettings
+    from bookaudit.cdc.relay import OutboxRelay
 
     cfg = _config(ctx, **flags)
     cfg.require("source_dsn", "kafka_bootstrap")
@@ -177,7 +186,8 @@ def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
         source_name=cfg.source_name,
         exit_when_idle=exit_when_idle,
     )
-    with_retry(lambda: Capture(settings, log).run(), max_attempts=5 if exit_when_idle else None)
+    runner = OutboxRelay if cfg.mode == "trigger" else Capture
+    with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
 
 # --- warehouse and consumers ----------------------------------------------------------------

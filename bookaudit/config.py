@@ -16,6 +16,7 @@ ENV_PREFIX = "BOOKAUDIT_"
 DEFAULT_TOML = "bookaudit.toml"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+MODES = ("logical", "trigger")
 
 
 class Secret(str):
@@ -45,6 +46,8 @@ class Config:
     group_id: str = "bookaudit-audit"
     batch_size: int = 500
     tables: tuple[str, ...] = field(default_factory=tuple)
+    # logical: pgoutput over a replication slot; trigger: row triggers + outbox relay.
+    mode: str = "logical"
 
     def require(self, *names: str) -> None:
         """Fail with the env var a user should set, rather than deep inside a connection call."""
@@ -80,6 +83,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {name} {raw!r} must be a lower-case identifier (letters, digits, _)"
         )
+    if name == "mode" and raw not in MODES:
+        raise ConfigError(f"{origin}: mode {raw!r} must be one of {', '.join(MODES)}")
     if name == "topic_prefix" and not _TOPIC.match(raw):
         raise ConfigError(f"{origin}: topic_prefix {raw!r} may hold only letters, digits, . _ -")
     return raw

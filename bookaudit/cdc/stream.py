@@ -83,18 +83,7 @@ class Catalog:
                 (oids, mods),
             )
         ]
-        key = tuple(
-            str(r[0])
-            for r in self.conn.execute(
-                """
-                SELECT a.attname FROM pg_index i
-                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n
-                """,
-                (relation.oid,),
-            )
-        )
+        key = self._primary_key(relation.oid)
         if not key:
             key = tuple(c.name for c in relation.columns if c.is_identity)
         return TableSchema(
@@ -104,6 +93,45 @@ class Catalog:
             columns=tuple(c.name for c in relation.columns),
             types=tuple(types),
             key=key,
+        )
+
+    def _primary_key(self, oid: int) -> tuple[str, ...]:
+        return tuple(
+            str(r[0])
+            for r in self.conn.execute(
+                """
+                SELECT a.attname FROM pg_index i
+                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n
+                """,
+                (oid,),
+            )
+        )
+
+    def table(self, schema: str, name: str) -> TableSchema | None:
+        """The same TableSchema `resolve` builds, looked up by name (trigger mode has no
+        Relation message); None when the table no longer exists."""
+        row = self.conn.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (schema, name),
+        ).fetchone()
+        if row is None:
+            return None
+        oid = int(row[0])
+        columns = self.conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        ).fetchall()
+        return TableSchema(
+            oid=oid,
+            schema=schema,
+            name=name,
+            columns=tuple(str(c[0]) for c in columns),
+            types=tuple(str(c[1]) for c in columns),
+            key=self._primary_key(oid),
         )
 
 

@@ -1,4 +1,5 @@
-"""Plans and applies the source install: context API, statement triggers, publication, FULL identity."""
+"""Plans and applies the source install: context API and triggers, plus the publication (logical
+mode) or the outbox (trigger mode)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import psycopg
 from psycopg import sql
 
 from bookaudit._resources import read_text
+from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
 
 TRIGGER_NAME = "bookaudit_context"
+# Named to sort first: AFTER triggers fire in name order, and the outbox row must be written
+# before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
+# other rows, so that the outbox order is the order in which the WAL records the changes.
+OUTBOX_TRIGGER = "0_bookaudit_outbox"
+TRUNCATE_TRIGGER = "0_bookaudit_truncate"
 
 
 @dataclass(frozen=True)
@@ -37,14 +44,31 @@ class TableName:
         return f"{self.schema}.{self.name}"
 
 
-def check_source(conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableName]) -> None:
+def check_source(
+    conn: psycopg.Connection[tuple[object, ...]],
+    tables: Sequence[TableName],
+    mode: str = "logical",
+) -> None:
     """Refuse early, naming the culprit, rather than fail halfway through the install."""
-    wal_level = conn.execute("SHOW wal_level").fetchone()
-    if wal_level is None or wal_level[0] != "logical":
-        level = wal_level[0] if wal_level else "?"
-        raise SourceCheckError(
-            f"wal_level is {level!r}, not 'logical': set wal_level = logical and restart PostgreSQL"
-        )
+    if mode not in MODES:
+        raise SourceCheckError(f"mode {mode!r} is neither 'logical' nor 'trigger'")
+    if mode == "logical":
+        wal_level = conn.execute("SHOW wal_level").fetchone()
+        if wal_level is None or wal_level[0] != "logical":
+            level = wal_level[0] if wal_level else "?"
+            raise SourceCheckError(
+                f"wal_level is {level!r}, not 'logical': set wal_level = logical and restart "
+                "PostgreSQL, or install with --mode trigger"
+            )
+    else:
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'hstore'"
+        ).fetchone()
+        if available is None:
+            raise SourceCheckError(
+                "trigger mode needs the hstore extension, which this server lacks: "
+                "install PostgreSQL's contrib package"
+            )
     if not tables:
         raise SourceCheckError("no table to audit: pass --table schema.table at least once")
     can_create = conn.execute(
@@ -92,12 +116,31 @@ def _publication_exists(conn: psycopg.Connection[tuple[object, ...]], publicatio
     )
 
 
+def installed_mode(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> str | None:
+    """Which mode this database is audited in now, if any."""
+    outbox = conn.execute("SELECT to_regclass('bookaudit.outbox') IS NOT NULL").fetchone()
+    if outbox and outbox[0]:
+        return "trigger"
+    return "logical" if _publication_exists(conn, publication) else None
+
+
 def plan_install(
-    conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableName], publication: str
+    conn: psycopg.Connection[tuple[object, ...]],
+    tables: Sequence[TableName],
+    publication: str,
+    mode: str = "logical",
 ) -> list[sql.Composable]:
     """Every statement the install needs, given what is already there (so a rerun is a no-op)."""
-    check_source(conn, tables)
+    check_source(conn, tables, mode)
+    current = installed_mode(conn, publication)
+    if current is not None and current != mode:
+        raise SourceCheckError(
+            f"this database is audited in {current} mode: run `bookaudit source uninstall` "
+            f"(after the capture drained it) before installing {mode} mode"
+        )
     statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
+    if mode == "trigger":
+        return statements + _plan_outbox(conn, tables)
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         statements.append(
@@ -121,6 +164,65 @@ def plan_install(
     return statements
 
 
+def _hstore_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'hstore'"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _plan_outbox(
+    conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableName]
+) -> list[sql.Composable]:
+    """Trigger mode: no publication, no slot, no REPLICA IDENTITY; an outbox and its triggers."""
+    statements: list[sql.Composable] = []
+    hstore = _hstore_schema(conn)
+    if hstore is None:
+        # Inside our schema, so that uninstall's DROP SCHEMA takes it away again.
+        hstore = "bookaudit"
+        statements.append(sql.SQL("CREATE EXTENSION hstore WITH SCHEMA bookaudit"))
+    statements.append(
+        sql.SQL(read_text("sql", "source", "002_outbox.sql")).format(hstore=sql.Identifier(hstore))
+    )
+    for table in tables:
+        statements.append(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.record_context()"
+            ).format(sql.Identifier(TRIGGER_NAME), table.ident())
+        )
+        statements.append(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
+                "FOR EACH ROW EXECUTE FUNCTION bookaudit.outbox_row()"
+            ).format(sql.Identifier(OUTBOX_TRIGGER), table.ident())
+        )
+        statements.append(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} AFTER TRUNCATE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.outbox_row()"
+            ).format(sql.Identifier(TRUNCATE_TRIGGER), table.ident())
+        )
+    return statements
+
+
+def _bookaudit_triggers(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> list[tuple[str, TableName]]:
+    """Every trigger on a user table that calls a bookaudit function, in either mode."""
+    rows = conn.execute(
+        """
+        SELECT t.tgname, n.nspname, c.relname FROM pg_trigger t
+        JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+        WHERE pn.nspname = 'bookaudit' AND n.nspname <> 'bookaudit' AND NOT t.tgisinternal
+        ORDER BY 2, 3, 1
+        """
+    ).fetchall()
+    return [(str(name), TableName(str(s), str(t))) for name, s, t in rows]
+
+
 def plan_uninstall(
     conn: psycopg.Connection[tuple[object, ...]], publication: str, slot: str
 ) -> list[sql.Composable]:
@@ -136,11 +238,19 @@ def plan_uninstall(
                 f"replication slot {slot!r} is in use: stop bookaudit capture first"
             )
         statements.append(sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot)))
+    if installed_mode(conn, publication) == "trigger":
+        pending = conn.execute("SELECT count(*) FROM bookaudit.outbox").fetchone()
+        if pending and pending[0]:
+            raise SourceCheckError(
+                f"bookaudit.outbox still holds {pending[0]} changes not yet in Kafka: "
+                "run `bookaudit capture --mode trigger --exit-when-idle` first"
+            )
     for table in sorted(_published(conn, publication), key=str):
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(table.ident()))
+    for trigger, table in _bookaudit_triggers(conn):
         statements.append(
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(TRIGGER_NAME), table.ident()
+                sql.Identifier(trigger), table.ident()
             )
         )
     statements.append(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))

@@ -10,9 +10,10 @@ from bookaudit.stack import StackEnv
 from tests.integration.harness import Pipeline
 
 
-@pytest.fixture
-def pipeline(stack: StackEnv) -> Iterator[Pipeline]:
-    p = Pipeline(stack).create()
+@pytest.fixture(params=["logical", "trigger"])
+def pipeline(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """Every pipeline test runs in both capture modes: consumers must not tell them apart."""
+    p = Pipeline(stack, mode=request.param).create()
     yield p
     p.drop()
 

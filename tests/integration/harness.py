@@ -1,4 +1,5 @@
-"""A per-test pipeline: its own source and warehouse databases, slot, topic prefix and group."""
+"""A per-test pipeline: its own source and warehouse databases, slot, topic prefix and group,
+in either capture mode (logical decoding, or trigger outbox + relay)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
 from bookaudit.cdc.decode import LogicalMessage, decode_message
+from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.transactions import CONTEXT_PREFIX
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit import AuditWriter, WriterStats
@@ -29,6 +31,7 @@ from bookaudit.warehouse.schema import init_warehouse
 @dataclass
 class Pipeline:
     stack: StackEnv
+    mode: str = "logical"
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:10])
     logs: list[str] = field(default_factory=list)
 
@@ -62,6 +65,7 @@ class Pipeline:
             "BOOKAUDIT_PUBLICATION": "bookaudit",
             "BOOKAUDIT_TOPIC_PREFIX": self.prefix,
             "BOOKAUDIT_GROUP_ID": self.group_id,
+            "BOOKAUDIT_MODE": self.mode,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -78,8 +82,9 @@ class Pipeline:
         return self
 
     def install(self, tables: Sequence[str]) -> None:
+        names = [TableName.parse(t) for t in tables]
         with psycopg.connect(self.source_dsn, autocommit=True) as conn:
-            apply(conn, plan_install(conn, [TableName.parse(t) for t in tables], "bookaudit"))
+            apply(conn, plan_install(conn, names, "bookaudit", self.mode))
 
     def drop(self) -> None:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
@@ -112,7 +117,9 @@ class Pipeline:
         )
 
     def capture(self) -> CaptureStats:
-        return Capture(self.capture_settings(), self.logs.append).run()
+        """The mode's capture, in-process, until every committed change is in Kafka."""
+        runner = OutboxRelay if self.mode == "trigger" else Capture
+        return runner(self.capture_settings(), self.logs.append).run()
 
     def consume(self, group_id: str | None = None) -> WriterStats:
         settings = ConsumerSettings(
@@ -158,20 +165,30 @@ class Pipeline:
         return f"{self.name}_probe"
 
     def start_context_probe(self) -> None:
-        """A second slot, so a test can read the WAL stream itself without consuming it."""
+        """Logical mode: a second slot, so a test can read the WAL stream itself without
+        consuming it. Trigger mode records contexts in a table that needs no probe."""
+        if self.mode == "trigger":
+            return
         with psycopg.connect(self.source_dsn, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.probe_slot,)
             )
 
-    def context_messages(self, xid: int) -> int:
-        """How many actor-context records the source wrote for one transaction (32-bit xid)."""
+    def context_messages(self, txid: int) -> int:
+        """How many actor-context records the source wrote for one transaction (full txid):
+        context messages in the WAL, or rows of bookaudit.outbox_context before the relay."""
         with psycopg.connect(self.source_dsn, autocommit=True) as conn:
+            if self.mode == "trigger":
+                found = conn.execute(
+                    "SELECT count(*) FROM bookaudit.outbox_context WHERE txid = %s", (txid,)
+                ).fetchone()
+                assert found is not None
+                return int(found[0])
             rows = conn.execute(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
                 "'proto_version', '2', 'publication_names', 'bookaudit', 'messages', 'true') "
                 "WHERE xid::text = %s AND get_byte(data, 0) = ascii('M')",
-                (self.probe_slot, str(xid)),
+                (self.probe_slot, str(txid % 2**32)),
             ).fetchall()
         messages = [decode_message(bytes(r[0])) for r in rows]
         return sum(

@@ -1,0 +1,118 @@
+-- bookaudit source install --mode trigger: row triggers write an outbox in the same transaction,
+-- and `bookaudit capture --mode trigger` relays it to Kafka in commit order. No logical decoding.
+-- {hstore} is the schema of the hstore extension, filled in by the installer.
+
+-- One row per row change. hstore(record) renders each value with its type's output function,
+-- the same text pgoutput sends; the relay re-renders it in a neutral session (see relay.py).
+CREATE TABLE IF NOT EXISTS bookaudit.outbox (
+    txid        bigint   NOT NULL,  -- pg_current_xact_id(): epoch-qualified, never wraps
+    seq         integer  NOT NULL,  -- position among the transaction's row changes, from 0
+    context_seq integer  NOT NULL,  -- the bookaudit.outbox_context row in effect for this change
+    schema_name text     NOT NULL,
+    table_name  text     NOT NULL,
+    op          "char"   NOT NULL,  -- c u d t, as in the envelope
+    old_row     {hstore}.hstore,
+    new_row     {hstore}.hstore,
+    PRIMARY KEY (txid, seq)
+);
+
+-- The actor context, once per transaction and again when it changes: never once per row.
+-- seq is the first row change it covers; a context replaced before any row keeps that slot.
+CREATE TABLE IF NOT EXISTS bookaudit.outbox_context (
+    txid    bigint  NOT NULL,
+    seq     integer NOT NULL,
+    context jsonb   NOT NULL,
+    PRIMARY KEY (txid, seq)
+);
+
+-- One row per committed audited transaction, numbered in commit order (see register_commit).
+CREATE TABLE IF NOT EXISTS bookaudit.outbox_commits (
+    commit_seq   bigint      PRIMARY KEY,
+    txid         bigint      NOT NULL UNIQUE,
+    changes      integer     NOT NULL,
+    committed_at timestamptz NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS bookaudit.commit_seq;
+-- commit_seq is the event identity in place of the commit LSN, so a reinstall must never reuse a
+-- number: start at the current WAL position, which has moved on by more than one byte for
+-- every commit numbered since any earlier install.
+SELECT setval('bookaudit.commit_seq',
+              greatest((SELECT last_value FROM bookaudit.commit_seq),
+                       (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint));
+
+CREATE OR REPLACE FUNCTION bookaudit._record_context() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    ctx jsonb := bookaudit.current_context();
+    mark text := md5(ctx::text);
+    at integer;
+BEGIN
+    IF bookaudit._setting('bookaudit._emitted') IS NOT DISTINCT FROM mark THEN
+        RETURN bookaudit._setting('bookaudit._context_seq')::integer;
+    END IF;
+    at := coalesce(bookaudit._setting('bookaudit._seq'), '0')::integer;
+    INSERT INTO bookaudit.outbox_context (txid, seq, context)
+    VALUES (pg_current_xact_id()::text::bigint, at, ctx)
+    ON CONFLICT (txid, seq) DO UPDATE SET context = EXCLUDED.context;
+    -- Transaction-local, so a rolled-back savepoint takes the marker with the row it marks.
+    PERFORM set_config('bookaudit._context_seq', at::text, true);
+    PERFORM set_config('bookaudit._emitted', mark, true);
+    RETURN at;
+END
+$$;
+
+-- BEFORE ... FOR EACH STATEMENT on every audited table: the trigger-mode twin of emit_context.
+CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bookaudit._record_context();
+    RETURN NULL;
+END
+$$;
+
+-- AFTER ... FOR EACH ROW (and AFTER TRUNCATE FOR EACH STATEMENT): one outbox row per change.
+CREATE OR REPLACE FUNCTION bookaudit.outbox_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    at integer := coalesce(nullif(current_setting('bookaudit._seq', true), ''), '0')::integer;
+    ctx integer := nullif(current_setting('bookaudit._context_seq', true), '')::integer;
+BEGIN
+    IF ctx IS NULL THEN
+        -- A change no statement trigger announced (say, a table audited mid-transaction).
+        ctx := bookaudit._record_context();
+    END IF;
+    INSERT INTO bookaudit.outbox
+        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row)
+    VALUES (
+        pg_current_xact_id()::text::bigint, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+        CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
+        CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN {hstore}.hstore(OLD) END,
+        CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN {hstore}.hstore(NEW) END
+    );
+    PERFORM set_config('bookaudit._seq', (at + 1)::text, true);
+    RETURN NULL;
+END
+$$;
+
+-- Fired once per transaction at COMMIT (a deferred constraint trigger on its first context row).
+-- The advisory lock is held until the commit has completed and become visible, so transactions
+-- take commit_seq numbers strictly in commit order: when the relay sees number N, every smaller
+-- number that will ever commit is already visible, and it never has to wait on a gap.
+CREATE OR REPLACE FUNCTION bookaudit.register_commit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF bookaudit._setting('bookaudit._commit_registered') IS NULL THEN
+        PERFORM pg_advisory_xact_lock(1651204468, 1);  -- 'bkat': bookaudit's commit order
+        INSERT INTO bookaudit.outbox_commits (commit_seq, txid, changes, committed_at)
+        VALUES (nextval('bookaudit.commit_seq'), pg_current_xact_id()::text::bigint,
+                coalesce(bookaudit._setting('bookaudit._seq'), '0')::integer, clock_timestamp());
+        PERFORM set_config('bookaudit._commit_registered', 'yes', true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS bookaudit_commit_order ON bookaudit.outbox_context;
+CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbox_context
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bookaudit.register_commit();

@@ -54,3 +54,13 @@ def test_bad_toml_and_missing_file_are_named(tmp_path: Path) -> None:
 def test_require_names_the_env_var() -> None:
     with pytest.raises(ConfigError, match="BOOKAUDIT_KAFKA_BOOTSTRAP"):
         load_config(env={}).require("kafka_bootstrap")
+
+
+def test_mode_defaults_to_logical_and_is_validated() -> None:
+    assert load_config(env={}).mode == "logical"
+    assert load_config(env={"BOOKAUDIT_MODE": "trigger"}).mode == "trigger"
+    assert load_config(flags={"mode": "logical"}, env={"BOOKAUDIT_MODE": "trigger"}).mode == (
+        "logical"
+    )
+    with pytest.raises(ConfigError, match="BOOKAUDIT_MODE: mode 'outbox' must be one of"):
+        load_config(env={"BOOKAUDIT_MODE": "outbox"})

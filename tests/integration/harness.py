@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.stack import StackEnv
 from bookaudit.warehouse.schema import init_warehouse
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll until `check` holds; the timeout only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 @dataclass

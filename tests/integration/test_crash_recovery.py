@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from tests.integration.harness import Pipeline
+from tests.integration.harness import Pipeline, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +46,6 @@ def _kafka_count(p: Pipeline, topic: str) -> int:
         consumer.close()
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _assert_exactly_once(p: Pipeline) -> None:
     rows = p.warehouse(
         "SELECT count(*), count(DISTINCT after ->> 'name'), "
@@ -86,7 +76,7 @@ def test_capture_killed_mid_stream_resumes_with_nothing_lost(pipeline: Pipeline)
     generator = threading.Thread(target=_generate, args=(pipeline, done))
     generator.start()
     try:
-        _wait_for("4000 events in Kafka", lambda: _kafka_count(pipeline, topic) >= 4000)
+        wait_for("4000 events in Kafka", lambda: _kafka_count(pipeline, topic) >= 4000)
         capture.send_signal(signal.SIGKILL)
         capture.wait(timeout=10)
         in_kafka_at_kill = _kafka_count(pipeline, topic)
@@ -112,7 +102,7 @@ def test_writer_killed_mid_stream_resumes_with_no_duplicate(pipeline: Pipeline) 
     def written() -> int:
         return int(pipeline.warehouse("SELECT count(*) FROM audit.row_changes")[0][0])
 
-    _wait_for("4000 rows in the warehouse", lambda: written() >= 4000)
+    wait_for("4000 rows in the warehouse", lambda: written() >= 4000)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
     at_kill = written()

@@ -3,7 +3,7 @@
 -- {hstore} is the schema of the hstore extension, filled in by the installer.
 
 -- One row per row change. hstore(record) renders each value with its type's output function,
--- the same text pgoutput sends; the relay re-renders it in a neutral session (see relay.py).
+-- as pgoutput does; the relay re-renders it in a session like the walsender's (see relay.py).
 CREATE TABLE IF NOT EXISTS bookaudit.outbox (
     txid        bigint   NOT NULL,  -- pg_current_xact_id(): epoch-qualified, never wraps
     seq         integer  NOT NULL,  -- position among the transaction's row changes, from 0
@@ -72,8 +72,14 @@ END
 $$;
 
 -- AFTER ... FOR EACH ROW (and AFTER TRUNCATE FOR EACH STATEMENT): one outbox row per change.
+-- The settings pin the text form against the writer's session (DateStyle 'SQL, DMY' would be
+-- misread later, extra_float_digits = 0 would round floats): the relay reads this text back
+-- through the column types and renders it as pgoutput does.
 CREATE OR REPLACE FUNCTION bookaudit.outbox_row() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET datestyle = 'ISO, MDY' SET timezone = 'UTC' SET intervalstyle = 'postgres'
+SET extra_float_digits = 1
+AS $$
 DECLARE
     at integer := coalesce(nullif(current_setting('bookaudit._seq', true), ''), '0')::integer;
     ctx integer := nullif(current_setting('bookaudit._context_seq', true), '')::integer;

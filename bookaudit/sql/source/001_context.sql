@@ -42,16 +42,30 @@ LANGUAGE sql STABLE AS $$
     )
 $$;
 
+-- What can change within a session, cheap to compare on every statement; session_user and the
+-- client address cannot change, so the full context is built only when this mark moves.
+-- An unset setting reads NULL or '' (see _setting): both become '' here, as both mean unset.
+CREATE OR REPLACE FUNCTION bookaudit._context_mark() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT concat_ws(E'\x1f',
+        coalesce(current_setting('bookaudit.actor', true), ''),
+        coalesce(current_setting('bookaudit.role', true), ''),
+        coalesce(current_setting('bookaudit.reason', true), ''),
+        coalesce(current_setting('bookaudit.approval_ref', true), ''),
+        coalesce(current_setting('bookaudit.request_id', true), ''),
+        current_setting('application_name'))
+$$;
+
 -- Once per transaction and again whenever the context changes; the marker is transaction-local
 -- and rolls back with a savepoint, exactly like the transactional message it stands for.
 CREATE OR REPLACE FUNCTION bookaudit.emit_context() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    ctx text := bookaudit.current_context()::text;
-    mark text := md5(ctx);
+    mark text := bookaudit._context_mark();
 BEGIN
-    IF bookaudit._setting('bookaudit._emitted') IS DISTINCT FROM mark THEN
-        PERFORM pg_logical_emit_message(true, 'bookaudit.context', ctx);
+    IF current_setting('bookaudit._emitted', true) IS DISTINCT FROM mark THEN
+        PERFORM pg_logical_emit_message(
+            true, 'bookaudit.context', bookaudit.current_context()::text);
         PERFORM set_config('bookaudit._emitted', mark, true);
     END IF;
     RETURN NULL;

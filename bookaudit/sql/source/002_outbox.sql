@@ -44,16 +44,15 @@ SELECT setval('bookaudit.commit_seq',
 CREATE OR REPLACE FUNCTION bookaudit._record_context() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    ctx jsonb := bookaudit.current_context();
-    mark text := md5(ctx::text);
+    mark text := bookaudit._context_mark();
     at integer;
 BEGIN
-    IF bookaudit._setting('bookaudit._emitted') IS NOT DISTINCT FROM mark THEN
-        RETURN bookaudit._setting('bookaudit._context_seq')::integer;
+    IF current_setting('bookaudit._emitted', true) IS NOT DISTINCT FROM mark THEN
+        RETURN current_setting('bookaudit._context_seq')::integer;
     END IF;
     at := coalesce(bookaudit._setting('bookaudit._seq'), '0')::integer;
     INSERT INTO bookaudit.outbox_context (txid, seq, context)
-    VALUES (pg_current_xact_id()::text::bigint, at, ctx)
+    VALUES (pg_current_xact_id()::text::bigint, at, bookaudit.current_context())
     ON CONFLICT (txid, seq) DO UPDATE SET context = EXCLUDED.context;
     -- Transaction-local, so a rolled-back savepoint takes the marker with the row it marks.
     PERFORM set_config('bookaudit._context_seq', at::text, true);
@@ -71,30 +70,43 @@ BEGIN
 END
 $$;
 
+-- A row's text must not depend on the writer's session: DateStyle 'SQL, DMY' would be misread
+-- later and extra_float_digits = 0 rounds floats. The relay reads this text back through the
+-- column types and renders it as pgoutput does, so any unambiguous, exact form will do; sessions
+-- already in one (the defaults) skip the cost of switching settings for the call.
+CREATE OR REPLACE FUNCTION bookaudit._exact_text(r anyelement) RETURNS {hstore}.hstore
+LANGUAGE sql STABLE
+SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 1
+AS $$ SELECT {hstore}.hstore(r) $$;
+
 -- AFTER ... FOR EACH ROW (and AFTER TRUNCATE FOR EACH STATEMENT): one outbox row per change.
--- The settings pin the text form against the writer's session (DateStyle 'SQL, DMY' would be
--- misread later, extra_float_digits = 0 would round floats): the relay reads this text back
--- through the column types and renders it as pgoutput does.
 CREATE OR REPLACE FUNCTION bookaudit.outbox_row() RETURNS trigger
-LANGUAGE plpgsql
-SET datestyle = 'ISO, MDY' SET timezone = 'UTC' SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     at integer := coalesce(nullif(current_setting('bookaudit._seq', true), ''), '0')::integer;
     ctx integer := nullif(current_setting('bookaudit._context_seq', true), '')::integer;
+    plain boolean := current_setting('DateStyle') LIKE 'ISO%'
+                     AND current_setting('IntervalStyle') = 'postgres'
+                     AND current_setting('extra_float_digits')::integer >= 1;
+    old_row {hstore}.hstore;
+    new_row {hstore}.hstore;
 BEGIN
     IF ctx IS NULL THEN
         -- A change no statement trigger announced (say, a table audited mid-transaction).
         ctx := bookaudit._record_context();
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_row := CASE WHEN plain THEN {hstore}.hstore(OLD) ELSE bookaudit._exact_text(OLD) END;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
     INSERT INTO bookaudit.outbox
         (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row)
     VALUES (
         pg_current_xact_id()::text::bigint, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
         CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
-        CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN {hstore}.hstore(OLD) END,
-        CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN {hstore}.hstore(NEW) END
+        old_row, new_row
     );
     PERFORM set_config('bookaudit._seq', (at + 1)::text, true);
     RETURN NULL;

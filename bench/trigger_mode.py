@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -20,7 +22,8 @@ from bookaudit.source.install import TableName, apply, plan_install
 
 ROWS = 100_000
 BULK = 100_000
-SECONDS = 20
+SECONDS = 10
+ROUNDS = 3
 CLIENTS = 4
 
 # One booking's price and status per transaction, the actor set with SET LOCAL so that the very
@@ -85,43 +88,48 @@ def time_relay(dsn: str, bootstrap: str) -> tuple[float, int]:
 
 @click.command()
 @click.option("--seconds", default=SECONDS, show_default=True, help="pgbench duration per run")
-def main(seconds: int) -> None:
+@click.option("--rounds", default=ROUNDS, show_default=True, help="interleaved runs per mode")
+def main(seconds: int, rounds: int) -> None:
     admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
         raise click.ClickException('run under the stack: eval "$(bookaudit stack env)"')
-    tps: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    modes = {"none": None, "logical": "logical", "trigger": "trigger"}
+    tps: dict[str, list[float]] = {label: [] for label in modes}
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "booking_update.sql"
         script.write_text(_SCRIPT)
-        for mode in (None, "logical", "trigger"):
-            label = mode or "none"
-            with bench_database(admin) as dsn:
-                click.echo(f"pgbench, {label}: {CLIENTS} clients, {seconds} s ...", err=True)
-                prepare(dsn, mode)
-                tps[label] = pgbench(dsn, script, seconds)
-                if mode == "trigger":
-                    backlog = queued(dsn)
-                    small_s, small = time_relay(dsn, bootstrap)
-                    with psycopg.connect(dsn, autocommit=True) as conn:
-                        conn.execute(
-                            "UPDATE bench_bookings SET price = price + 1 WHERE id <= %s", (BULK,)
-                        )
-                    bulk_s, bulk = time_relay(dsn, bootstrap)
+        dsns = {label: stack.enter_context(bench_database(admin)) for label in modes}
+        for label, mode in modes.items():
+            prepare(dsns[label], mode)
+        # Interleaved rounds, medians: the machine is shared, so noise hits every mode alike.
+        for r in range(rounds):
+            for label in modes:
+                click.echo(f"round {r + 1}/{rounds}, pgbench {label}: {seconds} s", err=True)
+                tps[label].append(pgbench(dsns[label], script, seconds))
+        dsn = dsns["trigger"]
+        backlog = queued(dsn)
+        small_s, small = time_relay(dsn, bootstrap)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE bench_bookings SET price = price + 1 WHERE id <= %s", (BULK,))
+        bulk_s, bulk = time_relay(dsn, bootstrap)
     if small != backlog or bulk != BULK:
         raise click.ClickException(f"relay sent {small}/{backlog} and {bulk}/{BULK} changes")
-    click.echo(f"pgbench booking update, no audit:          {tps['none']:10,.0f} tps")
-    click.echo(f"pgbench booking update, logical mode:      {tps['logical']:10,.0f} tps")
-    click.echo(f"pgbench booking update, trigger mode:      {tps['trigger']:10,.0f} tps")
-    click.echo(f"logical / no audit ratio:                  {tps['logical'] / tps['none']:10.3f}")
-    click.echo(f"trigger / no audit ratio:                  {tps['trigger'] / tps['none']:10.3f}")
+    median = {label: statistics.median(runs) for label, runs in tps.items()}
     click.echo(
-        f"relay, {small:,} one-change transactions:  {small / small_s:10,.0f} changes/s "
+        f"pgbench, 1-row booking updates, {CLIENTS} clients, median of {rounds} x {seconds} s:"
+    )
+    for label in modes:
+        runs = ", ".join(f"{t:,.0f}" for t in tps[label])
+        click.echo(f"  {label:8} {median[label]:8,.0f} tps   ({runs})")
+    click.echo(f"logical / no audit ratio:              {median['logical'] / median['none']:8.3f}")
+    click.echo(f"trigger / no audit ratio:              {median['trigger'] / median['none']:8.3f}")
+    click.echo(
+        f"relay, {small:,} one-change transactions: {small / small_s:8,.0f} changes/s "
         f"({small_s:.2f} s)"
     )
     click.echo(
-        f"relay, one {bulk:,}-row transaction:      {bulk / bulk_s:10,.0f} changes/s "
-        f"({bulk_s:.2f} s)"
+        f"relay, one {bulk:,}-row transaction:     {bulk / bulk_s:8,.0f} changes/s ({bulk_s:.2f} s)"
     )
 
 

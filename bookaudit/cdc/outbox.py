@@ -7,7 +7,7 @@ the same in both modes. Where logical mode has the commit LSN, trigger mode has 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bookaudit.cdc.transactions import NO_CONTEXT, ActorContext, Row, RowChange, TableSchema
@@ -39,6 +39,7 @@ class OutboxRow:
     op: str
     old: Sequence[str | None] | None
     new: Sequence[str | None] | None
+    context: str | None = None  # the actor context JSON, on the first change it covers
 
 
 def pairs_to_row(flat: Sequence[str | None] | None, table: TableSchema) -> Row | None:
@@ -61,14 +62,17 @@ class OutboxTransaction:
     """Maps one committed transaction's rows, page by page, keeping per-table order across pages."""
 
     commit: OutboxCommit
-    contexts: Mapping[int, ActorContext]
+    contexts: dict[int, ActorContext] = field(default_factory=dict)
     per_table: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def change(self, row: OutboxRow, table: TableSchema) -> RowChange:
+        """Rows must come in seq order, so a context is seen before the changes it covers."""
         if row.txid != self.commit.txid:
             raise DecodeError(f"outbox row of txid {row.txid} fed to txid {self.commit.txid}")
         if row.op not in OPS:
             raise DecodeError(f"outbox row {row.txid}/{row.seq}: unknown op {row.op!r}")
+        if row.context is not None:
+            self.contexts[row.seq] = ActorContext.from_message(row.context.encode())
         name = (row.schema, row.table)
         order = self.per_table.get(name, 0)
         self.per_table[name] = order + 1

@@ -19,7 +19,7 @@ from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
 from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
 from bookaudit.cdc.stream import Catalog
-from bookaudit.cdc.transactions import ActorContext, TableSchema
+from bookaudit.cdc.transactions import TableSchema
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
 from bookaudit.source.install import OUTBOX_TRIGGER
 
@@ -34,13 +34,8 @@ SELECT commit_seq, txid, changes, floor(extract(epoch FROM committed_at) * 1000)
 FROM bookaudit.outbox_commits WHERE commit_seq > %s ORDER BY commit_seq LIMIT %s
 """
 
-_CONTEXTS = """
-SELECT txid, seq, context::text FROM bookaudit.outbox_context WHERE txid = ANY(%s)
-"""
-
 _RELEASE = (
     "DELETE FROM bookaudit.outbox WHERE txid = ANY(%(txids)s)",
-    "DELETE FROM bookaudit.outbox_context WHERE txid = ANY(%(txids)s)",
     "DELETE FROM bookaudit.outbox_commits WHERE commit_seq = ANY(%(seqs)s)",
 )
 
@@ -61,7 +56,7 @@ def _rows_query(hstore: str, tables: Sequence[TableSchema]) -> sql.Composed:
             "{h}.hstore_to_array({h}.hstore({h}.populate_record(NULL::{t}, {c}))) END"
         ).format(c=sql.Identifier(column), h=h, t=sql.Identifier(table.schema, table.name))
 
-    head = "SELECT txid, seq, context_seq, schema_name, table_name, op::text, "
+    head = "SELECT txid, seq, context_seq, schema_name, table_name, op::text, context::text, "
     where = "txid = ANY(%(txids)s) AND seq >= %(from_seq)s"
     branches = [
         sql.SQL(head + "{old}, {new}, true FROM bookaudit.outbox "
@@ -154,14 +149,6 @@ class OutboxSource:
             for s, x, n, ms in self.conn.execute(_COMMITS, (after, limit)).fetchall()
         ]
 
-    def contexts(self, txids: Sequence[int]) -> dict[int, dict[int, ActorContext]]:
-        found: dict[int, dict[int, ActorContext]] = {}
-        for txid, seq, text in self.conn.execute(_CONTEXTS, (list(txids),)).fetchall():
-            found.setdefault(int(txid), {})[int(seq)] = ActorContext.from_message(
-                str(text).encode()
-            )
-        return found
-
     def rows(self, txids: Sequence[int], from_seq: int, limit: int) -> list[OutboxRow]:
         """Rows ordered by (txid, seq), values as pgoutput would render them."""
         while True:
@@ -170,11 +157,11 @@ class OutboxSource:
             fetched = self.conn.execute(
                 self._query, {"txids": list(txids), "from_seq": from_seq, "limit": limit}
             ).fetchall()
-            unknown = {(str(r[3]), str(r[4])) for r in fetched if not r[8]}
+            unknown = {(str(r[3]), str(r[4])) for r in fetched if not r[9]}
             if not unknown:
                 return [
                     OutboxRow(int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]),
-                              r[6], r[7])
+                              r[7], r[8], r[6])
                     for r in fetched
                 ]  # fmt: skip
             for schema, name in sorted(unknown):  # audited since we started: learn, read again
@@ -240,8 +227,7 @@ class OutboxRelay:
             from_seq = page[-1].seq + 1
 
     def relay(self, commits: Sequence[OutboxCommit]) -> None:
-        contexts = self.outbox.contexts([c.txid for c in commits])
-        mappers = {c.txid: OutboxTransaction(c, contexts.get(c.txid, {})) for c in commits}
+        mappers = {c.txid: OutboxTransaction(c) for c in commits}
         by_txid: dict[int, list[OutboxRow]] = {}
         single = len(commits) == 1
         for page in self.pages(commits):

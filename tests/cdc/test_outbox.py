@@ -24,21 +24,33 @@ ALICE = ActorContext(origin="application", id="alice", role="admin")
 BOB = ActorContext(origin="application", id="bob")
 
 
-def row(seq: int, table: str = "bookings", op: str = "u", context_seq: int = 0) -> OutboxRow:
+ALICE_JSON = '{"actor": "alice", "role": "admin", "origin": "application"}'
+BOB_JSON = '{"actor": "bob", "origin": "application"}'
+
+
+def row(
+    seq: int,
+    table: str = "bookings",
+    op: str = "u",
+    context_seq: int = 0,
+    context: str | None = None,
+) -> OutboxRow:
     old = ["price", "149.00", "id", "7", "status", None] if op in "ud" else None
     new = ["status", "done", "id", "7", "price", "149.90"] if op in "cu" else None
-    return OutboxRow(COMMIT.txid, seq, context_seq, "public", table, op, old, new)
+    if context is None and seq == context_seq == 0:
+        context = ALICE_JSON
+    return OutboxRow(COMMIT.txid, seq, context_seq, "public", table, op, old, new, context)
 
 
 def test_values_follow_column_order_and_keep_their_exact_text() -> None:
-    change = OutboxTransaction(COMMIT, {0: ALICE}).change(row(0), BOOKINGS)
+    change = OutboxTransaction(COMMIT).change(row(0), BOOKINGS)
     assert change.before == {"id": "7", "price": "149.00", "status": None}
     assert change.after == {"id": "7", "price": "149.90", "status": "done"}
     assert list(change.after) == ["id", "price", "status"]
 
 
 def test_commit_seq_stands_in_for_the_commit_lsn_and_xid_is_32_bit() -> None:
-    change = OutboxTransaction(COMMIT, {0: ALICE}).change(row(2), BOOKINGS)
+    change = OutboxTransaction(COMMIT).change(row(2), BOOKINGS)
     assert (change.commit_lsn, change.lsn, change.sequence) == (COMMIT.commit_seq,) * 2 + (2,)
     assert change.xid == 901
     assert change.commit_unix_ms == COMMIT.committed_unix_ms
@@ -52,18 +64,19 @@ def test_commit_seq_stands_in_for_the_commit_lsn_and_xid_is_32_bit() -> None:
 
 
 def test_each_change_takes_the_context_it_points_at() -> None:
-    txn = OutboxTransaction(COMMIT, {0: ALICE, 2: BOB})
+    txn = OutboxTransaction(COMMIT)
     actors = [
         txn.change(row(0, context_seq=0), BOOKINGS).actor,
         txn.change(row(1, "notes", "c", context_seq=0), NOTES).actor,
-        txn.change(row(2, context_seq=2), BOOKINGS).actor,
-        txn.change(row(3, context_seq=9), BOOKINGS).actor,
+        txn.change(row(2, context_seq=2, context=BOB_JSON), BOOKINGS).actor,
+        txn.change(row(3, context_seq=2), BOOKINGS).actor,
+        txn.change(row(4, context_seq=9), BOOKINGS).actor,
     ]
-    assert actors == [ALICE, ALICE, BOB, NO_CONTEXT]
+    assert actors == [ALICE, ALICE, BOB, BOB, NO_CONTEXT]
 
 
 def test_per_table_order_counts_across_pages() -> None:
-    txn = OutboxTransaction(COMMIT, {0: ALICE})
+    txn = OutboxTransaction(COMMIT)
     orders = [txn.change(row(i, t), s).data_collection_order
               for i, (t, s) in enumerate([("bookings", BOOKINGS), ("notes", NOTES),
                                           ("bookings", BOOKINGS)])]  # fmt: skip
@@ -71,7 +84,7 @@ def test_per_table_order_counts_across_pages() -> None:
 
 
 def test_truncate_and_delete_shapes() -> None:
-    txn = OutboxTransaction(COMMIT, {0: ALICE})
+    txn = OutboxTransaction(COMMIT)
     truncate = txn.change(row(0, op="t"), BOOKINGS)
     assert (truncate.op, truncate.before, truncate.after) == ("t", None, None)
     delete = txn.change(row(1, op="d"), BOOKINGS)
@@ -79,7 +92,7 @@ def test_truncate_and_delete_shapes() -> None:
 
 
 def test_bad_rows_are_refused_naming_the_culprit() -> None:
-    txn = OutboxTransaction(COMMIT, {})
+    txn = OutboxTransaction(COMMIT)
     with pytest.raises(DecodeError, match="unknown op 'x'"):
         txn.change(row(0, op="x"), BOOKINGS)
     other = OutboxRow(COMMIT.txid + 1, 0, 0, "public", "bookings", "c", None, ["id", "1"])
@@ -89,3 +102,5 @@ def test_bad_rows_are_refused_naming_the_culprit() -> None:
         pairs_to_row(["id"], BOOKINGS)
     with pytest.raises(DecodeError, match="NULL key"):
         pairs_to_row([None, "1"], BOOKINGS)
+    with pytest.raises(DecodeError, match="not JSON"):
+        txn.change(row(5, context_seq=5, context="{oops"), BOOKINGS)

@@ -186,11 +186,12 @@ class Pipeline:
 
     def context_messages(self, txid: int) -> int:
         """How many actor-context records the source wrote for one transaction (full txid):
-        context messages in the WAL, or rows of bookaudit.outbox_context before the relay."""
+        context messages in the WAL, or contexts carried by outbox rows before the relay."""
         with psycopg.connect(self.source_dsn, autocommit=True) as conn:
             if self.mode == "trigger":
                 found = conn.execute(
-                    "SELECT count(*) FROM bookaudit.outbox_context WHERE txid = %s", (txid,)
+                    "SELECT count(*) FROM bookaudit.outbox WHERE txid = %s AND context IS NOT NULL",
+                    (txid,),
                 ).fetchone()
                 assert found is not None
                 return int(found[0])

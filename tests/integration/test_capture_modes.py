@@ -100,7 +100,6 @@ def _outbox_rows(p: Pipeline) -> int:
     with psycopg.connect(p.source_dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT (SELECT count(*) FROM bookaudit.outbox) "
-            "+ (SELECT count(*) FROM bookaudit.outbox_context) "
             "+ (SELECT count(*) FROM bookaudit.outbox_commits)"
         ).fetchone()
     assert row is not None

@@ -4,24 +4,19 @@
 
 -- One row per row change. hstore(record) renders each value with its type's output function,
 -- as pgoutput does; the relay re-renders it in a session like the walsender's (see relay.py).
+-- The actor context is written once per transaction and again when it changes, never once per
+-- row: the first change it covers carries it in `context`, and every change names that change
+-- in `context_seq`, the way logical decoding's context message precedes the rows it covers.
 CREATE TABLE IF NOT EXISTS bookaudit.outbox (
     txid        bigint   NOT NULL,  -- pg_current_xact_id(): epoch-qualified, never wraps
     seq         integer  NOT NULL,  -- position among the transaction's row changes, from 0
-    context_seq integer  NOT NULL,  -- the bookaudit.outbox_context row in effect for this change
+    context_seq integer  NOT NULL,  -- seq of the change that carries this change's context
     schema_name text     NOT NULL,
     table_name  text     NOT NULL,
     op          "char"   NOT NULL,  -- c u d t, as in the envelope
     old_row     {hstore}.hstore,
     new_row     {hstore}.hstore,
-    PRIMARY KEY (txid, seq)
-);
-
--- The actor context, once per transaction and again when it changes: never once per row.
--- seq is the first row change it covers; a context replaced before any row keeps that slot.
-CREATE TABLE IF NOT EXISTS bookaudit.outbox_context (
-    txid    bigint  NOT NULL,
-    seq     integer NOT NULL,
-    context jsonb   NOT NULL,
+    context     jsonb,              -- set where a context takes effect, NULL elsewhere
     PRIMARY KEY (txid, seq)
 );
 
@@ -41,23 +36,18 @@ SELECT setval('bookaudit.commit_seq',
               greatest((SELECT last_value FROM bookaudit.commit_seq),
                        (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint));
 
-CREATE OR REPLACE FUNCTION bookaudit._record_context() RETURNS integer
+-- Notes the current context when it moved; the next change written carries it. Everything is
+-- transaction-local, so a rolled-back savepoint takes a context back with the changes it covered.
+CREATE OR REPLACE FUNCTION bookaudit._note_context() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     mark text := bookaudit._context_mark();
-    at integer;
 BEGIN
-    IF current_setting('bookaudit._emitted', true) IS NOT DISTINCT FROM mark THEN
-        RETURN current_setting('bookaudit._context_seq')::integer;
+    IF current_setting('bookaudit._emitted', true) IS DISTINCT FROM mark THEN
+        PERFORM set_config('bookaudit._context', bookaudit.current_context()::text, true);
+        PERFORM set_config('bookaudit._context_seq', '', true);
+        PERFORM set_config('bookaudit._emitted', mark, true);
     END IF;
-    at := coalesce(bookaudit._setting('bookaudit._seq'), '0')::integer;
-    INSERT INTO bookaudit.outbox_context (txid, seq, context)
-    VALUES (pg_current_xact_id()::text::bigint, at, bookaudit.current_context())
-    ON CONFLICT (txid, seq) DO UPDATE SET context = EXCLUDED.context;
-    -- Transaction-local, so a rolled-back savepoint takes the marker with the row it marks.
-    PERFORM set_config('bookaudit._context_seq', at::text, true);
-    PERFORM set_config('bookaudit._emitted', mark, true);
-    RETURN at;
 END
 $$;
 
@@ -65,7 +55,7 @@ $$;
 CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM bookaudit._record_context();
+    PERFORM bookaudit._note_context();
     RETURN NULL;
 END
 $$;
@@ -85,6 +75,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     at integer := coalesce(nullif(current_setting('bookaudit._seq', true), ''), '0')::integer;
     ctx integer := nullif(current_setting('bookaudit._context_seq', true), '')::integer;
+    carried jsonb;
     plain boolean := current_setting('DateStyle') LIKE 'ISO%'
                      AND current_setting('IntervalStyle') = 'postgres'
                      AND current_setting('extra_float_digits')::integer >= 1;
@@ -92,8 +83,14 @@ DECLARE
     new_row {hstore}.hstore;
 BEGIN
     IF ctx IS NULL THEN
-        -- A change no statement trigger announced (say, a table audited mid-transaction).
-        ctx := bookaudit._record_context();
+        -- The context moved since the last change (or no statement trigger announced it, as for
+        -- a table audited mid-transaction): this change carries it.
+        IF coalesce(current_setting('bookaudit._context', true), '') = '' THEN
+            PERFORM bookaudit._note_context();
+        END IF;
+        carried := current_setting('bookaudit._context')::jsonb;
+        ctx := at;
+        PERFORM set_config('bookaudit._context_seq', at::text, true);
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_row := CASE WHEN plain THEN {hstore}.hstore(OLD) ELSE bookaudit._exact_text(OLD) END;
@@ -102,18 +99,18 @@ BEGIN
         new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
     INSERT INTO bookaudit.outbox
-        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row)
+        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row, context)
     VALUES (
         pg_current_xact_id()::text::bigint, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
         CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
-        old_row, new_row
+        old_row, new_row, carried
     );
     PERFORM set_config('bookaudit._seq', (at + 1)::text, true);
     RETURN NULL;
 END
 $$;
 
--- Fired once per transaction at COMMIT (a deferred constraint trigger on its first context row).
+-- Fired once per transaction at COMMIT (a deferred constraint trigger on its first change).
 -- The advisory lock is held until the commit has completed and become visible, so transactions
 -- take commit_seq numbers strictly in commit order: when the relay sees number N, every smaller
 -- number that will ever commit is already visible, and it never has to wait on a gap.
@@ -131,6 +128,9 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS bookaudit_commit_order ON bookaudit.outbox_context;
-CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbox_context
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bookaudit.register_commit();
+-- WHEN keeps it to one queued event per transaction, however many rows it changes (a first
+-- change rolled back with a savepoint takes its event along, and the next change is seq 0).
+DROP TRIGGER IF EXISTS bookaudit_commit_order ON bookaudit.outbox;
+CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.seq = 0)
+    EXECUTE FUNCTION bookaudit.register_commit();

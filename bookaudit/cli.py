@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -237,6 +238,55 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     )
 
 
+@consume.command("alerts")
+@_connection_options("warehouse_dsn", "kafka_bootstrap", "topic_prefix")
+@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
+@click.option(
+    "--webhook", "alerts_webhook", help="also POST each alert here (BOOKAUDIT_ALERTS_WEBHOOK)"
+)
+@click.option("--group-id", "alerts_group_id", help="consumer group (default bookaudit-alerts)")
+@click.option("--batch-size", type=int, help="records per warehouse transaction")
+@click.option("--no-stdout", is_flag=True, help="do not print alerts as JSON lines")
+@click.option("--exit-when-idle", is_flag=True, help="stop once every partition is read to its end")
+@click.pass_context
+def consume_alerts(
+    ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
+) -> None:
+    """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
+    from bookaudit.consumers._kafka import ConsumerSettings
+    from bookaudit.consumers.alerts import AlertsJob, AlertsSettings
+    from bookaudit.consumers.alerts_config import load_rules
+    from bookaudit.consumers.alerts_sink import alerts_topic
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn", "kafka_bootstrap")
+    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    rules = load_rules(cfg.alerts_rules)
+    settings = AlertsSettings(
+        consumer=ConsumerSettings(
+            bootstrap=cfg.kafka_bootstrap,
+            group_id=cfg.alerts_group_id,
+            topic_prefix=cfg.topic_prefix,
+            batch_size=cfg.batch_size,
+            poll_timeout_s=0.5,
+            tables=rules.topics_tables,
+            eager=True,
+        ),
+        warehouse_dsn=cfg.warehouse_dsn,
+        topic=alerts_topic(cfg.topic_prefix),
+        webhook_url=cfg.alerts_webhook,
+    )
+
+    def out(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()  # a JSON line is an event: a pipe reader should see it now
+
+    with_retry(
+        lambda: AlertsJob(settings, rules, log, None if no_stdout else out).run(exit_when_idle),
+        max_attempts=5 if exit_when_idle else None,
+    )
+
+
 # --- read back ------------------------------------------------------------------------------
 
 
@@ -262,6 +312,56 @@ def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: A
         log(f"no audit entries for booking {booking_id}")
         return
     click.echo(render_json(rows) if fmt == "json" else render_table(rows))
+
+
+@main.group()
+def alerts() -> None:
+    """Read recorded alerts back, and check a rule file."""
+
+
+@alerts.command("list")
+@_connection_options("warehouse_dsn")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="only changes committed at or after this time (UTC)",
+)
+@click.option("--booking", help="only this booking's alerts")
+@click.option("--rule", help="only this rule's alerts")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def alerts_list(
+    ctx: click.Context,
+    /,
+    since: datetime | None,
+    booking: str | None,
+    rule: str | None,
+    fmt: str,
+    **flags: Any,
+) -> None:
+    """Alerts in commit order, each with the audit entry it refers to."""
+    from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    start = None if since is None else since.replace(tzinfo=UTC)
+    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
+    if not rows and fmt == "table":
+        log("no alerts")
+        return
+    click.echo(render_alerts_json(rows) if fmt == "json" else render_alerts_table(rows))
+
+
+@alerts.command("rules")
+@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
+@click.pass_context
+def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
+    """Check a rule file and show the rules the alerts consumer would apply."""
+    from bookaudit.consumers.alerts_config import describe, load_rules
+
+    cfg = _config(ctx, **flags)
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
 
 
 def _register_optional() -> None:

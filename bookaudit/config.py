@@ -45,6 +45,9 @@ class Config:
     group_id: str = "bookaudit-audit"
     batch_size: int = 500
     tables: tuple[str, ...] = field(default_factory=tuple)
+    alerts_group_id: str = "bookaudit-alerts"
+    alerts_rules: str | None = None
+    alerts_webhook: Secret | None = None
 
     def require(self, *names: str) -> None:
         """Fail with the env var a user should set, rather than deep inside a connection call."""
@@ -57,7 +60,8 @@ class Config:
 
 
 _INT_FIELDS = {"batch_size"}
-_SECRET_FIELDS = {"source_dsn", "warehouse_dsn"}
+# A webhook URL often carries a token, so it is kept out of reprs like a DSN.
+_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook"}
 
 
 def _coerce(name: str, raw: Any, origin: str) -> Any:
@@ -74,6 +78,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         return tuple(str(t).strip() for t in items if str(t).strip())
     if not isinstance(raw, str):
         raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
+    if name == "alerts_webhook" and not re.match(r"^https?://[^/\s]+", raw):
+        raise ConfigError(f"{origin}: alerts_webhook must be an http:// or https:// URL")
     if name in _SECRET_FIELDS:
         return Secret(raw)
     if name in {"slot", "publication"} and not _IDENT.match(raw):

@@ -64,14 +64,16 @@ def render_json(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def render_table(rows: Sequence[dict[str, Any]], max_width: int = 40) -> str:
+def render_table(
+    rows: Sequence[dict[str, Any]], max_width: int = 40, keys: Sequence[str] = HISTORY_KEYS
+) -> str:
     def cell(value: Any) -> str:
         text = _text(value)
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
-    cells = [[cell(r[k]) for k in HISTORY_KEYS] for r in rows]
-    widths = [max([len(k)] + [len(c[i]) for c in cells]) for i, k in enumerate(HISTORY_KEYS)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(HISTORY_KEYS, widths, strict=True))]
+    cells = [[cell(r[k]) for k in keys] for r in rows]
+    widths = [max([len(k)] + [len(c[i]) for c in cells]) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)

@@ -17,6 +17,9 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
+from bookaudit.consumers.alerts import AlertsJob, AlertsSettings, AlertsStats
+from bookaudit.consumers.alerts_config import RuleSet, load_rules
+from bookaudit.consumers.alerts_sink import alerts_topic
 from bookaudit.consumers.audit import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
@@ -50,6 +53,14 @@ class Pipeline:
     def group_id(self) -> str:
         return f"{self.name}-audit"
 
+    @property
+    def alerts_group_id(self) -> str:
+        return f"{self.name}-alerts"
+
+    @property
+    def alerts_topic(self) -> str:
+        return alerts_topic(self.prefix)
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -60,6 +71,7 @@ class Pipeline:
             "BOOKAUDIT_PUBLICATION": "bookaudit",
             "BOOKAUDIT_TOPIC_PREFIX": self.prefix,
             "BOOKAUDIT_GROUP_ID": self.group_id,
+            "BOOKAUDIT_ALERTS_GROUP_ID": self.alerts_group_id,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -122,6 +134,31 @@ class Pipeline:
     def flow(self) -> None:
         self.capture()
         self.consume()
+
+    def alerts_settings(
+        self, rules: RuleSet, group_id: str | None = None, webhook: str | None = None
+    ) -> AlertsSettings:
+        consumer = ConsumerSettings(
+            bootstrap=self.stack.kafka_bootstrap,
+            group_id=group_id or self.alerts_group_id,
+            topic_prefix=self.prefix,
+            poll_timeout_s=0.2,
+            tables=rules.topics_tables,
+            eager=True,
+        )
+        return AlertsSettings(consumer, self.warehouse_dsn, self.alerts_topic, webhook)
+
+    def alerts(
+        self,
+        rules: str | Path | None = None,
+        group_id: str | None = None,
+        out: list[str] | None = None,
+    ) -> AlertsStats:
+        """Run the alerts consumer in-process until idle; JSON lines go to `out` when given."""
+        ruleset = load_rules(rules)
+        settings = self.alerts_settings(ruleset, group_id)
+        job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
+        return job.run(exit_when_idle=True)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

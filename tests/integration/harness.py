@@ -172,9 +172,13 @@ class Pipeline:
             raise AssertionError(f"bookaudit {' '.join(args)} failed:\n{result.stderr}")
         return result
 
+    def spawn_log(self, command: str) -> Path:
+        """Where `spawn` appends the stderr of a `bookaudit <command> ...` process."""
+        return Path(tempfile.gettempdir()) / f"{self.name}-{command}.log"
+
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         """Start a bookaudit process; its stderr goes to a log file named in the test output."""
-        log_path = Path(tempfile.gettempdir()) / f"{self.name}-{args[0]}.log"
+        log_path = self.spawn_log(args[0])
         self.logs.append(f"spawned {' '.join(args)}, stderr in {log_path}")
         with log_path.open("a") as log:
             return subprocess.Popen(

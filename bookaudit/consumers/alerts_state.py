@@ -65,11 +65,15 @@ class Delivery:
 
 
 # Serialises the after-invoice check between consumer instances that read the invoice and the
-# change on different partitions: each transaction locks the bookings it touches, in hash order.
+# change on different partitions: each transaction locks the bookings it touches, in order. The
+# bookings are hashed into a fixed number of buckets so a large batch cannot exhaust the lock
+# table; two bookings sharing a bucket only wait for each other.
+LOCK_BUCKETS = 1024
 _LOCK_BOOKINGS = """
-SELECT pg_advisory_xact_lock(h)
-FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(%s::text[]) AS k) s
-ORDER BY h
+SELECT pg_advisory_xact_lock(hashtext('bookaudit.alerts.booking'), b)
+FROM (SELECT DISTINCT ((hashtextextended(k, 0) %% n + n) %% n)::int AS b
+      FROM unnest(%s::text[]) AS k, (SELECT %s::bigint AS n) c) s
+ORDER BY b
 """
 
 _REMEMBER = """
@@ -235,7 +239,7 @@ class BatchTransaction:
 
     def lock_bookings(self, keys: Sequence[str]) -> None:
         if keys:
-            self._conn.execute(_LOCK_BOOKINGS, (list(keys),))
+            self._conn.execute(_LOCK_BOOKINGS, (list(keys), LOCK_BUCKETS))
 
     def remember(self, watched: Sequence[Watched]) -> None:
         """Every watched change and sent invoice that names a booking, once (replays skip)."""

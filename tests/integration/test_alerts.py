@@ -273,3 +273,20 @@ def test_alert_tables_are_append_only(pipeline: Pipeline) -> None:
             pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"),
         ):
             conn.execute(statement)
+
+
+def test_demo_ends_with_the_alerts_for_the_raw_price_edit(pipeline: Pipeline) -> None:
+    out = pipeline.cli("demo", "run").stdout
+    history, _, tail = out.partition("Alerts for booking")
+    raw_edit = [line.split() for line in history.splitlines() if "via psql" in line]
+    assert [r[-4:-1] for r in raw_edit] == [["price", "189.50", "169.50"]]
+    lines = tail.splitlines()
+    rows = [line.split() for line in lines if line.startswith("20")]
+    assert [(r[2], r[3], r[5]) for r in rows] == [
+        ("high", "price-by-unauthorised-role", "postgres"),
+        ("high", "large-price-change-without-approval", "postgres"),
+        ("critical", "price-change-after-invoice-sent", "postgres"),
+    ]
+    assert [tuple(r[-5:-2]) for r in rows] == [("189.50", "169.50", "-10.55")] * 3
+    # The approved raise (alice, APR-1042) and everyone else's work raised nothing.
+    assert "alice" not in tail and "finn" not in tail

@@ -253,29 +253,12 @@ def consume_alerts(
     ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
 ) -> None:
     """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
-    from bookaudit.consumers._kafka import ConsumerSettings
-    from bookaudit.consumers.alerts import AlertsJob, AlertsSettings
+    from bookaudit.consumers.alerts import AlertsJob, settings_from
     from bookaudit.consumers.alerts_config import load_rules
-    from bookaudit.consumers.alerts_sink import alerts_topic
 
     cfg = _config(ctx, **flags)
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
     rules = load_rules(cfg.alerts_rules)
-    settings = AlertsSettings(
-        consumer=ConsumerSettings(
-            bootstrap=cfg.kafka_bootstrap,
-            group_id=cfg.alerts_group_id,
-            topic_prefix=cfg.topic_prefix,
-            batch_size=cfg.batch_size,
-            poll_timeout_s=0.5,
-            tables=rules.topics_tables,
-            eager=True,
-        ),
-        warehouse_dsn=cfg.warehouse_dsn,
-        topic=alerts_topic(cfg.topic_prefix),
-        webhook_url=cfg.alerts_webhook,
-    )
+    settings = settings_from(cfg, rules)
 
     def out(line: str) -> None:
         click.echo(line)

@@ -9,11 +9,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.alerts_config import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.alerts_model import ChangeEvent, InvoiceSent, watch_events
 from bookaudit.consumers.alerts_rules import evaluate_batch
-from bookaudit.consumers.alerts_sink import KafkaOutput, StdoutOutput, WebhookOutput
+from bookaudit.consumers.alerts_sink import (
+    KafkaOutput,
+    StdoutOutput,
+    WebhookOutput,
+    alerts_topic,
+)
 from bookaudit.consumers.alerts_state import AlertStore, Pending, RecordedAlert
 from bookaudit.consumers.audit import decode_and_map
 from bookaudit.consumers.audit_write import DeadLetter
@@ -34,6 +40,29 @@ class AlertsSettings:
     webhook_drain_s: float = 30.0
     # How often to look for alerts a dead instance recorded but did not deliver.
     recovery_interval_s: float = 30.0
+
+
+def settings_from(cfg: Config, rules: RuleSet) -> AlertsSettings:
+    """The job's settings from the one Config; the rules decide which topics it reads."""
+    cfg.require("warehouse_dsn", "kafka_bootstrap")
+    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    consumer = ConsumerSettings(
+        bootstrap=cfg.kafka_bootstrap,
+        group_id=cfg.alerts_group_id,
+        topic_prefix=cfg.topic_prefix,
+        batch_size=cfg.batch_size,
+        # Eager polls hand over a batch as soon as one record is there; the timeout only paces
+        # the idle loop.
+        poll_timeout_s=0.5,
+        tables=rules.topics_tables,
+        eager=True,
+    )
+    return AlertsSettings(
+        consumer=consumer,
+        warehouse_dsn=cfg.warehouse_dsn,
+        topic=alerts_topic(cfg.topic_prefix),
+        webhook_url=cfg.alerts_webhook,
+    )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -76,24 +77,13 @@ def run(ctx: click.Context) -> None:
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
     from bookaudit.cli import log
-    from bookaudit.consumers._kafka import ConsumerSettings
-    from bookaudit.consumers.alerts import AlertsJob, AlertsSettings
+    from bookaudit.consumers.alerts import AlertsJob, settings_from
     from bookaudit.consumers.alerts_config import load_rules
-    from bookaudit.consumers.alerts_sink import alerts_topic
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
-    assert cfg.warehouse_dsn and cfg.kafka_bootstrap
+    assert cfg.warehouse_dsn
     rules = load_rules(cfg.alerts_rules)
-    consumer = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
-        group_id=cfg.alerts_group_id,
-        topic_prefix=cfg.topic_prefix,
-        batch_size=cfg.batch_size,
-        poll_timeout_s=0.2,
-        tables=rules.topics_tables,
-        eager=True,
-    )
-    settings = AlertsSettings(consumer, cfg.warehouse_dsn, alerts_topic(cfg.topic_prefix))
+    settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
     AlertsJob(settings, rules, log).run(exit_when_idle=True)
     alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
     click.echo(f"\nAlerts for booking {booking_id}:\n")

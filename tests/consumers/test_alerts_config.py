@@ -8,7 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from bookaudit.cli import main
 from bookaudit.consumers.alerts_config import (
     DEFAULT_RULES,
     OutsideBusinessHours,
@@ -168,3 +170,20 @@ def test_mistakes_fail_with_one_line_naming_the_key(
 def test_a_missing_rule_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rule file .*nope\.toml does not exist"):
         load_rules(tmp_path / "nope.toml")
+
+
+def test_alerts_rules_command_shows_a_file_or_fails_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    shown = runner.invoke(
+        main, ["alerts", "rules", "--rules", str(write(tmp_path, readme_rule_file()))]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "rule price-change-after-hours [outside_business_hours, low]" in shown.output
+    assert "08:00-18:00 mon,tue,wed,thu,fri Europe/Amsterdam" in shown.output
+    bad = runner.invoke(
+        main, ["alerts", "rules", "--rules", str(write(tmp_path, RULE + "x = 1\n"))]
+    )
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines() == [
+        f"bookaudit: error: {tmp_path / 'alerts.toml'}: [[rule]] #1 ('r'): unknown key 'x'"
+    ]

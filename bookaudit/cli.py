@@ -49,7 +49,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except BookauditError as exc:
-            click.echo(f"bookaudit: error: {exc}", err=True)
+            # libpq and librdkafka messages span lines; the contract is one line per error.
+            click.echo(f"bookaudit: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(75 if isinstance(exc, TransientError) else 2)
 
     return wrapper

@@ -206,6 +206,25 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     log("warehouse: audit schema ready")
 
 
+@warehouse.command("verify")
+@_connection_options("warehouse_dsn")
+@click.pass_context
+def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
+    """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
+    from bookaudit.warehouse.verify import verify_chain
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    report = verify_chain(cfg.warehouse_dsn)
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem}")
+    if not report.intact:
+        sys.exit(1)
+    # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
+    click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+
+
 @main.group()
 def consume() -> None:
     """Run a consumer group."""

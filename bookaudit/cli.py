@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import click
 import psycopg
 
 from bookaudit.config import Config, load_config
-from bookaudit.errors import BookauditError, TerminalError, TransientError
+from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 T = TypeVar("T")
 
@@ -265,23 +266,90 @@ def history() -> None:
     """Read audit history back."""
 
 
-@history.command("booking")
-@click.argument("booking_id")
-@_connection_options("warehouse_dsn")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.pass_context
-def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
-    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
-    from bookaudit.warehouse.history import booking_history, render_json, render_table
+def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty: str) -> None:
+    from bookaudit.warehouse.history import render_json, render_table
 
+    if fmt == "json":
+        click.echo(render_json(rows))
+    elif rows:
+        click.echo(render_table(rows))
+    else:
+        log(f"{report_name}: {empty}")
+
+
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg = _config(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    rows = booking_history(cfg.warehouse_dsn, booking_id)
-    if not rows and fmt == "table":
-        log(f"no audit entries for booking {booking_id}")
-        return
-    click.echo(render_json(rows) if fmt == "json" else render_table(rows))
+    return cfg.warehouse_dsn
+
+
+@history.command("booking")
+@click.argument("booking_id")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
+    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
+    from bookaudit.warehouse.history import BOOKING, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
+    _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
+
+
+@history.command("customer")
+@click.argument("customer_id")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
+    """A customer's record and every booking of theirs, oldest first."""
+    from bookaudit.warehouse.history import CUSTOMER, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
+    _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
+
+
+@history.command("log")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_log(
+    ctx: click.Context, /, since: datetime | None, until: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """The booking history log: bookings created, modified and deleted, day by day."""
+    from bookaudit.warehouse.history import BOOKING_LOG, run_report
+
+    first = since.date() if since else datetime.now(UTC).date()
+    last = until.date() if until else first
+    if last < first:
+        raise ConfigError(f"--until {last} is before --since {first}")
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
+    _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
+
+
+@history.command("actor")
+@click.argument("name")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_actor(
+    ctx: click.Context, /, name: str, since: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """What one user or fieldworker changed (or a db role, for changes with no actor set)."""
+    from bookaudit.warehouse.history import ACTOR, run_report
+
+    start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
+    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
+    _print_report("history", rows, fmt, f"no audit entries by {name}")
 
 
 def _register_optional() -> None:

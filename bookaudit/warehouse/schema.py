@@ -13,6 +13,16 @@ def init_warehouse(dsn: str) -> None:
     try:
         with psycopg.connect(dsn) as conn:
             for name in list_files("sql", "warehouse", suffix=".sql"):
-                conn.execute(read_text("sql", "warehouse", name).encode())
+                try:
+                    conn.execute(read_text("sql", "warehouse", name).encode())
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise TerminalError(
+                        f"warehouse init: {name}: {exc.diag.message_primary} "
+                        "(the role needs CREATE on the database and ownership of schema audit)"
+                    ) from None
+                except psycopg.DatabaseError as exc:
+                    raise TerminalError(
+                        f"warehouse init: {name} failed: {exc.diag.message_primary}"
+                    ) from None
     except psycopg.OperationalError as exc:
         raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None

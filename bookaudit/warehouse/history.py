@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
-from bookaudit.errors import TerminalError
+from bookaudit.warehouse._connect import warehouse
 
 HISTORY_KEYS = (
     "committed_at", "actor", "actor_role", "action", "table", "field", "old", "new", "txid",
@@ -69,15 +66,8 @@ ACTOR = Report(
 
 
 def run_report(dsn: str, report: Report, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    try:
-        with psycopg.connect(dsn, row_factory=dict_row) as conn:
-            rows = conn.execute(report.sql, params).fetchall()
-    except psycopg.errors.UndefinedTable:
-        raise TerminalError(
-            "the warehouse has no audit views: run `bookaudit warehouse init`"
-        ) from None
-    except psycopg.OperationalError as exc:
-        raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+    with warehouse(dsn) as conn:
+        rows = conn.execute(report.sql, params).fetchall()
     return [{k: row[k] for k in report.keys} for row in rows]
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
-
-from bookaudit.errors import TerminalError
+from bookaudit.warehouse._connect import warehouse
 
 
 @dataclass(frozen=True)
@@ -21,21 +19,14 @@ class ChainReport:
 
 
 def verify_chain(dsn: str) -> ChainReport:
-    try:
-        with psycopg.connect(dsn) as conn:
-            problems = tuple(
-                str(r[0]) for r in conn.execute("SELECT problem FROM audit.verify_chain()")
-            )
-            head = conn.execute(
-                "SELECT position, encode(hash, 'hex') FROM audit.chain "
-                "ORDER BY position DESC LIMIT 1"
-            ).fetchone()
-    except psycopg.errors.UndefinedFunction:
-        raise TerminalError(
-            "the warehouse has no hash chain: run `bookaudit warehouse init` first"
-        ) from None
-    except psycopg.OperationalError as exc:
-        raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+    with warehouse(dsn) as conn:
+        problems = tuple(
+            str(r["problem"]) for r in conn.execute("SELECT problem FROM audit.verify_chain()")
+        )
+        head = conn.execute(
+            "SELECT position, encode(hash, 'hex') AS hash FROM audit.chain "
+            "ORDER BY position DESC LIMIT 1"
+        ).fetchone()
     if head is None:
         return ChainReport(0, None, problems)
-    return ChainReport(int(head[0]), str(head[1]), problems)
+    return ChainReport(int(head["position"]), str(head["hash"]), problems)

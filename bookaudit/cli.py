@@ -14,7 +14,7 @@ import click
 import psycopg
 
 from bookaudit.config import Config, load_config
-from bookaudit.errors import BookauditError, TerminalError, TransientError
+from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 T = TypeVar("T")
 
@@ -50,7 +50,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except BookauditError as exc:
-            click.echo(f"bookaudit: error: {exc}", err=True)
+            # libpq and librdkafka messages span lines; the contract is one line per error.
+            click.echo(f"bookaudit: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(75 if isinstance(exc, TransientError) else 2)
 
     return wrapper
@@ -206,6 +207,25 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     log("warehouse: audit schema ready")
 
 
+@warehouse.command("verify")
+@_connection_options("warehouse_dsn")
+@click.pass_context
+def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
+    """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
+    from bookaudit.warehouse.verify import verify_chain
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    report = verify_chain(cfg.warehouse_dsn)
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem}")
+    if not report.intact:
+        sys.exit(1)
+    # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
+    click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+
+
 @main.group()
 def consume() -> None:
     """Run a consumer group."""
@@ -278,23 +298,90 @@ def history() -> None:
     """Read audit history back."""
 
 
-@history.command("booking")
-@click.argument("booking_id")
-@_connection_options("warehouse_dsn")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.pass_context
-def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
-    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
-    from bookaudit.warehouse.history import booking_history, render_json, render_table
+def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty: str) -> None:
+    from bookaudit.warehouse.history import render_json, render_table
 
+    if fmt == "json":
+        click.echo(render_json(rows))
+    elif rows:
+        click.echo(render_table(rows))
+    else:
+        log(f"{report_name}: {empty}")
+
+
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg = _config(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    rows = booking_history(cfg.warehouse_dsn, booking_id)
-    if not rows and fmt == "table":
-        log(f"no audit entries for booking {booking_id}")
-        return
-    click.echo(render_json(rows) if fmt == "json" else render_table(rows))
+    return cfg.warehouse_dsn
+
+
+@history.command("booking")
+@click.argument("booking_id")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
+    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
+    from bookaudit.warehouse.history import BOOKING, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
+    _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
+
+
+@history.command("customer")
+@click.argument("customer_id")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
+    """A customer's record and every booking of theirs, oldest first."""
+    from bookaudit.warehouse.history import CUSTOMER, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
+    _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
+
+
+@history.command("log")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_log(
+    ctx: click.Context, /, since: datetime | None, until: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """The booking history log: bookings created, modified and deleted, day by day."""
+    from bookaudit.warehouse.history import BOOKING_LOG, run_report
+
+    first = since.date() if since else datetime.now(UTC).date()
+    last = until.date() if until else first
+    if last < first:
+        raise ConfigError(f"--until {last} is before --since {first}")
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
+    _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
+
+
+@history.command("actor")
+@click.argument("name")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_actor(
+    ctx: click.Context, /, name: str, since: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """What one user or fieldworker changed (or a db role, for changes with no actor set)."""
+    from bookaudit.warehouse.history import ACTOR, run_report
+
+    start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
+    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
+    _print_report("history", rows, fmt, f"no audit entries by {name}")
 
 
 @main.group()

@@ -101,8 +101,9 @@ def load_config(
     known = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
 
-    explicit_toml = toml_path is not None or ENV_PREFIX + "CONFIG" in env
-    path = toml_path or Path(env.get(ENV_PREFIX + "CONFIG", DEFAULT_TOML))
+    env_toml = env.get(ENV_PREFIX + "CONFIG") or None
+    explicit_toml = toml_path is not None or env_toml is not None
+    path = toml_path or Path(env_toml or DEFAULT_TOML)
     if path.is_file():
         try:
             doc = tomllib.loads(path.read_text())

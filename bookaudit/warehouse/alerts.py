@@ -7,11 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
 from bookaudit.consumers.alerts_model import in_schema_order
-from bookaudit.errors import TerminalError
+from bookaudit.warehouse._connect import warehouse
 from bookaudit.warehouse.history import render_table
 
 ALERT_KEYS = (
@@ -50,16 +47,9 @@ def list_alerts(
     booking: str | None = None,
     rule: str | None = None,
 ) -> list[dict[str, Any]]:
-    try:
-        with psycopg.connect(dsn, row_factory=dict_row) as conn:
-            params = {"since": since, "booking": booking, "rule": rule}
-            return conn.execute(_LIST, params).fetchall()
-    except psycopg.errors.UndefinedTable:
-        raise TerminalError(
-            "the warehouse has no alerts table: run `bookaudit warehouse init`"
-        ) from None
-    except psycopg.OperationalError as exc:
-        raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+    with warehouse(dsn) as conn:
+        params = {"since": since, "booking": booking, "rule": rule}
+        return conn.execute(_LIST, params).fetchall()
 
 
 def render_alerts_json(rows: Sequence[dict[str, Any]]) -> str:
@@ -71,6 +61,6 @@ def render_alerts_json(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def render_alerts_table(rows: Sequence[dict[str, Any]]) -> str:
-    table = render_table(rows, keys=ALERT_KEYS)
+    table = render_table([{k: r[k] for k in ALERT_KEYS} for r in rows])
     messages = [f"  {r['rule']}: {r['message']}" for r in rows]
     return table + "\n\n" + "\n".join(messages)

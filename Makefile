@@ -40,6 +40,7 @@ test: lint stack-up
 bench: stack-up
 	$(WITH_STACK) $(BIN)/python -m bench.capture
 	$(WITH_STACK) $(BIN)/python -m bench.trigger_mode
+	$(WITH_STACK) $(BIN)/python -m bench.alerts
 
 clean: stack-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import click
 import psycopg
 
 from bookaudit.config import Config, load_config
-from bookaudit.errors import BookauditError, TerminalError, TransientError
+from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 T = TypeVar("T")
 
@@ -49,7 +50,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except BookauditError as exc:
-            click.echo(f"bookaudit: error: {exc}", err=True)
+            # libpq and librdkafka messages span lines; the contract is one line per error.
+            click.echo(f"bookaudit: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(75 if isinstance(exc, TransientError) else 2)
 
     return wrapper
@@ -215,6 +217,25 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     log("warehouse: audit schema ready")
 
 
+@warehouse.command("verify")
+@_connection_options("warehouse_dsn")
+@click.pass_context
+def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
+    """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
+    from bookaudit.warehouse.verify import verify_chain
+
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    report = verify_chain(cfg.warehouse_dsn)
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem}")
+    if not report.intact:
+        sys.exit(1)
+    # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
+    click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+
+
 @main.group()
 def consume() -> None:
     """Run a consumer group."""
@@ -247,6 +268,38 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     )
 
 
+@consume.command("alerts")
+@_connection_options("warehouse_dsn", "kafka_bootstrap", "topic_prefix")
+@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
+@click.option(
+    "--webhook", "alerts_webhook", help="also POST each alert here (BOOKAUDIT_ALERTS_WEBHOOK)"
+)
+@click.option("--group-id", "alerts_group_id", help="consumer group (default bookaudit-alerts)")
+@click.option("--batch-size", type=int, help="records per warehouse transaction")
+@click.option("--no-stdout", is_flag=True, help="do not print alerts as JSON lines")
+@click.option("--exit-when-idle", is_flag=True, help="stop once every partition is read to its end")
+@click.pass_context
+def consume_alerts(
+    ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
+) -> None:
+    """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
+    from bookaudit.consumers.alerts import AlertsJob, settings_from
+    from bookaudit.consumers.alerts_config import load_rules
+
+    cfg = _config(ctx, **flags)
+    rules = load_rules(cfg.alerts_rules)
+    settings = settings_from(cfg, rules)
+
+    def out(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()  # a JSON line is an event: a pipe reader should see it now
+
+    with_retry(
+        lambda: AlertsJob(settings, rules, log, None if no_stdout else out).run(exit_when_idle),
+        max_attempts=5 if exit_when_idle else None,
+    )
+
+
 # --- read back ------------------------------------------------------------------------------
 
 
@@ -255,23 +308,140 @@ def history() -> None:
     """Read audit history back."""
 
 
+def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty: str) -> None:
+    from bookaudit.warehouse.history import render_json, render_table
+
+    if fmt == "json":
+        click.echo(render_json(rows))
+    elif rows:
+        click.echo(render_table(rows))
+    else:
+        log(f"{report_name}: {empty}")
+
+
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
+    cfg = _config(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    return cfg.warehouse_dsn
+
+
 @history.command("booking")
 @click.argument("booking_id")
 @_connection_options("warehouse_dsn")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@_format_option
 @click.pass_context
 def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
     """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
-    from bookaudit.warehouse.history import booking_history, render_json, render_table
+    from bookaudit.warehouse.history import BOOKING, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
+    _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
+
+
+@history.command("customer")
+@click.argument("customer_id")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
+    """A customer's record and every booking of theirs, oldest first."""
+    from bookaudit.warehouse.history import CUSTOMER, run_report
+
+    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
+    _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
+
+
+@history.command("log")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_log(
+    ctx: click.Context, /, since: datetime | None, until: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """The booking history log: bookings created, modified and deleted, day by day."""
+    from bookaudit.warehouse.history import BOOKING_LOG, run_report
+
+    first = since.date() if since else datetime.now(UTC).date()
+    last = until.date() if until else first
+    if last < first:
+        raise ConfigError(f"--until {last} is before --since {first}")
+    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
+    _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
+
+
+@history.command("actor")
+@click.argument("name")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
+@_connection_options("warehouse_dsn")
+@_format_option
+@click.pass_context
+def history_actor(
+    ctx: click.Context, /, name: str, since: datetime | None, fmt: str, **flags: Any
+) -> None:
+    """What one user or fieldworker changed (or a db role, for changes with no actor set)."""
+    from bookaudit.warehouse.history import ACTOR, run_report
+
+    start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
+    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
+    _print_report("history", rows, fmt, f"no audit entries by {name}")
+
+
+@main.group()
+def alerts() -> None:
+    """Read recorded alerts back, and check a rule file."""
+
+
+@alerts.command("list")
+@_connection_options("warehouse_dsn")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="only changes committed at or after this time (UTC)",
+)
+@click.option("--booking", help="only this booking's alerts")
+@click.option("--rule", help="only this rule's alerts")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def alerts_list(
+    ctx: click.Context,
+    /,
+    since: datetime | None,
+    booking: str | None,
+    rule: str | None,
+    fmt: str,
+    **flags: Any,
+) -> None:
+    """Alerts in commit order, each with the audit entry it refers to."""
+    from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
 
     cfg = _config(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    rows = booking_history(cfg.warehouse_dsn, booking_id)
+    start = None if since is None else since.replace(tzinfo=UTC)
+    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
     if not rows and fmt == "table":
-        log(f"no audit entries for booking {booking_id}")
+        log("no alerts")
         return
-    click.echo(render_json(rows) if fmt == "json" else render_table(rows))
+    click.echo(render_alerts_json(rows) if fmt == "json" else render_alerts_table(rows))
+
+
+@alerts.command("rules")
+@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
+@click.pass_context
+def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
+    """Check a rule file and show the rules the alerts consumer would apply."""
+    from bookaudit.consumers.alerts_config import describe, load_rules
+
+    cfg = _config(ctx, **flags)
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
 
 
 def _register_optional() -> None:

@@ -46,6 +46,9 @@ class Config:
     group_id: str = "bookaudit-audit"
     batch_size: int = 500
     tables: tuple[str, ...] = field(default_factory=tuple)
+    alerts_group_id: str = "bookaudit-alerts"
+    alerts_rules: str | None = None
+    alerts_webhook: Secret | None = None
     # logical: pgoutput over a replication slot; trigger: row triggers + outbox relay.
     mode: str = "logical"
 
@@ -60,7 +63,8 @@ class Config:
 
 
 _INT_FIELDS = {"batch_size"}
-_SECRET_FIELDS = {"source_dsn", "warehouse_dsn"}
+# A webhook URL often carries a token, so it is kept out of reprs like a DSN.
+_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook"}
 
 
 def _coerce(name: str, raw: Any, origin: str) -> Any:
@@ -77,6 +81,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         return tuple(str(t).strip() for t in items if str(t).strip())
     if not isinstance(raw, str):
         raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
+    if name == "alerts_webhook" and not re.match(r"^https?://[^/\s]+", raw):
+        raise ConfigError(f"{origin}: alerts_webhook must be an http:// or https:// URL")
     if name in _SECRET_FIELDS:
         return Secret(raw)
     if name in {"slot", "publication"} and not _IDENT.match(raw):
@@ -100,8 +106,9 @@ def load_config(
     known = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
 
-    explicit_toml = toml_path is not None or ENV_PREFIX + "CONFIG" in env
-    path = toml_path or Path(env.get(ENV_PREFIX + "CONFIG", DEFAULT_TOML))
+    env_toml = env.get(ENV_PREFIX + "CONFIG") or None
+    explicit_toml = toml_path is not None or env_toml is not None
+    path = toml_path or Path(env_toml or DEFAULT_TOML)
     if path.is_file():
         try:
             doc = tomllib.loads(path.read_text())

@@ -11,6 +11,7 @@ import fastavro
 
 from bookaudit import __version__
 from bookaudit._resources import read_text
+from bookaudit.cdc._avro_fast import EnvelopeWriter, check_schema_shape
 from bookaudit.cdc.transactions import RowChange
 from bookaudit.errors import DecodeError
 
@@ -24,6 +25,8 @@ def _load(name: str) -> Any:
 
 ENVELOPE_SCHEMA = _load("envelope.avsc")
 KEY_SCHEMA = _load("key.avsc")
+check_schema_shape(ENVELOPE_SCHEMA, KEY_SCHEMA)
+_WRITER = EnvelopeWriter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,6 @@ def to_kafka(change: RowChange, source: SourceInfo, prefix: str, now_ms: int) ->
     key = row_key(change)
     return KafkaRecord(
         topic=topic_for(prefix, change.table.schema, change.table.name),
-        key=None if key is None else encode(KEY_SCHEMA, key),
-        value=encode(ENVELOPE_SCHEMA, envelope(change, source, now_ms)),
+        key=None if key is None else _WRITER.key(key),
+        value=_WRITER.envelope(envelope(change, source, now_ms)),
     )

@@ -110,7 +110,12 @@ class KafkaSink:
                 raise _kafka_error(f"cannot create topic {topic}", error) from None
         self._topics.add(topic)
 
-    def send(self, record: KafkaRecord, on_delivery: Callable[[Any, Any], None]) -> None:
+    def send(
+        self,
+        record: KafkaRecord,
+        on_delivery: Callable[[Any, Any], None],
+        schema_id: bytes = ENVELOPE_SCHEMA_ID,
+    ) -> None:
         self.ensure_topic(record.topic)
         while True:
             try:
@@ -118,7 +123,7 @@ class KafkaSink:
                     record.topic,
                     key=record.key,
                     value=record.value,
-                    headers=[(SCHEMA_HEADER, ENVELOPE_SCHEMA_ID)],
+                    headers=[(SCHEMA_HEADER, schema_id)],
                     on_delivery=on_delivery,
                 )
                 return

@@ -21,11 +21,20 @@ class ConsumerSettings:
     topic_prefix: str
     batch_size: int = 500
     poll_timeout_s: float = 1.0
+    # Only these schema.table topics; empty means every table under the prefix.
+    tables: tuple[str, ...] = ()
+    # Return a batch as soon as one record is there, instead of waiting for a full batch or
+    # the timeout: what a latency-bound consumer (alerts) wants.
+    eager: bool = False
 
 
-def change_topics_pattern(prefix: str) -> str:
+def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
     """`<prefix>.<schema>.<table>` only, so alert and other topics under the prefix stay out."""
-    return "^" + re.escape(prefix).replace("\\.", "[.]") + "[.][^.]+[.][^.]+$"
+    head = "^" + re.escape(prefix).replace("\\.", "[.]") + "[.]"
+    if tables:
+        names = "|".join(re.escape(t).replace("\\.", "[.]") for t in tables)
+        return head + "(" + names + ")$"
+    return head + "[^.]+[.][^.]+$"
 
 
 class KafkaSource:
@@ -48,16 +57,22 @@ class KafkaSource:
         self._at_end: set[tuple[str, int]] = set()
         self._started = time.monotonic()
         self._consumer.subscribe(
-            [change_topics_pattern(settings.topic_prefix)], on_assign=self._on_assign
+            [change_topics_pattern(settings.topic_prefix, settings.tables)],
+            on_assign=self._on_assign,
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._at_end -= {(p.topic, p.partition) for p in partitions}
 
     def poll(self) -> list[Record]:
-        messages = self._consumer.consume(
-            num_messages=self._settings.batch_size, timeout=self._settings.poll_timeout_s
-        )
+        size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
+        if self._settings.eager:
+            first = self._consumer.poll(timeout)
+            messages = [] if first is None else [first]
+            if first is not None and size > 1:
+                messages += self._consumer.consume(num_messages=size - 1, timeout=0)
+        else:
+            messages = self._consumer.consume(num_messages=size, timeout=timeout)
         records = []
         for msg in messages:
             err = msg.error()

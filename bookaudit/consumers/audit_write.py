@@ -37,15 +37,21 @@ inserted AS (
     FROM input
     ON CONFLICT (source, commit_lsn, sequence) DO NOTHING
     RETURNING id, source, commit_lsn, sequence
+),
+fields AS (
+    INSERT INTO audit.field_changes (change_id, field, position, old_value, new_value)
+    SELECT i.id, f.field, f.position, f.old, f.new
+    FROM inserted i
+    JOIN input USING (source, commit_lsn, sequence)
+    CROSS JOIN LATERAL ROWS FROM (
+        jsonb_to_recordset(input.fields) AS (field text, old text, new text)
+    ) WITH ORDINALITY AS f(field, old, new, position)
 )
-INSERT INTO audit.field_changes (change_id, field, position, old_value, new_value)
-SELECT i.id, f.field, f.position, f.old, f.new
-FROM inserted i
-JOIN input USING (source, commit_lsn, sequence)
-CROSS JOIN LATERAL ROWS FROM (
-    jsonb_to_recordset(input.fields) AS (field text, old text, new text)
-) WITH ORDINALITY AS f(field, old, new, position)
+SELECT coalesce(array_agg(id), '{}') FROM inserted
 """
+
+# A separate statement: rows written by the CTEs above are invisible to that statement itself.
+_CHAIN = "SELECT audit.chain_append(%s)"
 
 _DEAD_LETTER = """
 INSERT INTO audit.dead_letters (kafka_topic, kafka_partition, kafka_offset, key, value, error)
@@ -102,7 +108,9 @@ class WarehouseWriter:
             with self._conn.transaction():
                 if entries:
                     payload = json.dumps([_as_json(e) for e in entries])
-                    self._conn.execute(_INSERT, {"entries": payload})
+                    row = self._conn.execute(_INSERT, {"entries": payload}).fetchone()
+                    assert row is not None
+                    self._conn.execute(_CHAIN, (row[0],))
                 for letter in dead:
                     r = letter.record
                     self._conn.execute(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from bookaudit.config import Config
 
 
 @click.group()
@@ -65,3 +69,22 @@ def run(ctx: click.Context) -> None:
 
     click.echo(f"\nHistory of booking {booking_id}:\n")
     click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))
+
+    log("\ndemo: Kafka → alerts")
+    _raise_alerts(cfg, booking_id)
+
+
+def _raise_alerts(cfg: Config, booking_id: int) -> None:
+    """The alerts consumer over the same topics, then what it raised for the day's booking."""
+    from bookaudit.cli import log
+    from bookaudit.consumers.alerts import AlertsJob, settings_from
+    from bookaudit.consumers.alerts_config import load_rules
+    from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
+
+    assert cfg.warehouse_dsn
+    rules = load_rules(cfg.alerts_rules)
+    settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
+    AlertsJob(settings, rules, log).run(exit_when_idle=True)
+    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
+    click.echo(f"\nAlerts for booking {booking_id}:\n")
+    click.echo(render_alerts_table(alerts) if alerts else "(none)")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from bookaudit.errors import TerminalError
@@ -28,6 +28,7 @@ MAIN_CLASS = "kafka.Kafka"
 # that has moved it to the tools module.
 _STORAGE_TOOL_CLASSES = ("kafka.tools.StorageTool", "org.apache.kafka.tools.StorageTool")
 _READY_TIMEOUT_S = 60.0
+_WARM_UP_TOPIC = "__bookaudit_stack_ready"
 _STOP_GRACE_S = 20.0
 _HEAP = "-Xmx512m"
 
@@ -251,6 +252,30 @@ def probe(bootstrap: str, timeout_s: float = 2.0) -> str | None:
     return None if metadata.brokers else "metadata lists no broker"
 
 
+def _warm_up(bootstrap: str, timeout_s: float) -> str | None:
+    """One idempotent, acks=all produce: a fresh broker first loads its producer-id and
+    transaction coordinators, and until then every idempotent producer logs retry warnings."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "log_level": 0,
+            "message.timeout.ms": int(timeout_s * 1000),
+        }
+    )
+    failures: list[str] = []
+    producer.produce(
+        _WARM_UP_TOPIC,
+        value=b"ready",
+        on_delivery=lambda err, _msg: failures.append(str(err)) if err else None,
+    )
+    remaining = producer.flush(timeout_s)
+    if remaining or failures:
+        return failures[0] if failures else "warm-up message not acknowledged"
+    return None
+
+
 def wait_ready(pid: int, bootstrap: str, kafka_dir: Path) -> None:
     """Block until the broker answers list_topics; fail fast if it dies, with the log's tail."""
     log = kafka_dir / "kafka.log"
@@ -260,7 +285,9 @@ def wait_ready(pid: int, bootstrap: str, kafka_dir: Path) -> None:
             raise TerminalError(f"kafka (pid {pid}) exited during startup; log: {tail(log)}")
         error = probe(bootstrap)
         if error is None:
-            return
+            error = _warm_up(bootstrap, timeout_s=max(1.0, deadline - time.monotonic()))
+            if error is None:
+                return
         if time.monotonic() > deadline:
             raise TerminalError(
                 f"kafka on {bootstrap} not ready after {_READY_TIMEOUT_S:.0f}s ({error}); "

@@ -22,6 +22,9 @@ from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.transactions import CONTEXT_PREFIX
 from bookaudit.consumers._kafka import ConsumerSettings
+from bookaudit.consumers.alerts import AlertsJob, AlertsSettings, AlertsStats
+from bookaudit.consumers.alerts_config import RuleSet, load_rules
+from bookaudit.consumers.alerts_sink import alerts_topic
 from bookaudit.consumers.audit import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
@@ -65,6 +68,14 @@ class Pipeline:
     def group_id(self) -> str:
         return f"{self.name}-audit"
 
+    @property
+    def alerts_group_id(self) -> str:
+        return f"{self.name}-alerts"
+
+    @property
+    def alerts_topic(self) -> str:
+        return alerts_topic(self.prefix)
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -76,6 +87,7 @@ class Pipeline:
             "BOOKAUDIT_TOPIC_PREFIX": self.prefix,
             "BOOKAUDIT_GROUP_ID": self.group_id,
             "BOOKAUDIT_MODE": self.mode,
+            "BOOKAUDIT_ALERTS_GROUP_ID": self.alerts_group_id,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -143,6 +155,31 @@ class Pipeline:
         self.capture()
         self.consume()
 
+    def alerts_settings(
+        self, rules: RuleSet, group_id: str | None = None, webhook: str | None = None
+    ) -> AlertsSettings:
+        consumer = ConsumerSettings(
+            bootstrap=self.stack.kafka_bootstrap,
+            group_id=group_id or self.alerts_group_id,
+            topic_prefix=self.prefix,
+            poll_timeout_s=0.2,
+            tables=rules.topics_tables,
+            eager=True,
+        )
+        return AlertsSettings(consumer, self.warehouse_dsn, self.alerts_topic, webhook)
+
+    def alerts(
+        self,
+        rules: str | Path | None = None,
+        group_id: str | None = None,
+        out: list[str] | None = None,
+    ) -> AlertsStats:
+        """Run the alerts consumer in-process until idle; JSON lines go to `out` when given."""
+        ruleset = load_rules(rules)
+        settings = self.alerts_settings(ruleset, group_id)
+        job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
+        return job.run(exit_when_idle=True)
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "bookaudit", *args],
@@ -155,9 +192,13 @@ class Pipeline:
             raise AssertionError(f"bookaudit {' '.join(args)} failed:\n{result.stderr}")
         return result
 
+    def spawn_log(self, command: str) -> Path:
+        """Where `spawn` appends the stderr of a `bookaudit <command> ...` process."""
+        return Path(tempfile.gettempdir()) / f"{self.name}-{command}.log"
+
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         """Start a bookaudit process; its stderr goes to a log file named in the test output."""
-        log_path = Path(tempfile.gettempdir()) / f"{self.name}-{args[0]}.log"
+        log_path = self.spawn_log(args[0])
         self.logs.append(f"spawned {' '.join(args)}, stderr in {log_path}")
         with log_path.open("a") as log:
             return subprocess.Popen(

@@ -1,0 +1,311 @@
+"""Outputs of the alerting job: the Avro alert topic, JSON lines on stdout, and the webhook."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import fastavro
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from bookaudit import __version__
+from bookaudit._resources import read_text
+from bookaudit.cdc.envelope import KafkaRecord, decode, encode
+from bookaudit.cdc.produce import KafkaSink, ProducerSettings
+from bookaudit.consumers.alerts_state import AlertStore, Delivery, Pending, RecordedAlert
+from bookaudit.errors import DecodeError, TransientError
+
+ALERT_SCHEMA = fastavro.parse_schema(json.loads(read_text("schemas", "alert.avsc")))
+ALERT_SCHEMA_ID = b"bookaudit.Alert/1"
+# A recovered alert was produced after it was recorded; the slack covers clock steps between the
+# warehouse and the broker.
+_SCAN_SLACK_MS = 5_000
+
+
+def alerts_topic(prefix: str) -> str:
+    return f"{prefix}.alerts"
+
+
+def encode_alert(document: dict[str, Any]) -> bytes:
+    return encode(ALERT_SCHEMA, document)
+
+
+def decode_alert(data: bytes) -> dict[str, Any]:
+    return decode(ALERT_SCHEMA, data)
+
+
+def json_line(document: dict[str, Any]) -> str:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def display_url(url: str) -> str:
+    """scheme://host/path only: a webhook URL often carries a token in its query or user part."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def backoff_delay(failures: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Capped exponential backoff: 0.5, 1, 2, 4 ... 30 s after 1, 2, 3, 4 ... failures."""
+    return min(cap_s, base_s * 2.0 ** max(0, failures - 1))
+
+
+class StdoutOutput:
+    """One JSON line per newly recorded alert (a live feed: the durable record is the table)."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+
+    def emit(self, alerts: Sequence[RecordedAlert]) -> None:
+        for alert in alerts:
+            self._write(json_line(alert.document))
+
+
+class KafkaOutput:
+    """Produces alerts to `<prefix>.alerts`, keyed by booking, and records each acknowledged one."""
+
+    def __init__(self, bootstrap: str, topic: str, store: AlertStore) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._store = store
+        self._sink = KafkaSink(ProducerSettings(bootstrap))
+
+    def send(self, alerts: Sequence[RecordedAlert]) -> None:
+        """Produce, wait for every acknowledgment, then record the deliveries; any failure raises
+        and leaves the alerts in the outbox for the next attempt."""
+        if not alerts:
+            return
+        acked: dict[int, tuple[int, int]] = {}
+        errors: list[str] = []
+
+        def report(alert_id: int) -> Callable[[Any, Any], None]:
+            def on_delivery(err: Any, msg: Any) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                else:
+                    acked[alert_id] = (int(msg.partition()), int(msg.offset()))
+
+            return on_delivery
+
+        for alert in alerts:
+            key = alert.booking_id.encode() if alert.booking_id is not None else None
+            record = KafkaRecord(self.topic, key, encode_alert(alert.document))
+            self._sink.send(record, report(alert.id), schema_id=ALERT_SCHEMA_ID)
+        self._sink.flush()
+        if errors or len(acked) != len(alerts):
+            raise TransientError(f"Kafka refused an alert on {self.topic}: {errors[:1]}")
+        self._store.delivered(
+            "kafka",
+            [Delivery(a.id, self.topic, 1, *acked[a.id]) for a in alerts],
+        )
+
+    def recover(self, orphans: Sequence[Pending]) -> int:
+        """Deliver alerts a dead instance recorded but may not have produced: what the topic
+        already holds is only recorded, the rest is produced. Returns how many were produced."""
+        if not orphans:
+            return 0
+        since = min(p.recorded_at_ms for p in orphans) - _SCAN_SLACK_MS
+        on_topic = self.scan(since)
+        found = [p.alert for p in orphans if p.alert.alert_id in on_topic]
+        self._store.delivered(
+            "kafka",
+            [Delivery(a.id, self.topic, 1, *on_topic[a.alert_id]) for a in found],
+        )
+        missing = [p.alert for p in orphans if p.alert.alert_id not in on_topic]
+        self.send(missing)
+        return len(missing)
+
+    def scan(self, since_ms: int) -> dict[str, tuple[int, int]]:
+        """alert_id → (partition, offset) of every alert on the topic produced since `since_ms`."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._bootstrap,
+                "group.id": "bookaudit-alerts-recovery",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            return self._scan(consumer, since_ms)
+        except KafkaException as exc:
+            raise TransientError(f"cannot read {self.topic}: {exc.args[0]}") from None
+        finally:
+            consumer.close()
+
+    def _scan(self, consumer: Any, since_ms: int) -> dict[str, tuple[int, int]]:
+        metadata = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        wanted = [TopicPartition(self.topic, p, since_ms) for p in metadata.partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=10)
+        ends: dict[int, int] = {}
+        assign = []
+        for tp in starts:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, tp.partition), timeout=10
+            )
+            if 0 <= tp.offset < high:
+                ends[tp.partition] = high
+                assign.append(TopicPartition(self.topic, tp.partition, tp.offset))
+        found: dict[str, tuple[int, int]] = {}
+        if not assign:
+            return found
+        consumer.assign(assign)
+        deadline = time.monotonic() + 60
+        while ends:
+            if time.monotonic() > deadline:
+                raise TransientError(f"reading {self.topic} back timed out")
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            err = msg.error()
+            partition = int(msg.partition() or 0)
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(partition, None)
+                    continue
+                raise TransientError(f"reading {self.topic} back: {err.str()}")
+            offset = int(msg.offset() or 0)
+            try:
+                alert_id = str(decode_alert(msg.value())["alert_id"])
+            except (DecodeError, KeyError):
+                alert_id = ""  # not ours; a foreign record on the topic cannot hide an alert
+            if alert_id:
+                found[alert_id] = (partition, offset)
+            if offset + 1 >= ends.get(partition, 0):
+                ends.pop(partition, None)
+        return found
+
+
+class WebhookError(TransientError):
+    """The webhook did not take the alert (not reachable, or not a 2xx answer)."""
+
+
+def post_alert(url: str, document: dict[str, Any], timeout_s: float) -> int:
+    """POST one alert as JSON; returns the 2xx status or raises WebhookError."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(document).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            # Stable across retries, so a receiver can drop a repeat after a lost answer.
+            "Idempotency-Key": str(document["alert_id"]),
+            "User-Agent": f"bookaudit/{__version__}",
+        },
+    )
+    where = display_url(url)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise WebhookError(f"webhook {where} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise WebhookError(f"webhook {where} unreachable: {reason}") from None
+    if not 200 <= status < 300:
+        raise WebhookError(f"webhook {where} answered {status}")
+    return status
+
+
+class WebhookOutput:
+    """Delivers alerts to the webhook in order on its own thread, so an outage delays alerts but
+    never blocks the consumer. A failed POST is retried with backoff until it succeeds; the
+    outbox keeps undelivered alerts across restarts."""
+
+    def __init__(
+        self,
+        url: str,
+        store: AlertStore,
+        log: Callable[[str], None],
+        timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.target = display_url(url)
+        self._store = store
+        self._log = log
+        self._timeout_s = timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._queue: deque[RecordedAlert] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.error: BaseException | None = None
+        self.delivered = 0
+        self._thread = threading.Thread(target=self._run, name="bookaudit-webhook", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def submit(self, alerts: Sequence[RecordedAlert]) -> None:
+        if not alerts:
+            return
+        with self._lock:
+            self._queue.extend(alerts)
+            self._idle.clear()
+        self._wake.set()
+
+    def _head(self) -> RecordedAlert | None:
+        with self._lock:
+            if not self._queue:
+                self._idle.set()
+                return None
+            return self._queue[0]
+
+    def _run(self) -> None:
+        failures = 0
+        attempts = 0
+        status: int | None = None  # set once the head was POSTed but not yet recorded
+        try:
+            while not self._stop.is_set():
+                head = self._head()
+                if head is None:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                try:
+                    if status is None:
+                        attempts += 1
+                        status = post_alert(self.url, head.document, self._timeout_s)
+                    self._store.delivered(
+                        "webhook", [Delivery(head.id, self.target, attempts, http_status=status)]
+                    )
+                except TransientError as exc:
+                    failures += 1
+                    delay = backoff_delay(failures, cap_s=self._max_backoff_s)
+                    self._log(f"alerts: {exc}; {self.pending} alert(s) wait, retry in {delay:.1f}s")
+                    self._stop.wait(delay)
+                    continue
+                with self._lock:
+                    self._queue.popleft()
+                self.delivered += 1
+                if failures:
+                    self._log(f"alerts: webhook {self.target} delivers again")
+                failures, attempts, status = 0, 0, None
+        except BaseException as exc:  # surfaced to the consumer thread, which re-raises it
+            self.error = exc
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted alert is delivered, or the timeout passes."""
+        return self._idle.wait(timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=self._timeout_s + 5)
+        self._store.close()

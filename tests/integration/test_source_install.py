@@ -1,0 +1,133 @@
+"""`bookaudit source install`: idempotent, dry-run changes nothing, refusals name the culprit."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bookaudit.errors import SourceCheckError
+from bookaudit.source.install import TableName, check_source
+from bookaudit.stack import _postgres
+from tests.integration.harness import Pipeline
+
+
+def _state(p: Pipeline) -> tuple[object, ...]:
+    with psycopg.connect(p.source_dsn) as conn:
+        return (
+            conn.execute(
+                "SELECT relname, relreplident FROM pg_class WHERE relname IN "
+                "('bookings', 'customers') ORDER BY relname"
+            ).fetchall(),
+            conn.execute(
+                "SELECT tgrelid::regclass::text FROM pg_trigger "
+                "WHERE tgname = 'bookaudit_context' ORDER BY 1"
+            ).fetchall(),
+            conn.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = 'bookaudit' ORDER BY 1"
+            ).fetchall(),
+        )
+
+
+def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
+    installed = _state(pipeline)
+    assert ("bookings", "f") in installed[0]  # type: ignore[operator]
+    pipeline.cli("source", "install", "--table", "public.bookings", "--table", "customers")
+    assert _state(pipeline) == installed
+
+    with pipeline.source() as conn:
+        conn.execute("CREATE TABLE booking_lines (booking_id bigint, line int, memo text, "
+                     "PRIMARY KEY (booking_id, line))")  # fmt: skip
+    pipeline.cli("source", "install", "--table", "booking_lines")
+    with psycopg.connect(pipeline.source_dsn) as conn:
+        published = conn.execute(
+            "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'booking_lines'"
+        ).fetchone()
+    assert published == (1,)
+
+
+def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
+    with pipeline.source() as conn:
+        conn.execute("CREATE TABLE extras (id int PRIMARY KEY, label text)")
+    before = _state(pipeline)
+    out = pipeline.cli("source", "install", "--table", "extras", "--dry-run").stdout
+    assert 'ALTER TABLE "public"."extras" REPLICA IDENTITY FULL;' in out
+    assert 'ALTER PUBLICATION "bookaudit" ADD TABLE "public"."extras";' in out
+    assert "CREATE OR REPLACE FUNCTION bookaudit.set_actor" in out
+    assert _state(pipeline) == before
+    with psycopg.connect(pipeline.source_dsn) as conn:
+        identity = conn.execute("SELECT relreplident FROM pg_class WHERE relname = 'extras'")
+        assert identity.fetchone() == ("d",)
+
+
+@pytest.mark.parametrize(
+    ("setup", "table", "message"),
+    [
+        ("", "public.nope", "table public.nope does not exist"),
+        ("CREATE TABLE keyless (a int)", "keyless", "table public.keyless has no primary key"),
+        ("", "a.b.c", "expected 'schema.table' or 'table'"),
+    ],
+)
+def test_refusals_are_one_line_and_name_the_table(
+    pipeline: Pipeline, setup: str, table: str, message: str
+) -> None:
+    if setup:
+        with pipeline.source() as conn:
+            conn.execute(setup)
+    result = pipeline.cli("source", "install", "--table", table, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bookaudit: error: ") and message in lines[0]
+
+
+def test_non_owner_is_refused_for_lack_of_privileges(pipeline: Pipeline) -> None:
+    role = f"{pipeline.name}_clerk"
+    with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT CREATE ON DATABASE "{pipeline.name}_src" TO "{role}"')
+    try:
+        clerk_dsn = psycopg.conninfo.make_conninfo(pipeline.source_dsn, user=role)
+        with (
+            psycopg.connect(clerk_dsn) as conn,
+            pytest.raises(
+                SourceCheckError, match=f"role '{role}' does not own table public.bookings"
+            ),
+        ):
+            check_source(conn, [TableName.parse("bookings")])
+    finally:
+        with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
+            conn.execute(f'REVOKE ALL ON DATABASE "{pipeline.name}_src" FROM "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.fixture
+def replica_level_server() -> Iterator[str]:
+    """A second real server with wal_level=replica, as many managed databases run."""
+    bin_dir = _postgres.newest_bin_dir()
+    assert bin_dir is not None, "PostgreSQL binaries are missing"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_dir = Path(tempfile.mkdtemp(prefix="ba-replica-"))
+    _postgres.init_cluster(bin_dir, pg_dir, port)
+    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
+        conf.write("wal_level = replica\n")
+    pid = _postgres.start(bin_dir, pg_dir, port)
+    try:
+        yield _postgres.dsn(port, "postgres")
+    finally:
+        _postgres.stop(bin_dir, pg_dir, pid)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_wal_level_other_than_logical_is_refused(replica_level_server: str) -> None:
+    with psycopg.connect(replica_level_server, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bookings (id int PRIMARY KEY)")
+        with pytest.raises(SourceCheckError, match="wal_level is 'replica', not 'logical'"):
+            check_source(conn, [TableName.parse("bookings")])

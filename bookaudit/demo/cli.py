@@ -21,6 +21,7 @@ def demo() -> None:
 def run(ctx: click.Context) -> None:
     """Sample schema → install → the day → capture → audit writer → history."""
     from bookaudit.cdc.capture import Capture, CaptureSettings
+    from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cli import _config, log
     from bookaudit.consumers._kafka import ConsumerSettings
     from bookaudit.consumers.audit import AuditWriter
@@ -36,10 +37,9 @@ def run(ctx: click.Context) -> None:
 
     log("demo: creating the sample bookings database")
     create_sample_schema(cfg.source_dsn)
+    tables = [TableName.parse(t) for t in AUDITED_TABLES]
     with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
-        apply(
-            conn, plan_install(conn, [TableName.parse(t) for t in AUDITED_TABLES], cfg.publication)
-        )
+        apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode))
     init_warehouse(cfg.warehouse_dsn)
     capture_settings = CaptureSettings(
         source_dsn=cfg.source_dsn,
@@ -50,14 +50,16 @@ def run(ctx: click.Context) -> None:
         source_name=cfg.source_name,
         exit_when_idle=True,
     )
+    # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
+    runner = OutboxRelay if cfg.mode == "trigger" else Capture
     # The slot must exist before the day, or its changes would precede the slot and be lost.
-    Capture(capture_settings, log).run()
+    runner(capture_settings, log).run()
 
     log("demo: playing the day")
     booking_id = play_day(cfg.source_dsn, lambda m: log(f"  {m}"))
 
     log("demo: capture → Kafka")
-    Capture(capture_settings, log).run()
+    runner(capture_settings, log).run()
     log("demo: Kafka → audit warehouse")
     consumer: dict[str, Any] = {
         "bootstrap": cfg.kafka_bootstrap,

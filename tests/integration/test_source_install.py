@@ -5,15 +5,22 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer
 
+from bookaudit.cdc.capture import CaptureSettings
+from bookaudit.cdc.relay import OutboxRelay
+from bookaudit.consumers.decode import Record, decode_record
 from bookaudit.errors import SourceCheckError
-from bookaudit.source.install import TableName, check_source
-from bookaudit.stack import _postgres
+from bookaudit.source.install import TableName, apply, check_source, plan_install
+from bookaudit.stack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
 
 
@@ -31,24 +38,42 @@ def _state(p: Pipeline) -> tuple[object, ...]:
             conn.execute(
                 "SELECT tablename FROM pg_publication_tables WHERE pubname = 'bookaudit' ORDER BY 1"
             ).fetchall(),
+            conn.execute(
+                "SELECT tgrelid::regclass::text FROM pg_trigger "
+                "WHERE tgname = '0_bookaudit_outbox' ORDER BY 1"
+            ).fetchall(),
         )
+
+
+def _captures(p: Pipeline, table: str) -> bool:
+    """Logical mode publishes the table with its full old row; trigger mode gives it the outbox
+    trigger and leaves its replica identity alone."""
+    with psycopg.connect(p.source_dsn) as conn:
+        row = conn.execute(
+            "SELECT c.relreplident, "
+            "EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = 'bookaudit' "
+            "        AND t.tablename = c.relname), "
+            "EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid "
+            "        AND g.tgname = '0_bookaudit_outbox') "
+            "FROM pg_class c WHERE c.relname = %s",
+            (table,),
+        ).fetchone()
+    expected = ("f", True, False) if p.mode == "logical" else ("d", False, True)
+    return row == expected
 
 
 def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
     installed = _state(pipeline)
-    assert ("bookings", "f") in installed[0]  # type: ignore[operator]
+    assert _captures(pipeline, "bookings")
     pipeline.cli("source", "install", "--table", "public.bookings", "--table", "customers")
     assert _state(pipeline) == installed
 
     with pipeline.source() as conn:
         conn.execute("CREATE TABLE booking_lines (booking_id bigint, line int, memo text, "
                      "PRIMARY KEY (booking_id, line))")  # fmt: skip
+    assert not _captures(pipeline, "booking_lines")
     pipeline.cli("source", "install", "--table", "booking_lines")
-    with psycopg.connect(pipeline.source_dsn) as conn:
-        published = conn.execute(
-            "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'booking_lines'"
-        ).fetchone()
-    assert published == (1,)
+    assert _captures(pipeline, "booking_lines")
 
 
 def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
@@ -56,8 +81,15 @@ def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
         conn.execute("CREATE TABLE extras (id int PRIMARY KEY, label text)")
     before = _state(pipeline)
     out = pipeline.cli("source", "install", "--table", "extras", "--dry-run").stdout
-    assert 'ALTER TABLE "public"."extras" REPLICA IDENTITY FULL;' in out
-    assert 'ALTER PUBLICATION "bookaudit" ADD TABLE "public"."extras";' in out
+    if pipeline.mode == "logical":
+        assert 'ALTER TABLE "public"."extras" REPLICA IDENTITY FULL;' in out
+        assert 'ALTER PUBLICATION "bookaudit" ADD TABLE "public"."extras";' in out
+    else:
+        assert (
+            'TRIGGER "0_bookaudit_outbox" AFTER INSERT OR UPDATE OR DELETE ON "public"."extras"'
+            in out
+        )
+        assert "PUBLICATION" not in out and "REPLICA IDENTITY" not in out
     assert "CREATE OR REPLACE FUNCTION bookaudit.set_actor" in out
     assert _state(pipeline) == before
     with psycopg.connect(pipeline.source_dsn) as conn:
@@ -131,3 +163,66 @@ def test_wal_level_other_than_logical_is_refused(replica_level_server: str) -> N
         conn.execute("CREATE TABLE bookings (id int PRIMARY KEY)")
         with pytest.raises(SourceCheckError, match="wal_level is 'replica', not 'logical'"):
             check_source(conn, [TableName.parse("bookings")])
+
+
+def test_trigger_mode_captures_where_wal_level_is_not_logical(
+    replica_level_server: str, stack: StackEnv
+) -> None:
+    """The reason trigger mode exists: the same events from a server without logical decoding."""
+    with psycopg.connect(replica_level_server, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bookings (id int PRIMARY KEY, price numeric(12, 2))")
+        tables = [TableName.parse("bookings")]
+        apply(conn, plan_install(conn, tables, "bookaudit", "trigger"))
+    with psycopg.connect(replica_level_server) as conn:
+        conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin')")
+        conn.execute("INSERT INTO bookings VALUES (1, 149.90)")
+        conn.execute("UPDATE bookings SET price = 189.50 WHERE id = 1")
+    prefix = "replica" + uuid.uuid4().hex[:8]
+    settings = CaptureSettings(
+        source_dsn=replica_level_server,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        slot="unused",
+        publication="bookaudit",
+        topic_prefix=prefix,
+        source_name="bookings",
+        exit_when_idle=True,
+    )
+    assert OutboxRelay(settings, lambda _m: None).run().changes == 2
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "group.id": prefix,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    events: list[dict[str, Any]] = []
+    try:
+        consumer.subscribe([f"{prefix}.public.bookings"])
+        deadline = time.monotonic() + 60
+        while len(events) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                record = Record(
+                    str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
+                    msg.key(), msg.value(),
+                )  # fmt: skip
+                events.append(decode_record(record).envelope)
+    finally:
+        consumer.close()
+    seen = sorted(
+        (
+            e["source"]["sequence"],
+            e["op"],
+            e["actor"]["id"],
+            e["actor"]["role"],
+            (e["before"] or {}).get("price"),
+            e["after"]["price"],
+            e["source"]["mode"],
+        )
+        for e in events
+    )
+    assert seen == [
+        (0, "c", "alice", "admin", None, "149.90", "trigger"),
+        (1, "u", "alice", "admin", "149.90", "189.50", "trigger"),
+    ]

@@ -72,8 +72,10 @@ def prepare(dsn: str) -> str:
         apply(conn, plan_install(conn, [TableName.parse("bench_bookings")], "bookaudit"))
         for slot in ("bench_capture", "bench_recv"):
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-        conn.execute("SELECT bookaudit.set_actor('bench', role => 'admin')")
-        conn.execute("UPDATE bench_bookings SET price = price + 1, updated_at = now()")
+        # One transaction, so the UPDATE carries an application actor like real traffic.
+        with conn.transaction():
+            conn.execute("SELECT bookaudit.set_actor('bench', role => 'admin')")
+            conn.execute("UPDATE bench_bookings SET price = price + 1, updated_at = now()")
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None
         return str(row[0])

@@ -250,7 +250,7 @@ def consume() -> None:
 def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Write audit entries with old and new values to the warehouse."""
     from bookaudit.consumers._kafka import ConsumerSettings
-    from bookaudit.consumers.audit import AuditWriter
+    from bookaudit.consumers.audit.job import AuditWriter
 
     cfg = _config(ctx, **flags)
     cfg.require("warehouse_dsn", "kafka_bootstrap")
@@ -283,8 +283,8 @@ def consume_alerts(
     ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
 ) -> None:
     """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
-    from bookaudit.consumers.alerts import AlertsJob, settings_from
-    from bookaudit.consumers.alerts_config import load_rules
+    from bookaudit.consumers.alerts.config import load_rules
+    from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
     cfg = _config(ctx, **flags)
     rules = load_rules(cfg.alerts_rules)
@@ -438,7 +438,7 @@ def alerts_list(
 @click.pass_context
 def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
-    from bookaudit.consumers.alerts_config import describe, load_rules
+    from bookaudit.consumers.alerts.config import describe, load_rules
 
     cfg = _config(ctx, **flags)
     click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))

@@ -24,7 +24,7 @@ def run(ctx: click.Context) -> None:
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cli import _config, log
     from bookaudit.consumers._kafka import ConsumerSettings
-    from bookaudit.consumers.audit import AuditWriter
+    from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
     from bookaudit.source.install import TableName, apply, plan_install
     from bookaudit.warehouse.history import booking_history, render_table
@@ -79,8 +79,8 @@ def run(ctx: click.Context) -> None:
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
     from bookaudit.cli import log
-    from bookaudit.consumers.alerts import AlertsJob, settings_from
-    from bookaudit.consumers.alerts_config import load_rules
+    from bookaudit.consumers.alerts.config import load_rules
+    from bookaudit.consumers.alerts.job import AlertsJob, settings_from
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn

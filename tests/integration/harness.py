@@ -22,10 +22,10 @@ from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.transactions import CONTEXT_PREFIX
 from bookaudit.consumers._kafka import ConsumerSettings
-from bookaudit.consumers.alerts import AlertsJob, AlertsSettings, AlertsStats
-from bookaudit.consumers.alerts_config import RuleSet, load_rules
-from bookaudit.consumers.alerts_sink import alerts_topic
-from bookaudit.consumers.audit import AuditWriter, WriterStats
+from bookaudit.consumers.alerts.config import RuleSet, load_rules
+from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
+from bookaudit.consumers.alerts.sink import alerts_topic
+from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.stack import StackEnv

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from bookaudit.consumers.alerts import AlertsJob, decode_batch, instance_lock
-from bookaudit.consumers.alerts_config import DEFAULT_RULES
-from bookaudit.consumers.alerts_sink import decode_alert, encode_alert
+from bookaudit.consumers.alerts.config import DEFAULT_RULES
+from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
+from bookaudit.consumers.alerts.sink import decode_alert, encode_alert
 from bookaudit.consumers.decode import Record
 from tests.integration.harness import Pipeline
 

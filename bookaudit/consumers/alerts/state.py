@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from bookaudit.cdc.decode import format_lsn
-from bookaudit.consumers.alerts_model import (
+from bookaudit.consumers.alerts.model import (
     Alert,
     ChangeEvent,
     InvoiceSent,
@@ -21,7 +21,7 @@ from bookaudit.consumers.alerts_model import (
     decimal_or_none,
     in_schema_order,
 )
-from bookaudit.consumers.alerts_rules import RuleContext
+from bookaudit.consumers.alerts.rules import RuleContext
 from bookaudit.consumers.decode import Record
 from bookaudit.errors import TerminalError, TransientError
 

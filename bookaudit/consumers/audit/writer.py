@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bookaudit.consumers.audit_map import AuditEntry
+from bookaudit.consumers.audit.mapper import AuditEntry
 from bookaudit.consumers.decode import Record
 from bookaudit.errors import TerminalError, TransientError
 

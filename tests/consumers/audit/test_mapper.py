@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.consumers.audit import decode_and_map
-from bookaudit.consumers.audit_map import FieldChange, changed_fields
+from bookaudit.consumers.audit.job import decode_and_map
+from bookaudit.consumers.audit.mapper import FieldChange, changed_fields
 from bookaudit.consumers.decode import Record
 from tests.cdc.test_envelope import change
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from bookaudit.cli import main
-from bookaudit.consumers.alerts_config import (
+from bookaudit.consumers.alerts.config import (
     DEFAULT_RULES,
     OutsideBusinessHours,
     RepeatedEdits,
@@ -22,7 +22,7 @@ from bookaudit.consumers.alerts_config import (
 )
 from bookaudit.errors import ConfigError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def readme_rule_file() -> str:

@@ -11,18 +11,18 @@ from dataclasses import dataclass
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.alerts_config import AfterInvoiceSent, RuleSet
-from bookaudit.consumers.alerts_model import ChangeEvent, InvoiceSent, watch_events
-from bookaudit.consumers.alerts_rules import evaluate_batch
-from bookaudit.consumers.alerts_sink import (
+from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
+from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent, watch_events
+from bookaudit.consumers.alerts.rules import evaluate_batch
+from bookaudit.consumers.alerts.sink import (
     KafkaOutput,
     StdoutOutput,
     WebhookOutput,
     alerts_topic,
 )
-from bookaudit.consumers.alerts_state import AlertStore, Pending, RecordedAlert
-from bookaudit.consumers.audit import decode_and_map
-from bookaudit.consumers.audit_write import DeadLetter
+from bookaudit.consumers.alerts.state import AlertStore, Pending, RecordedAlert
+from bookaudit.consumers.audit.job import decode_and_map
+from bookaudit.consumers.audit.writer import DeadLetter
 from bookaudit.consumers.decode import Record
 from bookaudit.errors import TerminalError
 

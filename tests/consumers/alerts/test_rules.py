@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from bookaudit.consumers.alerts_config import (
+from bookaudit.consumers.alerts.config import (
     DEFAULT_RULES,
     AfterInvoiceSent,
     ByFieldworker,
@@ -21,8 +21,8 @@ from bookaudit.consumers.alerts_config import (
     Threshold,
     WatchedTable,
 )
-from bookaudit.consumers.alerts_model import Actor, ChangeEvent, InvoiceSent
-from bookaudit.consumers.alerts_rules import (
+from bookaudit.consumers.alerts.model import Actor, ChangeEvent, InvoiceSent
+from bookaudit.consumers.alerts.rules import (
     NO_CONTEXT,
     RuleContext,
     apply_rule,
@@ -30,7 +30,7 @@ from bookaudit.consumers.alerts_rules import (
     evaluate_batch,
     evaluate_invoice,
 )
-from bookaudit.consumers.audit_map import FieldChange
+from bookaudit.consumers.audit.mapper import FieldChange
 
 # Thursday 2026-11-26 10:00 in Amsterdam (09:00 UTC).
 THURSDAY_10_AMS = int(datetime(2026, 11, 26, 9, 0, tzinfo=UTC).timestamp() * 1000)

@@ -6,11 +6,11 @@ import json
 
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.transactions import ActorContext, RowChange, TableSchema
-from bookaudit.consumers.alerts import decode_batch
-from bookaudit.consumers.alerts_config import DEFAULT_RULES
-from bookaudit.consumers.alerts_model import DOCUMENT_KEYS, alert_document, in_schema_order
-from bookaudit.consumers.alerts_rules import NO_CONTEXT, evaluate
-from bookaudit.consumers.alerts_sink import (
+from bookaudit.consumers.alerts.config import DEFAULT_RULES
+from bookaudit.consumers.alerts.job import decode_batch
+from bookaudit.consumers.alerts.model import DOCUMENT_KEYS, alert_document, in_schema_order
+from bookaudit.consumers.alerts.rules import NO_CONTEXT, evaluate
+from bookaudit.consumers.alerts.sink import (
     backoff_delay,
     decode_alert,
     display_url,

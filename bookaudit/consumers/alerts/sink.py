@@ -19,7 +19,7 @@ from bookaudit import __version__
 from bookaudit._resources import read_text
 from bookaudit.cdc.envelope import KafkaRecord, decode, encode
 from bookaudit.cdc.produce import KafkaSink, ProducerSettings
-from bookaudit.consumers.alerts_state import AlertStore, Delivery, Pending, RecordedAlert
+from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
 from bookaudit.errors import DecodeError, TransientError
 
 ALERT_SCHEMA = fastavro.parse_schema(json.loads(read_text("schemas", "alert.avsc")))

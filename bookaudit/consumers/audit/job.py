@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit_map import AuditEntry, to_audit_entry
-from bookaudit.consumers.audit_write import DeadLetter, WarehouseWriter
+from bookaudit.consumers.audit.mapper import AuditEntry, to_audit_entry
+from bookaudit.consumers.audit.writer import DeadLetter, WarehouseWriter
 from bookaudit.consumers.decode import Record, decode_record
 from bookaudit.errors import PoisonMessageError
 

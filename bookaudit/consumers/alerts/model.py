@@ -8,8 +8,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from bookaudit.cdc.decode import format_lsn, parse_lsn
-from bookaudit.consumers.alerts_config import AfterInvoiceSent, RuleSet
-from bookaudit.consumers.audit_map import AuditEntry, FieldChange
+from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
+from bookaudit.consumers.audit.mapper import AuditEntry, FieldChange
 
 _CENT = Decimal("0.01")
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bookaudit.consumers.alerts_config import (
+from bookaudit.consumers.alerts.config import (
     AfterInvoiceSent,
     ByFieldworker,
     OutsideBusinessHours,
@@ -18,14 +18,14 @@ from bookaudit.consumers.alerts_config import (
     RuleSet,
     Threshold,
 )
-from bookaudit.consumers.alerts_model import (
+from bookaudit.consumers.alerts.model import (
     Alert,
     ChangeEvent,
     InvoiceSent,
     change_percent,
     decimal_or_none,
 )
-from bookaudit.consumers.audit_map import FieldChange
+from bookaudit.consumers.audit.mapper import FieldChange
 
 R = TypeVar("R", bound=Rule)
 

@@ -1,0 +1,1 @@
+"""The alerting job: config → model → rules → state → sink, sequenced by job."""

@@ -1,0 +1,1 @@
+"""The audit writer: mapper (pure) → writer (warehouse), sequenced by job."""

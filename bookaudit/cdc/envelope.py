@@ -51,7 +51,6 @@ def topic_for(prefix: str, schema: str, table: str) -> str:
 
 def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, Any]:
     table = change.table
-    actor = change.actor
     key_set = set(table.key)
     return {
         "before": change.before,
@@ -78,17 +77,7 @@ def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, An
             "total_order": change.sequence + 1,
             "data_collection_order": change.data_collection_order + 1,
         },
-        "actor": {
-            "id": actor.id,
-            "role": actor.role,
-            "reason": actor.reason,
-            "approval_ref": actor.approval_ref,
-            "request_id": actor.request_id,
-            "application": actor.application,
-            "db_user": actor.db_user,
-            "client_addr": actor.client_addr,
-            "origin": actor.origin,
-        },
+        "actor": change.actor.to_dict(),
         "columns": [
             {"name": c, "type": t, "key": c in key_set}
             for c, t in zip(table.columns, table.types, strict=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bookaudit.cdc.decode import (
     UNCHANGED_TOAST,
@@ -63,6 +64,43 @@ class ActorContext:
             db_user=text("db_user"),
             client_addr=text("client_addr"),
         )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ActorContext:
+        """From the envelope's `actor` record (or an audit row's actor columns)."""
+        return cls(
+            origin=str(raw.get("origin") or "missing"),
+            id=raw.get("id"),
+            role=raw.get("role"),
+            reason=raw.get("reason"),
+            approval_ref=raw.get("approval_ref"),
+            request_id=raw.get("request_id"),
+            application=raw.get("application"),
+            db_user=raw.get("db_user"),
+            client_addr=raw.get("client_addr"),
+        )
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The envelope's `actor` record."""
+        return {
+            "id": self.id,
+            "role": self.role,
+            "reason": self.reason,
+            "approval_ref": self.approval_ref,
+            "request_id": self.request_id,
+            "application": self.application,
+            "db_user": self.db_user,
+            "client_addr": self.client_addr,
+            "origin": self.origin,
+        }
+
+    @property
+    def display(self) -> str:
+        """The application user, else the database role and client program (as audit views do)."""
+        if self.id:
+            return self.id
+        via = f" via {self.application}" if self.application else ""
+        return f"{self.db_user or 'unknown'} (db role{via})"
 
 
 # Changes that reach the slot without a context message (a table audited without the trigger,

@@ -8,60 +8,11 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from bookaudit.cdc.decode import format_lsn, parse_lsn
+from bookaudit.cdc.transactions import ActorContext
 from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.audit.mapper import AuditEntry, FieldChange
 
 _CENT = Decimal("0.01")
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who made a change, as the actor context in the envelope tells it."""
-
-    origin: str
-    id: str | None = None
-    role: str | None = None
-    reason: str | None = None
-    approval_ref: str | None = None
-    request_id: str | None = None
-    application: str | None = None
-    db_user: str | None = None
-    client_addr: str | None = None
-
-    @property
-    def display(self) -> str:
-        """The application user, else the database role and client program (as audit views do)."""
-        if self.id:
-            return self.id
-        via = f" via {self.application}" if self.application else ""
-        return f"{self.db_user or 'unknown'} (db role{via})"
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Actor:
-        return cls(
-            origin=str(raw.get("origin") or "missing"),
-            id=raw.get("id"),
-            role=raw.get("role"),
-            reason=raw.get("reason"),
-            approval_ref=raw.get("approval_ref"),
-            request_id=raw.get("request_id"),
-            application=raw.get("application"),
-            db_user=raw.get("db_user"),
-            client_addr=raw.get("client_addr"),
-        )
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {
-            "origin": self.origin,
-            "id": self.id,
-            "role": self.role,
-            "reason": self.reason,
-            "approval_ref": self.approval_ref,
-            "request_id": self.request_id,
-            "application": self.application,
-            "db_user": self.db_user,
-            "client_addr": self.client_addr,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +29,7 @@ class ChangeEvent:
     committed_at_ms: int
     table: str  # schema.table
     booking_id: str | None
-    actor: Actor
+    actor: ActorContext
     changes: tuple[FieldChange, ...]
     price_column: str
     old_price: str | None
@@ -125,7 +76,7 @@ class ChangeEvent:
             committed_at_ms=int(raw["committed_at_ms"]),
             table=raw["table"],
             booking_id=raw["booking_id"],
-            actor=Actor.from_dict(raw["actor"]),
+            actor=ActorContext.from_dict(raw["actor"]),
             changes=tuple(FieldChange(f, o, n) for f, o, n in raw["changes"]),
             price_column=raw["price_column"],
             old_price=raw["old_price"],
@@ -198,7 +149,7 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
                 committed_at_ms=entry.committed_at_ms,
                 table=table,
                 booking_id=row.get(watched.booking_column),
-                actor=Actor.from_dict(entry.actor),
+                actor=ActorContext.from_dict(entry.actor),
                 changes=entry.fields,
                 price_column=watched.price_column,
                 old_price=before.get(watched.price_column),

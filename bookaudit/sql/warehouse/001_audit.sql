@@ -70,10 +70,12 @@ BEGIN
 END
 $$;
 
-DO $$
+-- Every later file makes its tables append-only through this one function.
+CREATE OR REPLACE FUNCTION audit.make_append_only(tables text[]) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['row_changes', 'field_changes', 'dead_letters'] LOOP
+    FOREACH t IN ARRAY tables LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS append_only ON audit.%I', t);
         EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.%I '
                        'FOR EACH ROW EXECUTE FUNCTION audit.refuse_change()', t);
@@ -83,6 +85,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+SELECT audit.make_append_only(ARRAY['row_changes', 'field_changes', 'dead_letters']);
 
 -- One row per changed field, with who and when: what analysts and `bookaudit history` read.
 CREATE OR REPLACE VIEW audit.field_history AS

@@ -74,16 +74,4 @@ CREATE TABLE IF NOT EXISTS audit.alert_context (
 CREATE INDEX IF NOT EXISTS alert_context_booking
     ON audit.alert_context (source, booking_id, kind, commit_lsn, sequence);
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['alerts', 'alert_outbox', 'alert_deliveries', 'alert_context'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS append_only ON audit.%I', t);
-        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION audit.refuse_change()', t);
-        EXECUTE format('DROP TRIGGER IF EXISTS append_only_truncate ON audit.%I', t);
-        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()', t);
-    END LOOP;
-END
-$$;
+SELECT audit.make_append_only(ARRAY['alerts', 'alert_outbox', 'alert_deliveries', 'alert_context']);

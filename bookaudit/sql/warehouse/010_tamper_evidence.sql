@@ -8,12 +8,7 @@ CREATE TABLE IF NOT EXISTS audit.chain (
     hash       bytea  NOT NULL
 );
 
-DROP TRIGGER IF EXISTS append_only ON audit.chain;
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.chain
-    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
-DROP TRIGGER IF EXISTS append_only_truncate ON audit.chain;
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.chain
-    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+SELECT audit.make_append_only(ARRAY['chain']);
 
 CREATE OR REPLACE FUNCTION audit.chain_genesis() RETURNS bytea
 LANGUAGE sql IMMUTABLE AS $$ SELECT sha256(convert_to('bookaudit audit chain v1', 'UTF8')) $$;

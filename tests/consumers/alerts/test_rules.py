@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from bookaudit.cdc.transactions import ActorContext
 from bookaudit.consumers.alerts.config import (
     DEFAULT_RULES,
     AfterInvoiceSent,
@@ -21,7 +22,7 @@ from bookaudit.consumers.alerts.config import (
     Threshold,
     WatchedTable,
 )
-from bookaudit.consumers.alerts.model import Actor, ChangeEvent, InvoiceSent
+from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent
 from bookaudit.consumers.alerts.rules import (
     NO_CONTEXT,
     RuleContext,
@@ -58,7 +59,7 @@ def change(
         committed_at_ms=at_ms,
         table="public.bookings",
         booking_id=booking,
-        actor=Actor(
+        actor=ActorContext(
             origin="application" if actor else "db_session",
             id=actor,
             role=role,

@@ -23,9 +23,10 @@ class ConsumerSettings:
     poll_timeout_s: float = 1.0
     # Only these schema.table topics; empty means every table under the prefix.
     tables: tuple[str, ...] = ()
-    # Return a batch as soon as one record is there, instead of waiting for a full batch or
-    # the timeout: what a latency-bound consumer (alerts) wants.
-    eager: bool = False
+    # Return a batch as soon as one record is there, with whatever else is already fetched,
+    # instead of waiting for a full batch or the timeout: a trickle of changes then reaches the
+    # warehouse at once, and a backlog still comes in full batches from the prefetch queue.
+    eager: bool = True
 
 
 def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:

@@ -173,21 +173,11 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
-    from bookaudit.cdc.capture import Capture, CaptureSettings
+    from bookaudit.cdc.capture import Capture, settings_from
     from bookaudit.cdc.relay import OutboxRelay
 
     cfg = _config(ctx, **flags)
-    cfg.require("source_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
-    settings = CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
-        slot=cfg.slot,
-        publication=cfg.publication,
-        topic_prefix=cfg.topic_prefix,
-        source_name=cfg.source_name,
-        exit_when_idle=exit_when_idle,
-    )
+    settings = settings_from(cfg, exit_when_idle=exit_when_idle)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
@@ -249,19 +239,9 @@ def consume() -> None:
 @click.pass_context
 def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Write audit entries with old and new values to the warehouse."""
-    from bookaudit.consumers._kafka import ConsumerSettings
-    from bookaudit.consumers.audit.job import AuditWriter
+    from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
-    cfg = _config(ctx, **flags)
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
-    settings = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
-        group_id=cfg.group_id,
-        topic_prefix=cfg.topic_prefix,
-        batch_size=cfg.batch_size,
-    )
-    dsn = cfg.warehouse_dsn
+    settings, dsn = settings_from(_config(ctx, **flags))
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,

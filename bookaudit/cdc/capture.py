@@ -11,6 +11,7 @@ from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
 from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import RowChange, TransactionAssembler
+from bookaudit.config import Config
 from bookaudit.errors import TransientError
 
 STATUS_INTERVAL_S = 1.0
@@ -28,6 +29,21 @@ class CaptureSettings:
     source_name: str
     exit_when_idle: bool = False
     partitions: int = 3
+
+
+def settings_from(cfg: Config, *, exit_when_idle: bool) -> CaptureSettings:
+    """The capture's (and the relay's) settings from the one Config."""
+    cfg.require("source_dsn", "kafka_bootstrap")
+    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
+    return CaptureSettings(
+        source_dsn=cfg.source_dsn,
+        kafka_bootstrap=cfg.kafka_bootstrap,
+        slot=cfg.slot,
+        publication=cfg.publication,
+        topic_prefix=cfg.topic_prefix,
+        source_name=cfg.source_name,
+        exit_when_idle=exit_when_idle,
+    )
 
 
 @dataclass

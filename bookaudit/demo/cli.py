@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,11 +20,12 @@ def demo() -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Sample schema → install → the day → capture → audit writer → history."""
-    from bookaudit.cdc.capture import Capture, CaptureSettings
+    from bookaudit.cdc.capture import Capture
+    from bookaudit.cdc.capture import settings_from as capture_settings_from
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cli import _config, log
-    from bookaudit.consumers._kafka import ConsumerSettings
     from bookaudit.consumers.audit.job import AuditWriter
+    from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
     from bookaudit.source.install import TableName, apply, plan_install
     from bookaudit.warehouse.history import booking_history, render_table
@@ -41,15 +42,7 @@ def run(ctx: click.Context) -> None:
     with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
         apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode))
     init_warehouse(cfg.warehouse_dsn)
-    capture_settings = CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
-        slot=cfg.slot,
-        publication=cfg.publication,
-        topic_prefix=cfg.topic_prefix,
-        source_name=cfg.source_name,
-        exit_when_idle=True,
-    )
+    capture_settings = capture_settings_from(cfg, exit_when_idle=True)
     # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     # The slot must exist before the day, or its changes would precede the slot and be lost.
@@ -61,13 +54,7 @@ def run(ctx: click.Context) -> None:
     log("demo: capture → Kafka")
     runner(capture_settings, log).run()
     log("demo: Kafka → audit warehouse")
-    consumer: dict[str, Any] = {
-        "bootstrap": cfg.kafka_bootstrap,
-        "group_id": cfg.group_id,
-        "topic_prefix": cfg.topic_prefix,
-        "batch_size": cfg.batch_size,
-    }
-    AuditWriter(ConsumerSettings(**consumer), cfg.warehouse_dsn, log).run(exit_when_idle=True)
+    AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
     click.echo(f"\nHistory of booking {booking_id}:\n")
     click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.mapper import AuditEntry, to_audit_entry
 from bookaudit.consumers.audit.writer import DeadLetter, WarehouseWriter
@@ -13,6 +14,19 @@ from bookaudit.consumers.decode import Record, decode_record
 from bookaudit.errors import PoisonMessageError
 
 PROGRESS_INTERVAL_S = 5.0
+
+
+def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
+    """The writer's consumer settings and warehouse DSN from the one Config."""
+    cfg.require("warehouse_dsn", "kafka_bootstrap")
+    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    consumer = ConsumerSettings(
+        bootstrap=cfg.kafka_bootstrap,
+        group_id=cfg.group_id,
+        topic_prefix=cfg.topic_prefix,
+        batch_size=cfg.batch_size,
+    )
+    return consumer, cfg.warehouse_dsn
 
 
 @dataclass

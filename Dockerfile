@@ -9,7 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # Only what `pip install .` needs, so edits to tests or CI files do not invalidate the layer.
 COPY pyproject.toml README.md ./
-COPY bookaudit ./bookaudit
+# src/bookaudit links to the pipeline folders at the top, so they come along as they are.
+COPY src ./src
+COPY cdc ./cdc
+COPY consumers ./consumers
+COPY schemas ./schemas
+COPY sql ./sql
 RUN pip install . && useradd --system --no-create-home bookaudit
 
 USER bookaudit

@@ -180,7 +180,7 @@ def main() -> None:
     admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
-        raise click.ClickException('run under the stack: eval "$(bookaudit stack env)"')
+        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
     with databases(admin) as (name, source_dsn, warehouse_dsn):
         click.echo(f"preparing {BOOKINGS} bookings ...", err=True)
         ids = prepare(source_dsn, warehouse_dsn, name)

@@ -130,7 +130,7 @@ def main() -> None:
     admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
-        raise click.ClickException('run under the stack: eval "$(bookaudit stack env)"')
+        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
     with bench_database(admin) as dsn:
         click.echo(f"preparing {ROWS} rows and one {ROWS}-row UPDATE ...", err=True)
         end_lsn = prepare(dsn)

@@ -93,7 +93,7 @@ def main(seconds: int, rounds: int) -> None:
     admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
-        raise click.ClickException('run under the stack: eval "$(bookaudit stack env)"')
+        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
     modes = {"none": None, "logical": "logical", "trigger": "trigger"}
     tps: dict[str, list[float]] = {label: [] for label in modes}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bookaudit.stack import StackEnv
+from devstack import StackEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def stack() -> StackEnv:
     found = _env_stack()
     if found is not None:
         return found
-    from bookaudit.stack import up
+    from devstack import up
 
     state_dir = Path(os.environ.get("BOOKAUDIT_STACK_DIR", ROOT / ".stack"))
     return up(state_dir, progress=lambda _m: None)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bookaudit.stack import StackEnv
+from devstack import StackEnv
 from tests.integration.harness import Pipeline
 
 

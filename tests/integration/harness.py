@@ -28,8 +28,8 @@ from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
-from bookaudit.stack import StackEnv
 from bookaudit.warehouse.schema import init_warehouse
+from devstack import StackEnv
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bookaudit.stack import StackEnv
+from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
 
 

@@ -20,7 +20,7 @@ from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.consumers.decode import Record, decode_record
 from bookaudit.errors import SourceCheckError
 from bookaudit.source.install import TableName, apply, check_source, plan_install
-from bookaudit.stack import StackEnv, _postgres
+from devstack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
 
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bookaudit.stack import StackEnv, read_env, status
-from bookaudit.stack.cli import stack
+from devstack import StackEnv, read_env, status
+from devstack.cli import stack
 
 
 def _state_dir() -> Path:
@@ -26,7 +26,7 @@ def env(stack: StackEnv) -> StackEnv:
     """The stack the session fixture reuses or starts must be the one the state dir describes."""
     found = read_env(_state_dir())
     if found is None:
-        pytest.fail(f"no stack running in {_state_dir()}: run `bookaudit stack up` first")
+        pytest.fail(f"no stack running in {_state_dir()}: run `python -m devstack up` first")
     return found
 
 

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from bookaudit.errors import TerminalError
-from bookaudit.stack._postgres import process_alive, tail, terminate
+from devstack._postgres import process_alive, tail, terminate
 
 HOST = "127.0.0.1"
 MAIN_CLASS = "kafka.Kafka"
@@ -34,14 +34,14 @@ _HEAP = "-Xmx512m"
 
 
 def _resource(name: str) -> str:
-    return resources.files("bookaudit.stack").joinpath(name).read_text()
+    return resources.files("devstack").joinpath(name).read_text()
 
 
 def kafka_version() -> str:
     """The Kafka version pinned in the packaged pom.xml."""
     found = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", _resource("pom.xml"))
     if found is None:
-        raise TerminalError("bookaudit/stack/pom.xml has no <kafka.version> property")
+        raise TerminalError("devstack/pom.xml has no <kafka.version> property")
     return found.group(1)
 
 
@@ -140,7 +140,7 @@ def write_config(kafka_dir: Path, port: int, controller_port: int) -> Path:
     }
     config = kafka_dir / "server.properties"
     config.write_text(
-        "# Written by bookaudit stack: single-node KRaft, throw-away data.\n"
+        "# Written by devstack: single-node KRaft, throw-away data.\n"
         + "".join(f"{key}={value}\n" for key, value in settings.items())
     )
     (kafka_dir / "log4j2.properties").write_text(_resource("log4j2.properties"))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bookaudit.stack import _kafka, _postgres
+from devstack import _kafka, _postgres
 
 __all__ = ["StackEnv", "down", "read_env", "status", "up"]
 
@@ -126,7 +126,7 @@ def status(state_dir: Path) -> dict[str, str]:
     if state is None:
         for name, pid, alive in (("postgres", pg_pid, pg_alive), ("kafka", kafka_pid, kafka_alive)):
             result[name] = (
-                f"orphaned (pid {pid}, no {STATE_FILE}): run `bookaudit stack down`"
+                f"orphaned (pid {pid}, no {STATE_FILE}): run `python -m devstack down`"
                 if alive
                 else "stopped"
             )
@@ -151,7 +151,7 @@ def _describe(
     alive: bool, addr: str, pid: int, probe: Callable[[Any], str | None], target: Any
 ) -> str:
     if not alive:
-        return f"stopped (stale pid {pid}): run `bookaudit stack up` to restart"
+        return f"stopped (stale pid {pid}): run `python -m devstack up` to restart"
     error = probe(target)
     if error is not None:
         return f"not answering on {addr} (pid {pid}): {error}"

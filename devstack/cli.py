@@ -1,4 +1,4 @@
-"""The `bookaudit stack up|down|status|env` commands around bookaudit.stack."""
+"""The dev stack's command line: `python -m devstack up|down|status|env`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from bookaudit import stack as stack_api
+import devstack as stack_api
 from bookaudit.errors import TerminalError
 
 _F = TypeVar("_F", bound=Callable[..., object])
@@ -65,11 +65,11 @@ def status(state_dir: Path) -> None:
 @stack.command()
 @_dir_option
 def env(state_dir: Path) -> None:
-    """Print export lines for the running stack: eval "$(bookaudit stack env)"."""
+    """Print export lines for the running stack: eval "$(python -m devstack env)"."""
     current = stack_api.read_env(state_dir)
     if current is None:
         raise TerminalError(
-            f"no stack is running in {state_dir.resolve()}: run `bookaudit stack up` first"
+            f"no stack is running in {state_dir.resolve()}: run `python -m devstack up` first"
         )
     for line in current.export_lines():
         click.echo(line)

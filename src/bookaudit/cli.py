@@ -426,9 +426,7 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
 
 def _register_optional() -> None:
     from bookaudit.demo.cli import demo
-    from bookaudit.stack.cli import stack
 
-    main.add_command(stack)
     main.add_command(demo)
 
 

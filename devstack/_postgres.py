@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -41,7 +40,7 @@ _SETTINGS = {
 }
 
 _HBA = """\
-# Written by bookaudit stack: a throw-away local cluster, trusted on loopback only.
+# Written by devstack: a throw-away local cluster, trusted on loopback only.
 local   all          all                  trust
 local   replication  all                  trust
 host    all          all   127.0.0.1/32   trust
@@ -105,23 +104,14 @@ def terminate(pid: int, marker: str, grace_s: float, signals: Sequence[int]) -> 
 
 
 def find_bin_dir(progress: Callable[[str], None]) -> Path:
-    """The newest Debian PostgreSQL bin dir; as root, apt-get installs it when absent."""
+    """The newest Debian PostgreSQL bin dir; missing packages are installed by one script only."""
     found = newest_bin_dir()
     if found is not None:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise TerminalError(
-            f"no PostgreSQL server binaries: nothing matches {_INITDB_GLOB}; "
-            "install them with `apt-get install -y postgresql` (as root)"
-        )
-    progress("postgres: no server binaries found, running apt-get install -y postgresql")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
-        _run(argv, what=" ".join(argv), env=env)
-    found = newest_bin_dir()
-    if found is None:
-        raise TerminalError(f"apt-get installed postgresql but nothing matches {_INITDB_GLOB}")
-    return found
+    raise TerminalError(
+        f"no PostgreSQL server binaries: nothing matches {_INITDB_GLOB}; "
+        "run `.ci/install-deps` as root (it installs postgresql, Java 17 and Maven)"
+    )
 
 
 def newest_bin_dir() -> Path | None:

@@ -6,6 +6,7 @@ import psycopg
 
 from bookaudit._resources import list_files, read_text
 from bookaudit.errors import TerminalError
+from bookaudit.warehouse.timeline_map import write_map
 
 
 def init_warehouse(dsn: str) -> None:
@@ -24,5 +25,6 @@ def init_warehouse(dsn: str) -> None:
                     raise TerminalError(
                         f"warehouse init: {name} failed: {exc.diag.message_primary}"
                     ) from None
+            write_map(conn)
     except psycopg.OperationalError as exc:
         raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None

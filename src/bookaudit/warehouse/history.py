@@ -93,8 +93,8 @@ class Filters:
         if self.actors:
             parts.append(
                 sql.SQL(
-                    "(lower(actor) = ANY({0}) OR lower(app_actor) = ANY({0})"
-                    " OR lower(db_user) = ANY({0}))"
+                    # The name the entry shows: the application's actor, else the db role.
+                    "(lower(actor) = ANY({0}) OR lower(coalesce(app_actor, db_user)) = ANY({0}))"
                 ).format([a.lower() for a in self.actors])
             )
         if self.labels:
@@ -251,6 +251,15 @@ TOTAL_KEYS = (
     "actor", "entries", "bookings", "created", "reschedules", "cancellations", "price_changes",
     "status_changes",
 )  # fmt: skip
+
+
+def day_filters(zone: tzinfo, day: date | None = None) -> Filters:
+    """One whole day in `zone` (default today): the daily log's period."""
+    first = day or datetime.now(zone).date()
+    start = datetime.combine(first, time(), zone)
+    return Filters(
+        since=start, until=datetime.combine(first + timedelta(days=1), time(), zone), zone=zone
+    )
 
 
 def describe_period(filters: Filters) -> str:
@@ -487,11 +496,12 @@ def _escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, *, exact: bool = False) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
+        # Commit times are stored to the millisecond; JSON and CSV keep that, tables round.
+        return value.isoformat(sep=" ", timespec="milliseconds" if exact else "seconds")
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
@@ -499,7 +509,10 @@ def _text(value: Any) -> str:
 
 def render_json(rows: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(
-        [{k: (_text(v) if isinstance(v, date) else v) for k, v in r.items()} for r in rows],
+        [
+            {k: (_text(v, exact=True) if isinstance(v, date) else v) for k, v in r.items()}
+            for r in rows
+        ],
         indent=2,
         ensure_ascii=False,
     )
@@ -511,7 +524,7 @@ def render_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = N
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
     for r in rows:
-        writer.writerow([_text(r.get(k)) for k in names])
+        writer.writerow([_text(r.get(k), exact=True) for k in names])
     return out.getvalue().rstrip("\n")
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bookaudit.cdc.decode import format_lsn
+from bookaudit.cdc.decode import format_lsn, parse_lsn
 from bookaudit.consumers.decode import Decoded
 
 ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
@@ -59,6 +59,29 @@ def changed_fields(
     return tuple(
         FieldChange(c, before.get(c), after.get(c)) for c in order if before.get(c) != after.get(c)
     )
+
+
+def identity(entry: AuditEntry) -> tuple[str, str, int]:
+    """What makes an audit entry unique: (source, commit position, sequence)."""
+    return (entry.source, entry.commit_lsn, entry.sequence)
+
+
+def distinct_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The first copy of each event, in identity order.
+
+    The capture is at-least-once, so a batch can hold two copies of one event (a re-send after a
+    restart, or the same key on two partitions after partitions were added). The warehouse must
+    see each once. Sorting by identity makes every writer take row locks in one order, so two
+    writers given overlapping copies wait on each other instead of deadlocking.
+    """
+    first: dict[tuple[str, str, int], AuditEntry] = {}
+    for entry in entries:
+        first.setdefault(identity(entry), entry)
+    return sorted(first.values(), key=_sort_key)
+
+
+def _sort_key(entry: AuditEntry) -> tuple[str, int, int]:
+    return (entry.source, parse_lsn(entry.commit_lsn), entry.sequence)
 
 
 def to_audit_entry(decoded: Decoded) -> AuditEntry:

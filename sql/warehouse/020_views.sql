@@ -1,46 +1,34 @@
 -- Views for the office and analysts: the labelled timeline of a booking, a customer's history,
 -- the booking history log with its counts, one user's activity, and the booking as of a moment.
--- No table or column name of any schema appears here: audit.entity_map says which table holds
--- bookings, how related tables reach a booking, which fields mean what, and which are noise.
+-- No table or column name of any schema appears here: each source's entity map
+-- (003_entity_map.sql) says which table holds bookings, how related rows reach a booking, which
+-- fields mean what and which are noise; every view carries `source`, so sources never mix.
 
 -- Views change columns between releases; CREATE OR REPLACE cannot, so they are rebuilt.
 DROP VIEW IF EXISTS audit.booking_log, audit.actor_activity, audit.customer_history,
     audit.booking_history, audit.booking_history_log, audit.booking_customers,
-    audit.timeline, audit.map_tables CASCADE;
+    audit.timeline CASCADE;
 
--- The one value of a single-column key, e.g. {"id": "42"} -> '42'.
-CREATE OR REPLACE FUNCTION audit.key_value(row_key jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN jsonb_typeof(row_key) = 'object'
-                 AND (SELECT count(*) FROM jsonb_object_keys(row_key)) = 1
-                THEN (SELECT value FROM jsonb_each_text(row_key))
-           END
-$$;
-
--- The entity map, as `bookaudit warehouse init` last wrote it (one row). Configuration, not
--- audit data, so it is replaced on init rather than appended.
-CREATE TABLE IF NOT EXISTS audit.entity_map (
-    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    map        jsonb   NOT NULL,
-    written_at timestamptz NOT NULL DEFAULT now()
-);
-
--- Every mapped table with its kind and the column through which its rows name their booking.
-CREATE VIEW audit.map_tables AS
-SELECT m.map #>> '{booking,table}' AS table_name, 'booking' AS kind,
-       m.map #>> '{booking,key}' AS booking_column, m.map -> 'booking' AS spec
-FROM audit.entity_map m
-UNION ALL
-SELECT m.map #>> '{customer,table}', 'customer', NULL, m.map -> 'customer'
-FROM audit.entity_map m WHERE m.map ? 'customer'
-UNION ALL
-SELECT r ->> 'table', coalesce(r ->> 'kind', 'related'), r ->> 'booking_column', r
-FROM audit.entity_map m, jsonb_array_elements(coalesce(m.map -> 'related', '[]')) r;
-
-CREATE OR REPLACE FUNCTION audit.ignored_fields() RETURNS text[]
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(array(SELECT jsonb_array_elements_text(m.map -> 'ignore_fields')
-                          FROM audit.entity_map m), '{}')
+-- The roles of a mapped table's fields in a source's map, as {"price": ["price"], ...}, plus
+-- the map's cancelled status values and the table's sent column: what the labels read.
+CREATE OR REPLACE FUNCTION audit.label_spec(p_source text, p_schema text, p_table text)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT jsonb_object_agg(x.role, x.fields)
+                     FROM (SELECT f.role, jsonb_agg(f.field ORDER BY f.field) AS fields
+                           FROM audit.entity_fields f
+                           WHERE f.source = audit.map_of(p_source) AND f.schema_name = p_schema
+                             AND f.table_name = p_table
+                           GROUP BY f.role) x), '{}')
+           || jsonb_build_object(
+                'cancel_values', to_jsonb(m.cancelled_statuses),
+                'sent', coalesce((SELECT jsonb_build_array(t.sent_column) FROM audit.entity_tables t
+                                  WHERE t.source = m.source AND t.schema_name = p_schema
+                                    AND t.table_name = p_table AND t.sent_column IS NOT NULL),
+                                 '[]'),
+                'label', (SELECT t.label FROM audit.entity_tables t
+                          WHERE t.source = m.source AND t.schema_name = p_schema
+                            AND t.table_name = p_table))
+    FROM audit.entity_maps m WHERE m.source = audit.map_of(p_source)
 $$;
 
 -- The fields of a mapped table that play one role (schedule, price, status, ...).
@@ -124,7 +112,7 @@ BEGIN
            AND NOT 'Invoice sent' = ANY (labels) THEN
             labels := labels || 'Invoice status changed'::text;
         END IF;
-        IF action = 'update' AND fields && audit.role_fields(spec, 'amount') THEN
+        IF action = 'update' AND fields && audit.role_fields(spec, 'price') THEN
             labels := labels || 'Invoice amount changed'::text;
         END IF;
         IF cardinality(labels) = 0 THEN labels := ARRAY['Invoice updated']; END IF;
@@ -132,13 +120,14 @@ BEGIN
     WHEN 'payment', 'refund' THEN
         IF action = 'delete' THEN RETURN ARRAY['Payment deleted']; END IF;
         IF action = 'update' THEN RETURN ARRAY['Payment updated']; END IF;
-        f := (audit.role_fields(spec, 'amount'))[1];
+        f := (audit.role_fields(spec, 'price'))[1];
         amount := CASE WHEN after ->> f ~ '^-?[0-9]+(\.[0-9]+)?$' THEN (after ->> f)::numeric END;
         IF kind = 'refund' OR amount < 0 THEN RETURN ARRAY['Refund recorded']; END IF;
         RETURN ARRAY['Payment recorded'];
     ELSE
-        RETURN ARRAY[CASE action WHEN 'insert' THEN 'Created'
-                                 WHEN 'delete' THEN 'Deleted' ELSE 'Updated' END];
+        -- Any other related table: its label from the map ("Visit added").
+        RETURN ARRAY[coalesce(spec ->> 'label', 'Row') || CASE action WHEN 'insert' THEN ' added'
+                                 WHEN 'delete' THEN ' deleted' ELSE ' updated' END];
     END CASE;
 END
 $$;
@@ -157,18 +146,22 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(actor, db_user || ' (db role' || coalesce(' via ' || application, '') || ')')
 $$;
 
--- The timeline: one entry per row change of a mapped table, with its booking and customer, its
--- labels and its visible changed fields. An update that changed only ignored fields (such as
--- updated_at) is left out here and kept in audit.row_changes.
+-- The timeline: one entry per (row change, booking) of a mapped table, or per change of a
+-- customer, with its labels and its visible changed fields. An update that changed only ignored
+-- fields (such as updated_at) is left out here and kept in audit.row_changes.
 CREATE VIEW audit.timeline AS
 WITH entries AS (
-    SELECT r.*, t.kind, t.spec, t.booking_column,
+    SELECT r.*, c.kind, c.row_id, c.customer_column, b.booking_id,
+           audit.label_spec(r.source, r.schema_name, r.table_name) AS spec,
            r.action = 'snapshot' AS baseline,
            coalesce(array(SELECT f.field FROM audit.field_changes f
-                          WHERE f.change_id = r.id AND f.field <> ALL (audit.ignored_fields())
+                          WHERE f.change_id = r.id AND f.field <> ALL (m.ignore_fields)
                           ORDER BY f.position), '{}') AS fields
-    FROM audit.row_changes r
-    JOIN audit.map_tables t ON t.table_name = r.table_name
+    FROM audit.change_entities c
+    JOIN audit.row_changes r ON r.id = c.change_id
+    JOIN audit.entity_maps m ON m.source = audit.map_of(r.source)
+    LEFT JOIN audit.change_bookings b ON b.change_id = c.change_id
+    WHERE c.kind = 'customer' OR b.booking_id IS NOT NULL
 )
 SELECT e.id AS change_id,
        e.source,
@@ -182,14 +175,11 @@ SELECT e.id AS change_id,
        e.action,
        e.baseline,
        e.row_key,
-       audit.key_value(e.row_key) AS row_id,
-       CASE e.kind WHEN 'booking' THEN audit.key_value(e.row_key)
-                   WHEN 'customer' THEN NULL
-                   ELSE coalesce(e.after ->> e.booking_column, e.before ->> e.booking_column)
-       END AS booking_id,
-       CASE e.kind WHEN 'customer' THEN audit.key_value(e.row_key)
-                   WHEN 'booking' THEN coalesce(e.after ->> (e.spec ->> 'customer_column'),
-                                                e.before ->> (e.spec ->> 'customer_column'))
+       e.row_id,
+       e.booking_id,
+       CASE e.kind WHEN 'customer' THEN e.row_id
+                   WHEN 'booking' THEN coalesce(e.after ->> e.customer_column,
+                                                e.before ->> e.customer_column)
        END AS customer_ref,
        audit.actor_label(e.actor, e.db_user, e.application) AS actor,
        e.actor AS app_actor,
@@ -282,28 +272,32 @@ RETURNS TABLE (source text, table_name text, kind text, row_id text, row_key jso
                row_data jsonb, changed_at timestamptz, change_id bigint)
 LANGUAGE sql STABLE AS $$
     WITH candidates AS (
-        SELECT DISTINCT t.source, t.schema_name, t.table_name, t.row_key
-        FROM audit.timeline t
-        WHERE t.booking_id = booking AND (src IS NULL OR t.source = src)
+        SELECT DISTINCT b.source, b.schema_name, b.table_name, c.row_id
+        FROM audit.change_bookings b
+        JOIN audit.change_entities c ON c.change_id = b.change_id
+        WHERE b.booking_id = booking AND (src IS NULL OR b.source = src)
     ), latest AS (
-        SELECT DISTINCT ON (c.source, c.schema_name, c.table_name, c.row_key)
-               r.source, r.table_name, m.kind, m.booking_column, r.row_key, r.action,
-               r.after, r.committed_at, r.id
-        FROM candidates c
+        SELECT DISTINCT ON (k.source, k.schema_name, k.table_name, k.row_id)
+               r.source, r.table_name, e.kind, e.booking_column, e.through_schema,
+               e.through_table, e.through_column, r.row_key, r.action, r.after,
+               r.committed_at, r.id
+        FROM candidates k
         JOIN audit.row_changes r
-          ON r.source = c.source AND r.schema_name = c.schema_name
-         AND r.table_name = c.table_name AND r.row_key = c.row_key
-        JOIN audit.map_tables m ON m.table_name = r.table_name
+          ON r.source = k.source AND r.schema_name = k.schema_name
+         AND r.table_name = k.table_name AND audit.key_value(r.row_key) = k.row_id
+        JOIN audit.change_entities e ON e.change_id = r.id
         WHERE r.committed_at <= at AND r.action <> 'truncate'
-        ORDER BY c.source, c.schema_name, c.table_name, c.row_key,
+        ORDER BY k.source, k.schema_name, k.table_name, k.row_id,
                  r.committed_at DESC, r.commit_lsn DESC, r.sequence DESC
     )
     SELECT l.source, l.table_name, l.kind, audit.key_value(l.row_key), l.row_key, l.after,
            l.committed_at, l.id
     FROM latest l
     WHERE l.action <> 'delete'
-      AND (CASE WHEN l.kind = 'booking' THEN audit.key_value(l.row_key)
-                ELSE l.after ->> l.booking_column END) = booking
+      AND booking = CASE WHEN l.kind = 'booking' THEN audit.key_value(l.row_key)
+                         WHEN l.booking_column IS NOT NULL THEN l.after ->> l.booking_column
+                         ELSE audit.booking_via(l.source, l.through_schema, l.through_table,
+                                                l.after ->> l.through_column) END
     ORDER BY l.kind <> 'booking', l.table_name, l.row_key
 $$;
 
@@ -333,7 +327,8 @@ LANGUAGE sql STABLE AS $$
                 SELECT jsonb_object_keys(coalesce(r.old_row, '{}') || coalesce(r.new_row, '{}'))
                        AS field
             ) k
-            WHERE k.field <> ALL (audit.ignored_fields())
+            WHERE k.field <> ALL (SELECT unnest(m.ignore_fields) FROM audit.entity_maps m
+                                  WHERE m.source = audit.map_of(r.source))
          )
     SELECT f.source, f.table_name, f.row_id, f.field, f.old_value, f.new_value,
            w.who, w.last_at

@@ -199,6 +199,7 @@ def warehouse() -> None:
 @click.pass_context
 def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **flags: Any) -> None:
     """Create (or upgrade) the append-only audit schema."""
+    from bookaudit.entity_map import default_map
     from bookaudit.warehouse.schema import init_warehouse
 
     if warehouse_dsn_alias:
@@ -206,8 +207,10 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     cfg = _config(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    init_warehouse(cfg.warehouse_dsn)
-    log("warehouse: audit schema ready")
+    own = cfg.entity_map != default_map()
+    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
+    log(f"warehouse: audit schema ready{mapped}")
 
 
 @warehouse.command("verify")
@@ -270,7 +273,7 @@ def consume_alerts(
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
     cfg = _config(ctx, **flags)
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
     def out(line: str) -> None:
@@ -291,6 +294,12 @@ def history() -> None:
     """Read audit history back: labelled timelines, as-of, diff and the booking history log."""
 
 
+_source_option = click.option(
+    "--source",
+    help="which source's rows (BOOKAUDIT_SOURCE); required when several feed the warehouse",
+)
+
+
 def _history_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every history command takes, in one place."""
     options = [
@@ -304,7 +313,7 @@ def _history_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
             show_default=True,
         ),
-        click.option("--source", help="the source database, when several feed the warehouse"),
+        _source_option,
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
@@ -359,9 +368,11 @@ def _emit(
 
 
 def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
-    cfg = _config(ctx, warehouse_dsn=flags.pop("warehouse_dsn", None))
+    """The warehouse DSN; --source falls back to BOOKAUDIT_SOURCE and the TOML file."""
+    cfg = _config(ctx, warehouse_dsn=flags.pop("warehouse_dsn", None), source=flags.pop("source"))
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
+    flags["source"] = cfg.source
     return cfg.warehouse_dsn
 
 
@@ -532,6 +543,7 @@ def alerts() -> None:
 
 @alerts.command("list")
 @_connection_options("warehouse_dsn")
+@_source_option
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -557,7 +569,9 @@ def alerts_list(
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
-    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
+    rows = list_alerts(
+        cfg.warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source
+    )
     if not rows and fmt == "table":
         log("no alerts")
         return
@@ -572,7 +586,7 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.consumers.alerts.config import describe, load_rules
 
     cfg = _config(ctx, **flags)
-    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 
 def _register_optional() -> None:

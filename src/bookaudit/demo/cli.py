@@ -55,7 +55,7 @@ def run(ctx: click.Context) -> None:
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
-    _print_history(cfg.warehouse_dsn, booking_id)
+    _print_history(cfg.warehouse_dsn, booking_id, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
@@ -65,16 +65,16 @@ def run(ctx: click.Context) -> None:
     )
 
 
-def _print_history(dsn: str, booking_id: int) -> None:
+def _print_history(dsn: str, booking_id: int, source: str) -> None:
     """The booking's labelled timeline and the day's Booking History Log with its counts."""
     from bookaudit.warehouse import history as h
 
     zone = h.local_zone()
-    rows = h.booking_rows(dsn, str(booking_id), h.Filters(zone=zone))
+    rows = h.booking_rows(dsn, str(booking_id), h.Filters(source=source, zone=zone))
     click.echo(f"\nTimeline of booking {booking_id}:\n")
     shown = h.timeline_table_rows(h.entries(rows), zone)
     click.echo(h.render_table(shown, wide=("changes", "approval / reason")))
-    day = h.day_filters(zone)
+    day = h.day_filters(zone, source)
     log_rows = h.log_rows(dsn, day)
     click.echo("\n" + h.render_log(
         log_rows, h.booking_counts(log_rows), h.actor_totals(log_rows), zone,
@@ -90,9 +90,9 @@ def _raise_alerts(cfg: Config, booking_id: int) -> None:
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
     AlertsJob(settings, rules, log).run(exit_when_idle=True)
-    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
+    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id), source=cfg.source_name)
     click.echo(f"\nAlerts for booking {booking_id}:\n")
     click.echo(render_alerts_table(alerts) if alerts else "(none)")

@@ -78,13 +78,12 @@ class Filters:
 
     def where(self, *, per_field: bool = True) -> sql.Composed:
         """The filters as SQL over a view with the timeline's columns, bound as parameters."""
-        parts: list[sql.Composable] = [sql.SQL("true")]
+        # Always one source: the one asked for, or the only one there is (see resolve_source).
+        parts: list[sql.Composable] = [sql.SQL("source = %(source)s")]
         if self.since is not None:
             parts.append(sql.SQL("committed_at >= {}").format(self.since))
         if self.until is not None:
             parts.append(sql.SQL("committed_at < {}").format(self.until))
-        if self.source is not None:
-            parts.append(sql.SQL("source = {}").format(self.source))
         if self.fields:
             column = sql.SQL(
                 "field = ANY({})" if per_field else "string_to_array(fields, ', ') && {}"
@@ -118,38 +117,32 @@ def _fetch(
     dsn: str, query: sql.Composed, filters: Filters, params: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     with warehouse(dsn) as conn:
-        _check_source(conn, filters.source)
-        conn.execute("SET TIME ZONE 'UTC'")
-        return list(conn.execute(query, params).fetchall())
+        chosen = resolve_source(conn, filters.source)
+        return list(conn.execute(query, {**params, "source": chosen}).fetchall())
 
 
-def sources(conn: psycopg.Connection[Any]) -> list[str]:
-    """The sources feeding the warehouse, by a skip scan of the (source, ...) unique index."""
-    rows = conn.execute(
-        """
-        WITH RECURSIVE s(source) AS (
-            (SELECT source FROM audit.row_changes ORDER BY source LIMIT 1)
-            UNION ALL
-            SELECT (SELECT r.source FROM audit.row_changes r WHERE r.source > s.source
-                    ORDER BY r.source LIMIT 1)
-            FROM s WHERE s.source IS NOT NULL
-        )
-        SELECT source FROM s WHERE source IS NOT NULL
-        """
-    ).fetchall()
+def feeding_sources(conn: psycopg.Connection[Any]) -> list[str]:
+    """The source names that have audit entries in this warehouse, in name order."""
+    rows = conn.execute("SELECT s AS source FROM audit.sources() s").fetchall()
     return [str(r["source"]) for r in rows]
 
 
-def _check_source(conn: psycopg.Connection[Any], source: str | None) -> None:
-    known = sources(conn)
-    if source is None and len(known) > 1:
+def resolve_source(conn: psycopg.Connection[Any], requested: str | None) -> str | None:
+    """The source a read-side command shows: the one asked for, or the only one there is.
+    Several sources and none asked for is an error that lists them, never a mix."""
+    sources = feeding_sources(conn)
+    if requested is not None:
+        if sources and requested not in sources:
+            raise ConfigError(
+                f"--source {requested!r} has no audit entries here; sources: {', '.join(sources)}"
+            )
+        return requested
+    if len(sources) > 1:
         raise ConfigError(
-            f"the warehouse holds several sources ({', '.join(known)}): pass --source NAME"
+            f"{len(sources)} sources feed this warehouse: pass --source with one of "
+            f"{', '.join(sources)}"
         )
-    if source is not None and known and source not in known:
-        raise ConfigError(
-            f"--source {source!r} is not in the warehouse (it has {', '.join(known)})"
-        )
+    return sources[0] if sources else None
 
 
 def booking_rows(dsn: str, booking_id: str, filters: Filters) -> list[dict[str, Any]]:
@@ -253,7 +246,7 @@ TOTAL_KEYS = (
 )  # fmt: skip
 
 
-def day_filters(zone: tzinfo, day: date | None = None) -> Filters:
+def day_filters(zone: tzinfo, source: str | None = None, day: date | None = None) -> Filters:
     """One whole day in `zone` (default today): the daily log's period."""
     first = day or datetime.now(zone).date()
     start = datetime.combine(first, time(), zone)
@@ -321,9 +314,9 @@ DIFF_KEYS = ("source", "table", "row", "field", "at_t1", "at_t2", "changed_by", 
 def as_of_rows(dsn: str, booking_id: str, at: datetime, source: str | None) -> list[dict[str, Any]]:
     """One row per field of the booking and each related row, as they were at `at`."""
     with warehouse(dsn) as conn:
-        _check_source(conn, source)
+        chosen = resolve_source(conn, source)
         found = conn.execute(
-            "SELECT * FROM audit.booking_as_of(%s, %s, %s)", (booking_id, at, source)
+            "SELECT * FROM audit.booking_as_of(%s, %s, %s)", (booking_id, at, chosen)
         ).fetchall()
     return [
         {
@@ -344,9 +337,9 @@ def diff_rows(
     dsn: str, booking_id: str, t1: datetime, t2: datetime, source: str | None
 ) -> list[dict[str, Any]]:
     with warehouse(dsn) as conn:
-        _check_source(conn, source)
+        chosen = resolve_source(conn, source)
         found = conn.execute(
-            "SELECT * FROM audit.booking_diff(%s, %s, %s, %s)", (booking_id, t1, t2, source)
+            "SELECT * FROM audit.booking_diff(%s, %s, %s, %s)", (booking_id, t1, t2, chosen)
         ).fetchall()
     return [
         {
@@ -549,6 +542,6 @@ def render_table(
     return "\n".join(line.rstrip() for line in lines)
 
 
-def booking_history(dsn: str, booking_id: str) -> list[dict[str, Any]]:
+def booking_history(dsn: str, booking_id: str, source: str | None = None) -> list[dict[str, Any]]:
     """The booking's per-field rows, unfiltered (the demo and tests)."""
-    return booking_rows(dsn, booking_id, Filters())
+    return booking_rows(dsn, booking_id, Filters(source=source))

@@ -6,13 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message, format_lsn, parse_lsn
+from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
 from bookaudit.cdc.stream import Catalog, ReplicationStream
-from bookaudit.cdc.transactions import RowChange, TransactionAssembler
+from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.config import Config
 from bookaudit.errors import TransientError
+from bookaudit.model import RowChange, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 5.0

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bookaudit.cdc.decode import format_lsn
 from bookaudit.consumers.decode import Decoded
+from bookaudit.model import Position
 
 ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
 
@@ -24,9 +24,9 @@ class AuditEntry:
     """One row of audit.row_changes with its audit.field_changes rows."""
 
     source: str
-    commit_lsn: str
+    commit_position: Position
     sequence: int
-    lsn: str
+    position: Position
     txid: int
     committed_at_ms: int
     schema_name: str
@@ -73,9 +73,9 @@ def to_audit_entry(decoded: Decoded) -> AuditEntry:
     record = decoded.record
     return AuditEntry(
         source=src["name"],
-        commit_lsn=format_lsn(src["commit_lsn"]),
+        commit_position=src["commit_lsn"],
         sequence=src["sequence"],
-        lsn=format_lsn(src["lsn"]),
+        position=src["lsn"],
         txid=src["txId"],
         committed_at_ms=src["ts_ms"],
         schema_name=src["schema"],

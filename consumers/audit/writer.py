@@ -11,6 +11,7 @@ import psycopg
 from bookaudit.consumers.audit.mapper import AuditEntry
 from bookaudit.consumers.decode import Record
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.model import format_position
 
 # One round trip per batch: the entries travel as one JSON array; ON CONFLICT skips replays, and
 # only rows inserted now get their field rows, so a replayed batch adds nothing.
@@ -69,9 +70,9 @@ class DeadLetter:
 def _as_json(entry: AuditEntry) -> dict[str, object]:
     return {
         "source": entry.source,
-        "commit_lsn": entry.commit_lsn,
+        "commit_lsn": format_position(entry.commit_position),
         "sequence": entry.sequence,
-        "lsn": entry.lsn,
+        "lsn": format_position(entry.position),
         "txid": entry.txid,
         "committed_at_ms": entry.committed_at_ms,
         "schema_name": entry.schema_name,

@@ -42,8 +42,7 @@ SELECT r.committed_at,
        audit.key_value(r.row_key) AS booking_id,
        CASE r.action WHEN 'insert' THEN 'created' WHEN 'update' THEN 'modified'
                      ELSE r.action END AS event,
-       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
-           AS actor,
+       audit.actor_label(r.actor, r.db_user, r.application) AS actor,
        r.actor_role,
        r.approval_ref,
        coalesce((SELECT string_agg(f.field, ', ' ORDER BY f.position)
@@ -56,7 +55,7 @@ WHERE r.table_name = 'bookings';
 
 -- What one person did: matched on the application actor, or on the db role when none was set.
 CREATE OR REPLACE VIEW audit.actor_activity AS
-SELECT coalesce(r.actor, r.db_user) AS who,
+SELECT audit.actor_identity(r.actor, r.db_user) AS who,
        h.*
 FROM audit.field_history h
 JOIN audit.row_changes r ON r.id = h.change_id;

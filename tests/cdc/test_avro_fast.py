@@ -17,7 +17,8 @@ from bookaudit.cdc.envelope import (
     envelope,
     row_key,
 )
-from bookaudit.cdc.transactions import RowChange, TransactionAssembler
+from bookaudit.cdc.transactions import TransactionAssembler
+from bookaudit.model import RowChange
 from tests.cdc.fixtures import decoded
 from tests.cdc.test_envelope import change
 from tests.cdc.test_transactions import resolve

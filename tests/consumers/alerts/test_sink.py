@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.cdc.transactions import ActorContext, RowChange, TableSchema
 from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import decode_batch
 from bookaudit.consumers.alerts.model import DOCUMENT_KEYS, alert_document, in_schema_order
@@ -18,6 +17,7 @@ from bookaudit.consumers.alerts.sink import (
     json_line,
 )
 from bookaudit.consumers.decode import Record
+from bookaudit.model import ActorContext, Lsn, RowChange, TableSchema
 
 BOOKINGS = TableSchema(
     oid=2,
@@ -54,8 +54,8 @@ def row_change(
         before=before,
         after=after,
         xid=900 + lsn,
-        commit_lsn=lsn,
-        lsn=lsn - 8,
+        commit_position=Lsn(lsn),
+        position=Lsn(lsn - 8),
         sequence=0,
         data_collection_order=0,
         commit_unix_ms=1_795_000_000_123,

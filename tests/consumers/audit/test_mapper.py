@@ -50,7 +50,7 @@ def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> No
     assert entry.action == "update"
     assert entry.actor["id"] == "alice"
     assert entry.row_key == {"booking_id": "7", "line_no": "2"}
-    assert entry.commit_lsn == "1/0"
+    assert entry.commit_position == 0x1_0000_0000
     assert [f.field for f in entry.fields] == ["price", "memo"]
     assert [d.record.offset for d in dead] == [11, 12]
     assert "ba.public.booking_lines[0]@11" in dead[0].error

@@ -14,12 +14,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bookaudit.cdc.capture import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
-from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+from bookaudit.cdc.produce import AckLedger
+from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import SourceInfo, to_kafka
 from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
 
 RELAY_BATCH = 5000

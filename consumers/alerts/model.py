@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
-from bookaudit.consumers.audit.mapper import AuditEntry, FieldChange
+from bookaudit.consumers.records import AuditEntry, FieldChange
 from bookaudit.model import ActorContext, Position, format_position, parse_position
 
 _CENT = Decimal("0.01")
@@ -219,51 +219,6 @@ class Alert:
     @property
     def change_pct(self) -> Decimal | None:
         return change_percent(self.event.old_price, self.event.new_price)
-
-
-# The order of alert.avsc, which JSON outputs keep (jsonb storage sorts keys its own way).
-DOCUMENT_KEYS = (
-    "alert_id",
-    "rule",
-    "kind",
-    "severity",
-    "message",
-    "booking_id",
-    "table",
-    "changes",
-    "old_price",
-    "new_price",
-    "change_pct",
-    "actor",
-    "actor_id",
-    "actor_role",
-    "actor_origin",
-    "approval_ref",
-    "reason",
-    "application",
-    "db_user",
-    "txid",
-    "committed_at_ms",
-    "committed_at",
-    "audit_entry",
-    "recorded_at_ms",
-)
-_CHANGE_KEYS = ("field", "old", "new")
-_ENTRY_KEYS = ("source", "commit_lsn", "sequence", "kafka_topic", "kafka_partition", "kafka_offset")
-
-
-def in_schema_order(document: dict[str, Any]) -> dict[str, Any]:
-    """The document with its keys (and nested keys) in alert.avsc order; unknown keys last."""
-
-    def ordered(raw: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-        return {k: raw[k] for k in keys if k in raw} | raw
-
-    doc = ordered(document, DOCUMENT_KEYS)
-    if isinstance(doc.get("changes"), list):
-        doc["changes"] = [ordered(c, _CHANGE_KEYS) for c in doc["changes"]]
-    if isinstance(doc.get("audit_entry"), dict):
-        doc["audit_entry"] = ordered(doc["audit_entry"], _ENTRY_KEYS)
-    return doc
 
 
 def _iso(ms: int) -> str:

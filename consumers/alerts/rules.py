@@ -25,7 +25,7 @@ from bookaudit.consumers.alerts.model import (
     change_percent,
     decimal_or_none,
 )
-from bookaudit.consumers.audit.mapper import FieldChange
+from bookaudit.consumers.records import FieldChange
 
 R = TypeVar("R", bound=Rule)
 

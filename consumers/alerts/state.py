@@ -18,11 +18,11 @@ from bookaudit.consumers.alerts.model import (
     Watched,
     alert_document,
     decimal_or_none,
-    in_schema_order,
 )
 from bookaudit.consumers.alerts.rules import RuleContext
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.kafka.alert import in_schema_order
 from bookaudit.model import format_position
 
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import psycopg
 
-from bookaudit.consumers.audit.mapper import AuditEntry
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import AuditEntry, DeadLetter
 from bookaudit.errors import TerminalError, TransientError
 from bookaudit.model import format_position
 
@@ -59,12 +57,6 @@ INSERT INTO audit.dead_letters (kafka_topic, kafka_partition, kafka_offset, key,
 VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: Record
-    error: str
 
 
 def _as_json(entry: AuditEntry) -> dict[str, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bookaudit.cdc.envelope import (
+from bookaudit.kafka.serde import (
     ENVELOPE_SCHEMA,
     KEY_SCHEMA,
     SourceInfo,

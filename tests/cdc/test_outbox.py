@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bookaudit.cdc.envelope import SourceInfo, envelope
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction, pairs_to_row
 from bookaudit.errors import DecodeError
+from bookaudit.kafka.serde import SourceInfo, envelope
 from bookaudit.model import NO_CONTEXT, ActorContext, CommitSeq, TableSchema
 
 BOOKINGS = TableSchema(

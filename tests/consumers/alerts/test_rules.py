@@ -30,7 +30,7 @@ from bookaudit.consumers.alerts.rules import (
     evaluate_batch,
     evaluate_invoice,
 )
-from bookaudit.consumers.audit.mapper import FieldChange
+from bookaudit.consumers.records import FieldChange
 from bookaudit.model import ActorContext, Lsn
 
 # Thursday 2026-11-26 10:00 in Amsterdam (09:00 UTC).

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.consumers.audit.job import decode_and_map
-from bookaudit.consumers.audit.mapper import FieldChange, changed_fields
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import FieldChange, Record, changed_fields, decode_and_map
+from bookaudit.kafka.serde import SourceInfo, to_kafka
 from tests.cdc.test_envelope import change
 
 ORDER = ["id", "price", "status"]

@@ -11,8 +11,8 @@ import fastavro
 
 from bookaudit import __version__
 from bookaudit._resources import read_text
-from bookaudit.cdc._avro_fast import EnvelopeWriter, check_schema_shape
 from bookaudit.errors import DecodeError
+from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
 from bookaudit.model import RowChange
 
 SCHEMA_HEADER = "bookaudit.schema"

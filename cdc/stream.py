@@ -111,7 +111,8 @@ class Catalog:
 
     def table(self, schema: str, name: str) -> TableSchema | None:
         """The same TableSchema `resolve` builds, looked up by name (trigger mode has no
-        Relation message); None when the table no longer exists."""
+        Relation message); None when the table no longer exists. Generated columns are left
+        out, as pgoutput leaves them out, so both modes record the same columns."""
         row = self.conn.execute(
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s",
@@ -122,7 +123,8 @@ class Catalog:
         oid = int(row[0])
         columns = self.conn.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
+            "ORDER BY attnum",
             (oid,),
         ).fetchall()
         return TableSchema(

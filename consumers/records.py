@@ -98,6 +98,25 @@ def changed_fields(
     )
 
 
+def identity(entry: AuditEntry) -> tuple[str, Position, int]:
+    """What makes an audit entry unique: (source, commit position, sequence)."""
+    return (entry.source, entry.commit_position, entry.sequence)
+
+
+def distinct_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The first copy of each event, in identity order.
+
+    The capture is at-least-once, so a batch can hold two copies of one event (a re-send after a
+    restart, or the same key on two partitions after partitions were added). The warehouse must
+    see each once. Sorting by identity makes every writer take row locks in one order, so two
+    writers given overlapping copies wait on each other instead of deadlocking.
+    """
+    first: dict[tuple[str, Position, int], AuditEntry] = {}
+    for entry in entries:
+        first.setdefault(identity(entry), entry)
+    return sorted(first.values(), key=identity)
+
+
 def to_audit_entry(decoded: Decoded) -> AuditEntry:
     env = decoded.envelope
     src = env["source"]

@@ -31,6 +31,7 @@ def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
 class WriterStats:
     records: int = 0
     written: int = 0
+    duplicates: int = 0
     dead_letters: int = 0
 
 
@@ -51,10 +52,11 @@ class AuditWriter:
         entries, dead = decode_and_map(records)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        self.writer.write(entries, dead)
+        inserted = self.writer.write(entries, dead)
         self.source.commit(records)
         self.stats.records += len(records)
-        self.stats.written += len(entries)
+        self.stats.written += inserted
+        self.stats.duplicates += len(entries) - inserted
         self.stats.dead_letters += len(dead)
         return len(records)
 
@@ -64,7 +66,7 @@ class AuditWriter:
             self._last_progress = now
             self.log(
                 f"audit writer: {self.stats.records} records, {self.stats.written} entries, "
-                f"{self.stats.dead_letters} dead letters"
+                f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"
             )
 
     def run(self, exit_when_idle: bool = False) -> WriterStats:
@@ -79,6 +81,6 @@ class AuditWriter:
             self.writer.close()
         self.log(
             f"audit writer: done, {self.stats.written} entries, "
-            f"{self.stats.dead_letters} dead letters"
+            f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"
         )
         return self.stats

@@ -34,7 +34,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("source install", ("bookaudit.source", "bookaudit.actor")),
     ("cdc", ("bookaudit.cdc",)),
     ("consumers", ("bookaudit.consumers",)),
-    ("warehouse", ("bookaudit.warehouse.schema",)),
+    ("warehouse", ("bookaudit.warehouse.schema", "bookaudit.warehouse.mapping")),
     ("read side", ("bookaudit.warehouse",)),
     ("commands", ("bookaudit._commands",)),
     ("demo", ("bookaudit.demo",)),

@@ -160,7 +160,8 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
         )
     invoices = rules.invoices
     if (
-        table == invoices.table
+        invoices is not None
+        and table == invoices.table
         and entry.after is not None
         and entry.after.get(invoices.sent_column) is not None
         and any(isinstance(r, AfterInvoiceSent) for r in rules.rules)

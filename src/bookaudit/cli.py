@@ -187,6 +187,7 @@ def warehouse() -> None:
 @click.pass_context
 def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **flags: Any) -> None:
     """Create (or upgrade) the append-only audit schema."""
+    from bookaudit.entity_map import default_map
     from bookaudit.warehouse.schema import init_warehouse
 
     if warehouse_dsn_alias:
@@ -194,8 +195,10 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    init_warehouse(cfg.warehouse_dsn)
-    log("warehouse: audit schema ready")
+    own = cfg.entity_map != default_map()
+    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
+    log(f"warehouse: audit schema ready{mapped}")
 
 
 @warehouse.command("verify")
@@ -258,7 +261,7 @@ def consume_alerts(
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
     cfg = config_from(ctx, **flags)
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
     def out(line: str) -> None:
@@ -293,38 +296,45 @@ def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty:
 _format_option = click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+_source_option = click.option(
+    "--source",
+    help="which source's rows (BOOKAUDIT_SOURCE); required when several feed the warehouse",
+)
 
 
-def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
+def _read_side(ctx: click.Context, flags: dict[str, Any]) -> tuple[str, str | None]:
+    """The warehouse DSN and the --source asked for (None: the only one there is)."""
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    return cfg.warehouse_dsn
+    return cfg.warehouse_dsn, cfg.source
 
 
 @history.command("booking")
 @click.argument("booking_id")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
     """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
     from bookaudit.warehouse.history import BOOKING, run_report
 
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
+    rows = run_report(*_read_side(ctx, flags), BOOKING, {"id": booking_id})
     _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
 
 
 @history.command("customer")
 @click.argument("customer_id")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
     """A customer's record and every booking of theirs, oldest first."""
     from bookaudit.warehouse.history import CUSTOMER, run_report
 
-    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
+    rows = run_report(*_read_side(ctx, flags), CUSTOMER, {"id": customer_id})
     _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
 
 
@@ -332,6 +342,7 @@ def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags:
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_log(
@@ -344,7 +355,8 @@ def history_log(
     last = until.date() if until else first
     if last < first:
         raise ConfigError(f"--until {last} is before --since {first}")
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
+    params = {"since": first, "until": last}
+    rows = run_report(*_read_side(ctx, flags), BOOKING_LOG, params)
     _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
 
 
@@ -352,6 +364,7 @@ def history_log(
 @click.argument("name")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_actor(
@@ -361,7 +374,7 @@ def history_actor(
     from bookaudit.warehouse.history import ACTOR, run_report
 
     start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
-    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
+    rows = run_report(*_read_side(ctx, flags), ACTOR, {"who": name, "since": start})
     _print_report("history", rows, fmt, f"no audit entries by {name}")
 
 
@@ -372,6 +385,7 @@ def alerts() -> None:
 
 @alerts.command("list")
 @_connection_options("warehouse_dsn")
+@_source_option
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -397,7 +411,9 @@ def alerts_list(
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
-    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
+    rows = list_alerts(
+        cfg.warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source
+    )
     if not rows and fmt == "table":
         log("no alerts")
         return
@@ -412,7 +428,7 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.consumers.alerts.config import describe, load_rules
 
     cfg = config_from(ctx, **flags)
-    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 
 def _register_optional() -> None:

@@ -57,7 +57,7 @@ def run(ctx: click.Context) -> None:
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
     click.echo(f"\nHistory of booking {booking_id}:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))
+    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id), cfg.source_name)))
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
@@ -71,9 +71,9 @@ def _raise_alerts(cfg: Config, booking_id: int) -> None:
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
     AlertsJob(settings, rules, log).run(exit_when_idle=True)
-    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
+    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id), source=cfg.source_name)
     click.echo(f"\nAlerts for booking {booking_id}:\n")
     click.echo(render_alerts_table(alerts) if alerts else "(none)")

@@ -140,12 +140,6 @@ LANGUAGE sql IMMUTABLE AS $$
     FROM unnest(labels) WITH ORDINALITY AS u(l, n)
 $$;
 
--- The actor as people read it: the application's user, else the database role and application.
-CREATE OR REPLACE FUNCTION audit.actor_label(actor text, db_user text, application text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(actor, db_user || ' (db role' || coalesce(' via ' || application, '') || ')')
-$$;
-
 -- The timeline: one entry per (row change, booking) of a mapped table, or per change of a
 -- customer, with its labels and its visible changed fields. An update that changed only ignored
 -- fields (such as updated_at) is left out here and kept in audit.row_changes.
@@ -259,7 +253,7 @@ WHERE t.booking_id IS NOT NULL;
 
 -- What one person did: matched on the application actor, or on the db role when none was set.
 CREATE VIEW audit.actor_activity AS
-SELECT coalesce(t.app_actor, t.db_user) AS who, t.*,
+SELECT audit.actor_identity(t.app_actor, t.db_user) AS who, t.*,
        f.position, f.field, f.old_value, f.new_value
 FROM audit.timeline t
 LEFT JOIN audit.field_changes f ON f.change_id = t.change_id AND f.field = ANY (t.fields);

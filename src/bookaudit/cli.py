@@ -7,28 +7,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 
-from bookaudit.config import Config, load_config
+from bookaudit._commands import config_from, log
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 if TYPE_CHECKING:
     from bookaudit.warehouse.history import Filters
 
 T = TypeVar("T")
-
-
-def log(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _config(ctx: click.Context, /, **flags: Any) -> Config:
-    toml = ctx.find_root().params.get("config")
-    return load_config(flags=flags, toml_path=Path(toml) if toml else None)
 
 
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
@@ -126,7 +116,7 @@ def source_install(
     an outbox with row triggers."""
     from bookaudit.source.install import TableName, apply, plan_install, render
 
-    cfg = _config(ctx, tables=tables, **flags)
+    cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
@@ -148,7 +138,7 @@ def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None
     """Drop the slot, the publication, the triggers and the bookaudit schema."""
     from bookaudit.source.install import apply, plan_uninstall, render
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("source_dsn")
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
@@ -176,10 +166,11 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
-    from bookaudit.cdc.capture import Capture, settings_from
+    from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
+    from bookaudit.cdc.settings import settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     settings = settings_from(cfg, exit_when_idle=exit_when_idle)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
@@ -204,7 +195,7 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
 
     if warehouse_dsn_alias:
         flags["warehouse_dsn"] = warehouse_dsn_alias
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     own = cfg.entity_map != default_map()
@@ -220,7 +211,7 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
     from bookaudit.warehouse.verify import verify_chain
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     report = verify_chain(cfg.warehouse_dsn)
@@ -247,7 +238,7 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     """Write audit entries with old and new values to the warehouse."""
     from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
-    settings, dsn = settings_from(_config(ctx, **flags))
+    settings, dsn = settings_from(config_from(ctx, **flags))
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
@@ -272,7 +263,7 @@ def consume_alerts(
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
@@ -369,7 +360,9 @@ def _emit(
 
 def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     """The warehouse DSN; --source falls back to BOOKAUDIT_SOURCE and the TOML file."""
-    cfg = _config(ctx, warehouse_dsn=flags.pop("warehouse_dsn", None), source=flags.pop("source"))
+    cfg = config_from(
+        ctx, warehouse_dsn=flags.pop("warehouse_dsn", None), source=flags.pop("source")
+    )
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     flags["source"] = cfg.source
@@ -565,7 +558,7 @@ def alerts_list(
     """Alerts in commit order, each with the audit entry it refers to."""
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
@@ -585,7 +578,7 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
     from bookaudit.consumers.alerts.config import describe, load_rules
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 

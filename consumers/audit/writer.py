@@ -12,11 +12,10 @@ from typing import Any
 
 import psycopg
 
-from bookaudit.cdc.decode import parse_lsn
 from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
-from bookaudit.consumers.audit.mapper import AuditEntry, distinct_entries, identity
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.model import format_position, parse_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -51,12 +50,6 @@ _ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: Record
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
 class StoredRow:
     """One audit.row_changes row as the chain hashes it, with its field rows."""
 
@@ -71,9 +64,9 @@ def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> Stored
     values = (
         change_id,
         entry.source,
-        parse_lsn(entry.commit_lsn),
+        entry.commit_position,
         entry.sequence,
-        parse_lsn(entry.lsn),
+        entry.position,
         entry.txid,
         entry.committed_at_ms * 1000,
         entry.schema_name,
@@ -106,9 +99,9 @@ def _copy_values(row: StoredRow) -> tuple[Any, ...]:
     v = row.values
     return (
         *v[:2],
-        _lsn_text(v[2]),
+        format_position(v[2]),
         v[3],
-        _lsn_text(v[4]),
+        format_position(v[4]),
         v[5],
         _EPOCH + timedelta(microseconds=v[6]),
         *v[7:10],
@@ -116,10 +109,6 @@ def _copy_values(row: StoredRow) -> tuple[Any, ...]:
         *v[13:26],
         _EPOCH + timedelta(microseconds=v[26]),
     )
-
-
-def _lsn_text(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 class WarehouseWriter:
@@ -175,14 +164,14 @@ class WarehouseWriter:
             {
                 "n": len(unique),
                 "sources": [e.source for e in unique],
-                "commits": [e.commit_lsn for e in unique],
+                "commits": [format_position(e.commit_position) for e in unique],
                 "sequences": [e.sequence for e in unique],
             },
         ).fetchone()
         assert prepared is not None
         ids: list[int] = prepared[0]
-        stored = {(s, parse_lsn(c), int(q)) for s, c, q in prepared[1]}
-        new = [e for e in unique if _key(e) not in stored]
+        stored = {(s, parse_position(c), int(q)) for s, c, q in prepared[1]}
+        new = [e for e in unique if identity(e) not in stored]
         if not new:
             return 0
         recorded_at_us = time.time_ns() // 1000
@@ -209,8 +198,3 @@ class WarehouseWriter:
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _key(entry: AuditEntry) -> tuple[str, int, int]:
-    source, commit_lsn, sequence = identity(entry)
-    return (source, parse_lsn(commit_lsn), sequence)

@@ -40,7 +40,7 @@ def chunked_messages(p: Pipeline, table: str) -> int:
                 msg = consumer.poll(5)
                 assert msg is not None and msg.error() is None
                 read += 1
-                found += any(k == CHUNK_HEADER for k, _ in msg.headers() or ())
+                found += any(h[0] == CHUNK_HEADER for h in msg.headers() or [])
         return found
     finally:
         consumer.close()

@@ -9,10 +9,10 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.decode import Relation, format_lsn, standby_status, unix_us_to_pg
-from bookaudit.cdc.transactions import TableSchema
+from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
 from bookaudit.classify import one_line, pg_connect_error, pg_transient
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
+from bookaudit.model import TableSchema, format_lsn
 
 
 class Catalog:
@@ -105,7 +105,8 @@ class Catalog:
 
     def table(self, schema: str, name: str) -> TableSchema | None:
         """The same TableSchema `resolve` builds, looked up by name (trigger mode has no
-        Relation message); None when the table no longer exists."""
+        Relation message); None when the table no longer exists. Generated columns are left
+        out, as pgoutput leaves them out, so both modes record the same columns."""
         row = self.conn.execute(
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s",
@@ -116,7 +117,8 @@ class Catalog:
         oid = int(row[0])
         columns = self.conn.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
+            "ORDER BY attnum",
             (oid,),
         ).fetchall()
         return TableSchema(

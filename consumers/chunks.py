@@ -1,4 +1,4 @@
-"""Pure reassembly of chunked events (cdc/chunks.py): chunks in, whole records out, per partition.
+"""Pure reassembly of chunked events (kafka/chunks.py): chunks in, whole records out.
 
 A whole event comes out as one Record at its last chunk's offset, so committing it commits every
 chunk. A group cut short (the capture died mid-event and will send it again whole) comes out as
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from bookaudit.cdc.chunks import ChunkId, parse_header
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
 from bookaudit.errors import DecodeError
+from bookaudit.kafka.chunks import ChunkId, parse_header
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from bookaudit.entity_map import EntityMap, default_map, map_from_toml
 from bookaudit.errors import ConfigError
 
 ENV_PREFIX = "BOOKAUDIT_"
@@ -54,6 +55,10 @@ class Config:
     alerts_webhook: Secret | None = None
     # logical: pgoutput over a replication slot; trigger: row triggers + outbox relay.
     mode: str = "logical"
+    # Which source's rows the read-side commands show; needed once several feed one warehouse.
+    source: str | None = None
+    # Only from bookaudit.toml's [map]; the sample schema's map otherwise.
+    entity_map: EntityMap = field(default_factory=default_map)
 
     def require(self, *names: str) -> None:
         """Fail with the env var a user should set, rather than deep inside a connection call."""
@@ -122,7 +127,7 @@ def load_config(
 ) -> Config:
     """Merge the three sources, highest precedence first: flags, env, TOML file."""
     env = os.environ if env is None else env
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in fields(Config)} - {"entity_map"}
     values: dict[str, Any] = {}
 
     env_toml = env.get(ENV_PREFIX + "CONFIG") or None
@@ -133,6 +138,9 @@ def load_config(
             doc = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        found = map_from_toml(doc, str(path))
+        if found is not None:
+            values["entity_map"] = found
         section = doc.get("bookaudit", doc)
         for key, raw in section.items():
             if not isinstance(raw, dict):

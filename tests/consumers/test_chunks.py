@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bookaudit.cdc.chunks import ChunkId
 from bookaudit.consumers.chunks import Reassembler
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
+from bookaudit.kafka.chunks import ChunkId
 
 
 def chunk(offset: int, group: str, index: int, count: int, value: bytes) -> tuple[Record, bytes]:

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc import produce
 from bookaudit.cdc.capture import Capture
 from bookaudit.consumers import _kafka
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.kafka import producer
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
 from tests.integration.test_alerts_recovery import seed_bookings, unapproved_edits
@@ -138,7 +138,7 @@ def test_unreachable_kafka_at_start_is_transient_not_idle(
     """`consume audit --exit-when-idle` used to print "done, 0 entries" and exit 0, and the
     capture died after 60 s with a TimeoutError and a flood of raw librdkafka lines."""
     monkeypatch.setattr(_kafka, "CONNECT_TIMEOUT_S", 2.0)
-    monkeypatch.setattr(produce, "ADMIN_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(producer, "ADMIN_TIMEOUT_S", 2.0)
     nowhere = f"127.0.0.1:{free_port()}"
     settings = ConsumerSettings(bootstrap=nowhere, group_id=p_group(logical), topic_prefix="x")
     said: list[str] = []

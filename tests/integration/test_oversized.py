@@ -8,7 +8,7 @@ import json
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from bookaudit.cdc.chunks import CHUNK_HEADER
+from bookaudit.kafka.chunks import CHUNK_HEADER
 from tests.integration.harness import Pipeline
 
 pytestmark = pytest.mark.slow

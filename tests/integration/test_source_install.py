@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from bookaudit.cdc.capture import CaptureSettings
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.consumers.decode import Record, decode_record
+from bookaudit.cdc.settings import CaptureSettings
+from bookaudit.consumers.records import Record, decode_record
 from bookaudit.errors import SourceCheckError
 from bookaudit.source.install import TableName, apply, check_source, plan_install
 from devstack import StackEnv, _postgres
@@ -103,6 +103,12 @@ def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
         ("", "public.nope", "table public.nope does not exist"),
         ("CREATE TABLE keyless (a int)", "keyless", "table public.keyless has no primary key"),
         ("", "a.b.c", "expected 'schema.table' or 'table'"),
+        (
+            "CREATE TABLE stays (id int PRIMARY KEY, night date) PARTITION BY RANGE (id); "
+            "CREATE TABLE stays_1 PARTITION OF stays FOR VALUES FROM (0) TO (1000)",
+            "stays",
+            "table public.stays is partitioned, which bookaudit does not audit",
+        ),
     ],
 )
 def test_refusals_are_one_line_and_name_the_table(

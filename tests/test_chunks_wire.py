@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bookaudit.cdc.chunks import CHUNK_BYTES, MAX_MESSAGE_BYTES, ChunkId, parse_header, split
 from bookaudit.errors import DecodeError
+from bookaudit.kafka.chunks import CHUNK_BYTES, MAX_MESSAGE_BYTES, ChunkId, parse_header, split
 
 
 def test_a_value_that_fits_goes_as_it_is() -> None:

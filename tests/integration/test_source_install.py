@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 import pytest
 from confluent_kafka import Consumer
+from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings

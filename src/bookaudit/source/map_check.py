@@ -77,7 +77,8 @@ def check_map(entity_map: EntityMap, catalog: Catalog) -> list[str]:
                 f"{where}: key {entity.key!r} is not the primary key of {entity.table} "
                 f"(primary key: {pk})"
             )
-    for name in entity_map.ignore_fields:
+    # Only once some table exists: with none, the missing tables already say it all.
+    for name in entity_map.ignore_fields if catalog.tables else ():
         if not any(name in info.columns for info in catalog.tables.values()):
             problems.append(f"[map] ignore_fields: {name!r} is a column of no mapped table")
     return problems

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
 
 

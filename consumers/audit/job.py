@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.mapper import AuditEntry, to_audit_entry
-from bookaudit.consumers.audit.writer import DeadLetter, WarehouseWriter
-from bookaudit.consumers.decode import Record, decode_record
-from bookaudit.errors import PoisonMessageError
+from bookaudit.consumers.audit.writer import WarehouseWriter
+from bookaudit.consumers.records import decode_and_map
 
 PROGRESS_INTERVAL_S = 5.0
 
@@ -35,20 +33,6 @@ class WriterStats:
     written: int = 0
     duplicates: int = 0
     dead_letters: int = 0
-
-
-def decode_and_map(records: list[Record]) -> tuple[list[AuditEntry], list[DeadLetter]]:
-    """Pure: a bad record becomes a dead letter value, never an exception out of the batch."""
-    entries: list[AuditEntry] = []
-    dead: list[DeadLetter] = []
-    for record in records:
-        try:
-            entries.append(to_audit_entry(decode_record(record)))
-        except PoisonMessageError as exc:
-            dead.append(DeadLetter(record, str(exc)))
-        except (KeyError, TypeError, ValueError) as exc:
-            dead.append(DeadLetter(record, f"cannot map envelope: {type(exc).__name__}: {exc}"))
-    return entries, dead
 
 
 class AuditWriter:

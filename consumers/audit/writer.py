@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import psycopg
 
-from bookaudit.consumers.audit.mapper import AuditEntry, distinct_entries
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.model import format_position
 
 # One round trip per batch: the entries travel as one JSON array; ON CONFLICT skips replays, and
 # only rows inserted now get their field rows, so a replayed batch adds nothing.
@@ -61,18 +60,12 @@ ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: Record
-    error: str
-
-
 def _as_json(entry: AuditEntry) -> dict[str, object]:
     return {
         "source": entry.source,
-        "commit_lsn": entry.commit_lsn,
+        "commit_lsn": format_position(entry.commit_position),
         "sequence": entry.sequence,
-        "lsn": entry.lsn,
+        "lsn": format_position(entry.position),
         "txid": entry.txid,
         "committed_at_ms": entry.committed_at_ms,
         "schema_name": entry.schema_name,

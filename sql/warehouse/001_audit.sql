@@ -1,6 +1,21 @@
 -- bookaudit warehouse: append-only audit entries, one row per row change and one per changed field.
 CREATE SCHEMA IF NOT EXISTS audit;
 
+-- Who acted, as people read it: the application user, else the database role and its program.
+-- The one SQL definition of bookaudit.model.actor_label; a contract test keeps the two equal.
+CREATE OR REPLACE FUNCTION audit.actor_label(actor text, db_user text, application text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(actor, ''),
+                    coalesce(nullif(db_user, ''), 'unknown') || ' (db role'
+                    || coalesce(' via ' || nullif(application, ''), '') || ')')
+$$;
+
+-- Who a change counts as when grouped by person: bookaudit.model.actor_identity.
+CREATE OR REPLACE FUNCTION audit.actor_identity(actor text, db_user text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(actor, ''), nullif(db_user, ''), 'unknown')
+$$;
+
 CREATE TABLE IF NOT EXISTS audit.row_changes (
     id              bigserial PRIMARY KEY,
     source          text        NOT NULL,
@@ -109,8 +124,7 @@ SELECT r.id AS change_id,
        r.action,
        r.row_key,
        -- With no application actor, the database role and client application still attribute it.
-       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
-           AS actor,
+       audit.actor_label(r.actor, r.db_user, r.application) AS actor,
        r.actor_role,
        r.actor_origin,
        r.reason,

@@ -38,8 +38,7 @@ SELECT r.source,
        c.row_id AS booking_id,
        CASE r.action WHEN 'insert' THEN 'created' WHEN 'update' THEN 'modified'
                      ELSE r.action END AS event,
-       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
-           AS actor,
+       audit.actor_label(r.actor, r.db_user, r.application) AS actor,
        r.actor_role,
        r.approval_ref,
        coalesce((SELECT string_agg(f.field, ', ' ORDER BY f.position)
@@ -53,7 +52,7 @@ WHERE c.kind = 'booking';
 
 -- What one person did: matched on the application actor, or on the db role when none was set.
 CREATE OR REPLACE VIEW audit.actor_activity AS
-SELECT coalesce(r.actor, r.db_user) AS who,
+SELECT audit.actor_identity(r.actor, r.db_user) AS who,
        h.*
 FROM audit.field_history h
 JOIN audit.row_changes r ON r.id = h.change_id;

@@ -7,25 +7,15 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
 
-from bookaudit.config import Config, load_config
+from bookaudit._commands import config_from, log
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 T = TypeVar("T")
-
-
-def log(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _config(ctx: click.Context, /, **flags: Any) -> Config:
-    toml = ctx.find_root().params.get("config")
-    return load_config(flags=flags, toml_path=Path(toml) if toml else None)
 
 
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
@@ -123,7 +113,7 @@ def source_install(
     an outbox with row triggers."""
     from bookaudit.source.install import TableName, apply, plan_install, render
 
-    cfg = _config(ctx, tables=tables, **flags)
+    cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
@@ -145,7 +135,7 @@ def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None
     """Drop the slot, the publication, the triggers and the bookaudit schema."""
     from bookaudit.source.install import apply, plan_uninstall, render
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("source_dsn")
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
@@ -173,10 +163,11 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
-    from bookaudit.cdc.capture import Capture, settings_from
+    from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
+    from bookaudit.cdc.settings import settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     settings = settings_from(cfg, exit_when_idle=exit_when_idle)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
@@ -201,7 +192,7 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
 
     if warehouse_dsn_alias:
         flags["warehouse_dsn"] = warehouse_dsn_alias
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     own = cfg.entity_map != default_map()
@@ -217,7 +208,7 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
     from bookaudit.warehouse.verify import verify_chain
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     report = verify_chain(cfg.warehouse_dsn)
@@ -244,7 +235,7 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     """Write audit entries with old and new values to the warehouse."""
     from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
-    settings, dsn = settings_from(_config(ctx, **flags))
+    settings, dsn = settings_from(config_from(ctx, **flags))
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
@@ -269,7 +260,7 @@ def consume_alerts(
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
@@ -298,7 +289,7 @@ def map_check(ctx: click.Context, /, **flags: Any) -> None:
     """Check every table, column and key the map names against the source; one line a mistake."""
     from bookaudit.source.map_check import check_map, read_catalog
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("source_dsn")
     assert cfg.source_dsn is not None
     entity_map = cfg.entity_map
@@ -321,7 +312,7 @@ def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.warehouse._connect import warehouse as connect_warehouse
     from bookaudit.warehouse.mapping import apply_map
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     with connect_warehouse(cfg.warehouse_dsn) as conn:
@@ -359,7 +350,7 @@ _source_option = click.option(
 
 def _read_side(ctx: click.Context, flags: dict[str, Any]) -> tuple[str, str | None]:
     """The warehouse DSN and the --source asked for (None: the only one there is)."""
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     return cfg.warehouse_dsn, cfg.source
@@ -462,7 +453,7 @@ def alerts_list(
     """Alerts in commit order, each with the audit entry it refers to."""
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
@@ -482,7 +473,7 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
     from bookaudit.consumers.alerts.config import describe, load_rules
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 

@@ -17,15 +17,16 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
+from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.cdc.transactions import CONTEXT_PREFIX
+from bookaudit.cdc.settings import CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
-from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
+from bookaudit.kafka.alert import alerts_topic
+from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv

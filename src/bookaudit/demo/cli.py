@@ -20,10 +20,10 @@ def demo() -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Sample schema → install → the day → capture → audit writer → history."""
+    from bookaudit._commands import config_from, log
     from bookaudit.cdc.capture import Capture
-    from bookaudit.cdc.capture import settings_from as capture_settings_from
     from bookaudit.cdc.relay import OutboxRelay
-    from bookaudit.cli import _config, log
+    from bookaudit.cdc.settings import settings_from as capture_settings_from
     from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
@@ -31,7 +31,7 @@ def run(ctx: click.Context) -> None:
     from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
-    cfg = _config(ctx)
+    cfg = config_from(ctx)
     cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
     assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
     import psycopg
@@ -65,7 +65,7 @@ def run(ctx: click.Context) -> None:
 
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
-    from bookaudit.cli import log
+    from bookaudit._commands import log
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table

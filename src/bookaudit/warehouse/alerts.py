@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from bookaudit.consumers.alerts.model import in_schema_order
+from bookaudit.kafka.alert import in_schema_order
 from bookaudit.warehouse._connect import warehouse
 from bookaudit.warehouse.history import render_table, resolve_source
 

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 
-from bookaudit.cdc.transactions import ActorContext
 from bookaudit.consumers.alerts.config import (
     DEFAULT_RULES,
     AfterInvoiceSent,
@@ -31,7 +30,8 @@ from bookaudit.consumers.alerts.rules import (
     evaluate_batch,
     evaluate_invoice,
 )
-from bookaudit.consumers.audit.mapper import FieldChange
+from bookaudit.consumers.records import FieldChange
+from bookaudit.model import ActorContext, Lsn
 
 # Thursday 2026-11-26 10:00 in Amsterdam (09:00 UTC).
 THURSDAY_10_AMS = int(datetime(2026, 11, 26, 9, 0, tzinfo=UTC).timestamp() * 1000)
@@ -54,7 +54,7 @@ def change(
 ) -> ChangeEvent:
     return ChangeEvent(
         source="bookings",
-        commit_lsn=lsn,
+        commit_position=Lsn(lsn),
         sequence=sequence,
         txid=700 + lsn,
         committed_at_ms=at_ms,
@@ -79,7 +79,7 @@ def change(
 
 
 def invoice(lsn: int, booking: str = "42") -> InvoiceSent:
-    return InvoiceSent("bookings", lsn, 0, THURSDAY_10_AMS - MINUTE, booking, "9")
+    return InvoiceSent("bookings", Lsn(lsn), 0, THURSDAY_10_AMS - MINUTE, booking, "9")
 
 
 def rules(*rule: Rule) -> RuleSet:
@@ -165,7 +165,7 @@ def test_an_invoice_read_after_the_change_still_raises_the_alert_once() -> None:
     ruleset = rules(AfterInvoiceSent(fields=PRICE, name="inv"), ROLE)
     before, after = change(lsn=0x300), change(lsn=0x500)
     late = evaluate_invoice(invoice(0x400), [before, after], ruleset)
-    assert [(a.rule, a.event.commit_lsn) for a in late] == [("inv", 0x500)]
+    assert [(a.rule, a.event.commit_position) for a in late] == [("inv", 0x500)]
     # Seen both ways in one batch, it is still one alert.
     both = evaluate_batch(
         [after], [RuleContext(invoice_sent=invoice(0x400))], [invoice(0x400)], [[after]], ruleset

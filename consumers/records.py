@@ -1,4 +1,5 @@
-"""Pure mapping of a decoded envelope to an audit entry: one row change plus its changed fields."""
+"""What every consumer does to a record: decode the envelope, map it to an audit entry, or
+set it aside as a dead letter. Pure: no Kafka client and no database in sight."""
 
 from __future__ import annotations
 
@@ -6,8 +7,44 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bookaudit.cdc.decode import format_lsn, parse_lsn
-from bookaudit.consumers.decode import Decoded
+from bookaudit.errors import DecodeError, PoisonMessageError
+from bookaudit.kafka.serde import ENVELOPE_SCHEMA, KEY_SCHEMA, decode
+from bookaudit.model import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka message that processing needs, detached from the client object."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: Record
+    envelope: dict[str, Any]
+    key: dict[str, Any] | None
+
+
+def decode_record(record: Record) -> Decoded:
+    where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if record.value is None:
+        raise PoisonMessageError(
+            f"{where}: empty value (tombstone) is not a bookaudit event", record
+        )
+    try:
+        envelope = decode(ENVELOPE_SCHEMA, record.value)
+        key = None if record.key is None else decode(KEY_SCHEMA, record.key)
+    except DecodeError as exc:
+        raise PoisonMessageError(f"{where}: {exc}", record) from None
+    if envelope.get("op") not in ("c", "u", "d", "t", "r"):
+        raise PoisonMessageError(f"{where}: unknown op {envelope.get('op')!r}", record)
+    return Decoded(record, envelope, key)
+
 
 ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
 
@@ -24,9 +61,9 @@ class AuditEntry:
     """One row of audit.row_changes with its audit.field_changes rows."""
 
     source: str
-    commit_lsn: str
+    commit_position: Position
     sequence: int
-    lsn: str
+    position: Position
     txid: int
     committed_at_ms: int
     schema_name: str
@@ -61,9 +98,9 @@ def changed_fields(
     )
 
 
-def identity(entry: AuditEntry) -> tuple[str, str, int]:
+def identity(entry: AuditEntry) -> tuple[str, Position, int]:
     """What makes an audit entry unique: (source, commit position, sequence)."""
-    return (entry.source, entry.commit_lsn, entry.sequence)
+    return (entry.source, entry.commit_position, entry.sequence)
 
 
 def distinct_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
@@ -74,14 +111,10 @@ def distinct_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
     see each once. Sorting by identity makes every writer take row locks in one order, so two
     writers given overlapping copies wait on each other instead of deadlocking.
     """
-    first: dict[tuple[str, str, int], AuditEntry] = {}
+    first: dict[tuple[str, Position, int], AuditEntry] = {}
     for entry in entries:
         first.setdefault(identity(entry), entry)
-    return sorted(first.values(), key=_sort_key)
-
-
-def _sort_key(entry: AuditEntry) -> tuple[str, int, int]:
-    return (entry.source, parse_lsn(entry.commit_lsn), entry.sequence)
+    return sorted(first.values(), key=identity)
 
 
 def to_audit_entry(decoded: Decoded) -> AuditEntry:
@@ -96,9 +129,9 @@ def to_audit_entry(decoded: Decoded) -> AuditEntry:
     record = decoded.record
     return AuditEntry(
         source=src["name"],
-        commit_lsn=format_lsn(src["commit_lsn"]),
+        commit_position=src["commit_lsn"],
         sequence=src["sequence"],
-        lsn=format_lsn(src["lsn"]),
+        position=src["lsn"],
         txid=src["txId"],
         committed_at_ms=src["ts_ms"],
         schema_name=src["schema"],
@@ -114,3 +147,23 @@ def to_audit_entry(decoded: Decoded) -> AuditEntry:
         kafka_offset=record.offset,
         fields=changed_fields(before, after, order),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: Record
+    error: str
+
+
+def decode_and_map(records: list[Record]) -> tuple[list[AuditEntry], list[DeadLetter]]:
+    """Pure: a bad record becomes a dead letter value, never an exception out of the batch."""
+    entries: list[AuditEntry] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            entries.append(to_audit_entry(decode_record(record)))
+        except PoisonMessageError as exc:
+            dead.append(DeadLetter(record, str(exc)))
+        except (KeyError, TypeError, ValueError) as exc:
+            dead.append(DeadLetter(record, f"cannot map envelope: {type(exc).__name__}: {exc}"))
+    return entries, dead

@@ -9,7 +9,6 @@ from typing import Any
 
 from tests.integration.harness import Pipeline
 
-
 LOGS = {
     "sample": [
         ("created", "dana", "Booking created"),

@@ -91,9 +91,19 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
 @click.option(
     "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="threshold for library log lines (librdkafka's among them)",
+)
 @click.version_option(package_name="bookaudit")
-def main(config: str | None) -> None:
+def main(config: str | None, log_level: str) -> None:
     """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+    from bookaudit.classify import setup_logging
+
+    setup_logging(log_level.upper())
 
 
 # --- source ---------------------------------------------------------------------------------

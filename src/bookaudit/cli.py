@@ -91,9 +91,19 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
 @click.option(
     "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="threshold for library log lines (librdkafka's among them)",
+)
 @click.version_option(package_name="bookaudit")
-def main(config: str | None) -> None:
+def main(config: str | None, log_level: str) -> None:
     """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+    from bookaudit.classify import setup_logging
+
+    setup_logging(log_level.upper())
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -163,15 +173,20 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @main.command()
 @_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix", "mode")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every committed change is in Kafka")
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="when the slot was lost: create a new one from now and record the gap in the audit",
+)
 @click.pass_context
-def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
+def capture(ctx: click.Context, /, exit_when_idle: bool, accept_gap: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
     from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cdc.settings import settings_from
 
     cfg = config_from(ctx, **flags)
-    settings = settings_from(cfg, exit_when_idle=exit_when_idle)
+    settings = settings_from(cfg, exit_when_idle=exit_when_idle, accept_gap=accept_gap)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
@@ -214,9 +229,14 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
+    from bookaudit.warehouse.gaps import list_gaps
+
     report = verify_chain(cfg.warehouse_dsn)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem}")
+    # An accepted gap is not tampering (the chain holds), but the audit is not complete there.
+    for gap in list_gaps(cfg.warehouse_dsn):
+        click.echo(f"GAP: {gap}")
     if not report.intact:
         sys.exit(1)
     # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
@@ -275,6 +295,52 @@ def consume_alerts(
         lambda: AlertsJob(settings, rules, log, None if no_stdout else out).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
     )
+
+
+# --- entity map -----------------------------------------------------------------------------
+
+
+@main.group("map")
+def map_() -> None:
+    """Check or apply the entity map ([map] in bookaudit.toml; the sample schema's by default)."""
+
+
+@map_.command("check")
+@_connection_options("source_dsn")
+@click.pass_context
+def map_check(ctx: click.Context, /, **flags: Any) -> None:
+    """Check every table, column and key the map names against the source; one line a mistake."""
+    from bookaudit.source.map_check import check_map, read_catalog
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("source_dsn")
+    assert cfg.source_dsn is not None
+    entity_map = cfg.entity_map
+    with _connect(cfg.source_dsn, "source") as conn:
+        problems = check_map(entity_map, read_catalog(conn, entity_map.tables))
+    for problem in problems:
+        click.echo(f"{entity_map.origin}: {problem}")
+    if problems:
+        sys.exit(1)
+    kinds = ", ".join(f"{e.kind} {e.table}" for e in entity_map.entities)
+    click.echo(f"map ok ({entity_map.origin}): {kinds}")
+
+
+@map_.command("apply")
+@_connection_options("warehouse_dsn")
+@click.option("--source", "source_name", help="the source this map is for (BOOKAUDIT_SOURCE_NAME)")
+@click.pass_context
+def map_apply(ctx: click.Context, /, **flags: Any) -> None:
+    """Store the map in the warehouse for one source: its views answer with it from now on."""
+    from bookaudit.warehouse._connect import warehouse as connect_warehouse
+    from bookaudit.warehouse.mapping import apply_map
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    with connect_warehouse(cfg.warehouse_dsn) as conn:
+        apply_map(conn, cfg.source_name, cfg.entity_map)
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
 
 
 # --- read back ------------------------------------------------------------------------------
@@ -366,6 +432,10 @@ def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     flags["source"] = cfg.source
+    from bookaudit.warehouse.gaps import list_gaps
+
+    for gap in list_gaps(cfg.warehouse_dsn, cfg.source):
+        log(f"history: note: audit gap: {gap}")
     return cfg.warehouse_dsn
 
 

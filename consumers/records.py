@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bookaudit.errors import DecodeError, PoisonMessageError
-from bookaudit.kafka.serde import KEY_SCHEMA, decode, decode_envelope
+from bookaudit.kafka.serde import decode_envelope, decode_key
 from bookaudit.model import Position
 
 
@@ -43,7 +43,7 @@ def decode_record(record: Record) -> Decoded:
         )
     try:
         envelope = decode_envelope(record.value)
-        key = None if record.key is None else decode(KEY_SCHEMA, record.key)
+        key = None if record.key is None else decode_key(record.key)
     except DecodeError as exc:
         raise PoisonMessageError(f"{where}: {exc}", record) from None
     if envelope.get("op") not in ("c", "u", "d", "t", "r"):

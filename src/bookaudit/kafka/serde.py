@@ -13,7 +13,7 @@ from bookaudit import __version__
 from bookaudit._resources import read_text
 from bookaudit.errors import DecodeError
 from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
-from bookaudit.kafka._avro_read import read_envelope
+from bookaudit.kafka._avro_read import read_envelope, read_key
 from bookaudit.model import RowChange
 
 SCHEMA_HEADER = "bookaudit.schema"
@@ -107,6 +107,14 @@ def decode_envelope(data: bytes) -> dict[str, Any]:
         return read_envelope(data)
     except (IndexError, ValueError) as exc:
         raise DecodeError(f"not a bookaudit Avro record: {exc}", data) from None
+
+
+def decode_key(data: bytes) -> dict[str, Any]:
+    """decode(KEY_SCHEMA, data) by the fast reader."""
+    try:
+        return read_key(data)
+    except (IndexError, ValueError) as exc:
+        raise DecodeError(f"not a bookaudit Avro key: {exc}", data) from None
 
 
 def decode(schema: Any, data: bytes) -> dict[str, Any]:

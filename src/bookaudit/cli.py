@@ -124,11 +124,15 @@ def source_install(
 ) -> None:
     """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
     an outbox with row triggers."""
+    from bookaudit.entity_map import default_map
     from bookaudit.source.install import TableName, apply, plan_install, render
 
     cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
+    if not names and cfg.entity_map != default_map():
+        # A bookaudit.toml with its own [map] already says which tables make up the bookings.
+        names = [TableName(t.schema, t.name) for t in cfg.entity_map.tables]
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
         statements = plan_install(conn, names, cfg.publication, cfg.mode)

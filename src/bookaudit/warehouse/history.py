@@ -23,6 +23,12 @@ HISTORY_KEYS = (
 )  # fmt: skip
 # What every per-field row adds to today's keys, so JSON and CSV rows group into entries.
 ENTRY_KEYS = ("booking_id", "label", "change_id", "source", "approval_ref", "reason")
+BOOKING_EXPORT_KEYS = (*HISTORY_KEYS, *ENTRY_KEYS)
+CUSTOMER_EXPORT_KEYS = ("committed_at", "booking", *HISTORY_KEYS[1:], *ENTRY_KEYS)
+ACTOR_EXPORT_KEYS = (
+    "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
+    *ENTRY_KEYS,
+)  # fmt: skip
 
 
 # --- options every history command takes --------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import psycopg
+
 from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
-from bookaudit.errors import TransientError
+from bookaudit.classify import kafka_error, pg_error
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import SourceInfo, to_kafka
 from bookaudit.model import RowChange, format_lsn, parse_lsn
@@ -39,6 +41,7 @@ class Capture:
 
     def open(self) -> int | None:
         """Make sure the slot exists and start streaming; returns the idle target, if any."""
+        self.sink.check()
         self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
         target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
         self.stream = ReplicationStream(self.settings.source_dsn)
@@ -74,7 +77,7 @@ class Capture:
         """Tell the server how far Kafka has acknowledged, and never further."""
         self.sink.poll(0)
         if self.ledger.error:
-            raise TransientError(f"Kafka refused an event: {self.ledger.error}")
+            raise kafka_error("Kafka refused an event", self.ledger.failure)
         lsn = self.ledger.advance()
         if self.ledger.drained and not self.assembler.in_transaction:
             # Nothing is pending, so everything the server has sent so far is safe to release.
@@ -110,9 +113,20 @@ class Capture:
         self.stream.send_status(self._sent_lsn if self._sent_lsn >= 0 else 0, reply_requested=True)
 
     def run(self) -> CaptureStats:
-        target = self.open()
-        assert self.stream is not None
         try:
+            self._run()
+        except psycopg.Error as exc:
+            # Catalog lookups mid-stream: a lost connection retries, anything else stops.
+            raise pg_error("capture: source query failed", exc) from None
+        self.log(
+            f"capture: done, {self.stats.changes} changes, confirmed {format_lsn(self.stats.confirmed_lsn)}"
+        )
+        return self.stats
+
+    def _run(self) -> None:
+        try:
+            target = self.open()
+            assert self.stream is not None
             while True:
                 data = self.stream.read(timeout=0.2)
                 idle = data is None
@@ -133,10 +147,6 @@ class Capture:
                     self.request_keepalive()
         finally:
             self.close()
-        self.log(
-            f"capture: done, {self.stats.changes} changes, confirmed {format_lsn(self.stats.confirmed_lsn)}"
-        )
-        return self.stats
 
     def close(self) -> None:
         if self.stream is not None:

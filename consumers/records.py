@@ -21,6 +21,9 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    # Set when the consumer edge already knows the record is unusable (a cut-short chunked
+    # event): it is dead-lettered with this reason.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class Decoded:
 
 def decode_record(record: Record) -> Decoded:
     where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if record.error is not None:
+        raise PoisonMessageError(f"{where}: {record.error}", record)
     if record.value is None:
         raise PoisonMessageError(
             f"{where}: empty value (tombstone) is not a bookaudit event", record

@@ -91,9 +91,19 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
 @click.option(
     "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="threshold for library log lines (librdkafka's among them)",
+)
 @click.version_option(package_name="bookaudit")
-def main(config: str | None) -> None:
+def main(config: str | None, log_level: str) -> None:
     """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+    from bookaudit.classify import setup_logging
+
+    setup_logging(log_level.upper())
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -275,6 +285,52 @@ def consume_alerts(
         lambda: AlertsJob(settings, rules, log, None if no_stdout else out).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
     )
+
+
+# --- entity map -----------------------------------------------------------------------------
+
+
+@main.group("map")
+def map_() -> None:
+    """Check or apply the entity map ([map] in bookaudit.toml; the sample schema's by default)."""
+
+
+@map_.command("check")
+@_connection_options("source_dsn")
+@click.pass_context
+def map_check(ctx: click.Context, /, **flags: Any) -> None:
+    """Check every table, column and key the map names against the source; one line a mistake."""
+    from bookaudit.source.map_check import check_map, read_catalog
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("source_dsn")
+    assert cfg.source_dsn is not None
+    entity_map = cfg.entity_map
+    with _connect(cfg.source_dsn, "source") as conn:
+        problems = check_map(entity_map, read_catalog(conn, entity_map.tables))
+    for problem in problems:
+        click.echo(f"{entity_map.origin}: {problem}")
+    if problems:
+        sys.exit(1)
+    kinds = ", ".join(f"{e.kind} {e.table}" for e in entity_map.entities)
+    click.echo(f"map ok ({entity_map.origin}): {kinds}")
+
+
+@map_.command("apply")
+@_connection_options("warehouse_dsn")
+@click.option("--source", "source_name", help="the source this map is for (BOOKAUDIT_SOURCE_NAME)")
+@click.pass_context
+def map_apply(ctx: click.Context, /, **flags: Any) -> None:
+    """Store the map in the warehouse for one source: its views answer with it from now on."""
+    from bookaudit.warehouse._connect import warehouse as connect_warehouse
+    from bookaudit.warehouse.mapping import apply_map
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    with connect_warehouse(cfg.warehouse_dsn) as conn:
+        apply_map(conn, cfg.source_name, cfg.entity_map)
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
 
 
 # --- read back ------------------------------------------------------------------------------

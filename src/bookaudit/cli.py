@@ -124,11 +124,15 @@ def source_install(
 ) -> None:
     """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
     an outbox with row triggers."""
+    from bookaudit.entity_map import default_map
     from bookaudit.source.install import TableName, apply, plan_install, render
 
     cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
+    if not names and cfg.entity_map != default_map():
+        # A bookaudit.toml with its own [map] already says which tables make up the bookings.
+        names = [TableName(t.schema, t.name) for t in cfg.entity_map.tables]
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
         statements = plan_install(conn, names, cfg.publication, cfg.mode)
@@ -173,15 +177,20 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @main.command()
 @_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix", "mode")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every committed change is in Kafka")
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="when the slot was lost: create a new one from now and record the gap in the audit",
+)
 @click.pass_context
-def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
+def capture(ctx: click.Context, /, exit_when_idle: bool, accept_gap: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
     from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cdc.settings import settings_from
 
     cfg = config_from(ctx, **flags)
-    settings = settings_from(cfg, exit_when_idle=exit_when_idle)
+    settings = settings_from(cfg, exit_when_idle=exit_when_idle, accept_gap=accept_gap)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
@@ -224,9 +233,14 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
+    from bookaudit.warehouse.gaps import list_gaps
+
     report = verify_chain(cfg.warehouse_dsn)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem}")
+    # An accepted gap is not tampering (the chain holds), but the audit is not complete there.
+    for gap in list_gaps(cfg.warehouse_dsn):
+        click.echo(f"GAP: {gap}")
     if not report.intact:
         sys.exit(1)
     # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
@@ -422,6 +436,10 @@ def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     flags["source"] = cfg.source
+    from bookaudit.warehouse.gaps import list_gaps
+
+    for gap in list_gaps(cfg.warehouse_dsn, cfg.source):
+        log(f"history: note: audit gap: {gap}")
     return cfg.warehouse_dsn
 
 

@@ -74,6 +74,7 @@ class KafkaSource:
             }
         )
         self._at_end: set[tuple[str, int]] = set()
+        self._processed: dict[tuple[str, int], int] = {}
         self._chunks = Reassembler()
         try:
             # An unreachable cluster must fail here, not pass for an idle one later.
@@ -128,15 +129,27 @@ class KafkaSource:
             return time.monotonic() - self._started > grace_s
         return assignment <= self._at_end
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """Commit the next offset of each partition seen, synchronously."""
+    def commit(self, records: Sequence[Record], asynchronous: bool = False) -> None:
+        """Commit the next offset of each partition seen (synchronously unless asked)."""
         high: dict[tuple[str, int], int] = {}
         for r in records:
             high[(r.topic, r.partition)] = max(high.get((r.topic, r.partition), -1), r.offset)
+        for tp, offset in high.items():
+            self._processed[tp] = max(self._processed.get(tp, -1), offset)
+        self._commit(high, asynchronous)
+
+    def commit_all(self) -> None:
+        """Synchronously commit everything processed, after asynchronous commits."""
+        self._commit(self._processed, asynchronous=False)
+
+    def _commit(self, high: dict[tuple[str, int], int], asynchronous: bool) -> None:
         if not high:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in high.items()]
         try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                return
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             if exc.args[0].code() in _MOVED_ON:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bookaudit.errors import DecodeError, PoisonMessageError
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, KEY_SCHEMA, decode
+from bookaudit.kafka.serde import KEY_SCHEMA, decode, decode_envelope
 from bookaudit.model import Position
 
 
@@ -42,7 +42,7 @@ def decode_record(record: Record) -> Decoded:
             f"{where}: empty value (tombstone) is not a bookaudit event", record
         )
     try:
-        envelope = decode(ENVELOPE_SCHEMA, record.value)
+        envelope = decode_envelope(record.value)
         key = None if record.key is None else decode(KEY_SCHEMA, record.key)
     except DecodeError as exc:
         raise PoisonMessageError(f"{where}: {exc}", record) from None

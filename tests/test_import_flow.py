@@ -29,6 +29,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.config",
             "bookaudit.entity_map",
             "bookaudit.model",
+            "bookaudit.chain",
             "bookaudit.kafka",
         ),
     ),

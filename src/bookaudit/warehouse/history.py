@@ -421,7 +421,7 @@ class Entry:
 
     def summary(self, zone: tzinfo) -> str:
         """Updates as 'field old → new'; a new or removed row folded as 'field value'."""
-        if self.action in ("insert", "delete", "snapshot"):
+        if self.action in ("insert", "delete", "existing"):
             gone = self.action == "delete"
             return ", ".join(
                 f"{c.field} {show_value(c.old if gone else c.new, zone)}" for c in self.changes

@@ -170,6 +170,14 @@ def test_csv_print_and_evidence(
     assert f"head {head}" in verify
     positions = _texts(browser, "#evidence td.position")
     assert positions and all(x.isdigit() for x in positions)
+    leaves = _texts(browser, "#evidence code.leaf")
+    with psycopg.connect(p.warehouse_dsn) as wh:
+        stored = wh.execute(
+            "SELECT position, encode(leaf, 'hex') FROM audit.chain WHERE change_id IN "
+            "(SELECT change_id FROM audit.timeline WHERE booking_id = %s) ORDER BY change_id",
+            (str(ids["main"]),),
+        ).fetchall()
+    assert sorted(zip(map(int, positions), leaves, strict=True)) == sorted(stored)
     assert len(_texts(browser, "#evidence tr.entry")) == 15
 
 

@@ -165,13 +165,15 @@ def create_app(settings: ServeSettings) -> Flask:
             links = {
                 r["change_id"]: r
                 for r in conn.execute(
-                    "SELECT change_id, position, encode(hash, 'hex') AS hash FROM audit.chain "
-                    "WHERE change_id = ANY(%s)",
+                    # Each row's leaf hash, and the hash of the link (batch) that chains it.
+                    "SELECT c.change_id, c.position, encode(c.leaf, 'hex') AS leaf, "
+                    "encode(l.hash, 'hex') AS hash FROM audit.chain c "
+                    "JOIN audit.chain_links l USING (position) WHERE c.change_id = ANY(%s)",
                     ([i["entry"].change_id for i in items],),
                 )
             }
             head = conn.execute(
-                "SELECT position, encode(hash, 'hex') AS hash FROM audit.chain "
+                "SELECT position, encode(hash, 'hex') AS hash FROM audit.chain_links "
                 "ORDER BY position DESC LIMIT 1"
             ).fetchone()
         return render_template(

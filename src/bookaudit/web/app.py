@@ -53,7 +53,8 @@ def _entries_view(rows: list[dict[str, Any]], zone: tzinfo) -> list[dict[str, An
             "entry": e,
             "when": h.show_time(e.committed_at, zone),
             "changes": [
-                (c.field, h.show_value(c.old, zone), h.show_value(c.new, zone)) for c in e.changes
+                (c.field, h.show_value(c.old, zone), h.show_value(c.new, zone))
+                for c in e.shown_changes
             ],
         }
         for e in h.entries(rows)

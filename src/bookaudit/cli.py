@@ -91,9 +91,19 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
 @click.option(
     "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="threshold for library log lines (librdkafka's among them)",
+)
 @click.version_option(package_name="bookaudit")
-def main(config: str | None) -> None:
+def main(config: str | None, log_level: str) -> None:
     """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+    from bookaudit.classify import setup_logging
+
+    setup_logging(log_level.upper())
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -114,11 +124,15 @@ def source_install(
 ) -> None:
     """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
     an outbox with row triggers."""
+    from bookaudit.entity_map import default_map
     from bookaudit.source.install import TableName, apply, plan_install, render
 
     cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
+    if not names and cfg.entity_map != default_map():
+        # A bookaudit.toml with its own [map] already says which tables make up the bookings.
+        names = [TableName(t.schema, t.name) for t in cfg.entity_map.tables]
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
         statements = plan_install(conn, names, cfg.publication, cfg.mode)
@@ -163,15 +177,20 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @main.command()
 @_connection_options("source_dsn", "kafka_bootstrap", "slot", "publication", "topic_prefix", "mode")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every committed change is in Kafka")
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="when the slot was lost: create a new one from now and record the gap in the audit",
+)
 @click.pass_context
-def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
+def capture(ctx: click.Context, /, exit_when_idle: bool, accept_gap: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
     from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cdc.settings import settings_from
 
     cfg = config_from(ctx, **flags)
-    settings = settings_from(cfg, exit_when_idle=exit_when_idle)
+    settings = settings_from(cfg, exit_when_idle=exit_when_idle, accept_gap=accept_gap)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
@@ -214,9 +233,14 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
+    from bookaudit.warehouse.gaps import list_gaps
+
     report = verify_chain(cfg.warehouse_dsn)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem}")
+    # An accepted gap is not tampering (the chain holds), but the audit is not complete there.
+    for gap in list_gaps(cfg.warehouse_dsn):
+        click.echo(f"GAP: {gap}")
     if not report.intact:
         sys.exit(1)
     # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
@@ -275,6 +299,52 @@ def consume_alerts(
         lambda: AlertsJob(settings, rules, log, None if no_stdout else out).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
     )
+
+
+# --- entity map -----------------------------------------------------------------------------
+
+
+@main.group("map")
+def map_() -> None:
+    """Check or apply the entity map ([map] in bookaudit.toml; the sample schema's by default)."""
+
+
+@map_.command("check")
+@_connection_options("source_dsn")
+@click.pass_context
+def map_check(ctx: click.Context, /, **flags: Any) -> None:
+    """Check every table, column and key the map names against the source; one line a mistake."""
+    from bookaudit.source.map_check import check_map, read_catalog
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("source_dsn")
+    assert cfg.source_dsn is not None
+    entity_map = cfg.entity_map
+    with _connect(cfg.source_dsn, "source") as conn:
+        problems = check_map(entity_map, read_catalog(conn, entity_map.tables))
+    for problem in problems:
+        click.echo(f"{entity_map.origin}: {problem}")
+    if problems:
+        sys.exit(1)
+    kinds = ", ".join(f"{e.kind} {e.table}" for e in entity_map.entities)
+    click.echo(f"map ok ({entity_map.origin}): {kinds}")
+
+
+@map_.command("apply")
+@_connection_options("warehouse_dsn")
+@click.option("--source", "source_name", help="the source this map is for (BOOKAUDIT_SOURCE_NAME)")
+@click.pass_context
+def map_apply(ctx: click.Context, /, **flags: Any) -> None:
+    """Store the map in the warehouse for one source: its views answer with it from now on."""
+    from bookaudit.warehouse._connect import warehouse as connect_warehouse
+    from bookaudit.warehouse.mapping import apply_map
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    with connect_warehouse(cfg.warehouse_dsn) as conn:
+        apply_map(conn, cfg.source_name, cfg.entity_map)
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
 
 
 # --- read back ------------------------------------------------------------------------------
@@ -366,6 +436,10 @@ def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     flags["source"] = cfg.source
+    from bookaudit.warehouse.gaps import list_gaps
+
+    for gap in list_gaps(cfg.warehouse_dsn, cfg.source):
+        log(f"history: note: audit gap: {gap}")
     return cfg.warehouse_dsn
 
 
@@ -446,7 +520,7 @@ def history_booking(
         )  # fmt: skip
         return
     rows = h.booking_rows(dsn, booking_id, filters)
-    keys = (*h.HISTORY_KEYS, *h.ENTRY_KEYS)
+    keys = h.BOOKING_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries for booking {booking_id}")
 
 
@@ -462,7 +536,7 @@ def history_customer(ctx: click.Context, /, customer_id: str, **opts: Any) -> No
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.customer_rows(dsn, customer_id, filters)
-    keys = ("committed_at", "booking", *h.HISTORY_KEYS[1:], *h.ENTRY_KEYS)
+    keys = h.CUSTOMER_EXPORT_KEYS
     _timeline(
         rows, zone, keys, fmt, f"history: no audit entries for customer {customer_id}",
         with_booking=True,
@@ -481,10 +555,7 @@ def history_actor(ctx: click.Context, /, name: str, **opts: Any) -> None:
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.actor_rows(dsn, name, filters)
-    keys = (
-        "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
-        *h.ENTRY_KEYS,
-    )  # fmt: skip
+    keys = h.ACTOR_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries by {name}", with_booking=True)
 
 
@@ -527,6 +598,25 @@ def history_log(ctx: click.Context, /, per: str | None, **opts: Any) -> None:
         log(f"log: no booking created or modified {period}")
         return
     click.echo(h.render_log(rows, counts, totals, zone, period))
+
+
+@main.command()
+@_connection_options("warehouse_dsn")
+@click.option("--host", help="address to listen on (BOOKAUDIT_SERVE_HOST, default 127.0.0.1)")
+@click.option("--port", type=int, help="port (BOOKAUDIT_SERVE_PORT, default 8765)")
+@_source_option
+@click.pass_context
+def serve(ctx: click.Context, /, host: str | None, port: int | None, **flags: Any) -> None:
+    """The read-only web pages: timelines with as-of, diff and evidence, the log, alerts."""
+    import waitress
+
+    from bookaudit.web.app import create_app
+    from bookaudit.web.serve import READER_ROLE, check_read_only, settings_from
+
+    settings = settings_from(config_from(ctx, **flags), host=host, port=port)
+    check_read_only(settings.reader_dsn)
+    log(f"serve: {settings.url} (reading as {READER_ROLE}, read-only)")
+    waitress.serve(create_app(settings), host=settings.host, port=settings.port, threads=4)
 
 
 @main.group()

@@ -15,6 +15,7 @@ from bookaudit.consumers.chunks import Reassembler
 from bookaudit.consumers.records import Record
 from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER
+from bookaudit.kafka.serde import topic_part
 
 # How long the cluster may take to answer the first metadata request before it counts as down.
 CONNECT_TIMEOUT_S = 15.0
@@ -35,11 +36,17 @@ class ConsumerSettings:
     eager: bool = True
 
 
+def _topic_tail(table: str) -> str:
+    """`schema.table` as its topic names it (serde.topic_part)."""
+    schema, _, name = table.partition(".")
+    return f"{topic_part(schema)}.{topic_part(name)}"
+
+
 def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
     """`<prefix>.<schema>.<table>` only, so alert and other topics under the prefix stay out."""
     head = "^" + re.escape(prefix).replace("\\.", "[.]") + "[.]"
     if tables:
-        names = "|".join(re.escape(t).replace("\\.", "[.]") for t in tables)
+        names = "|".join(re.escape(_topic_tail(t)).replace("\\.", "[.]") for t in tables)
         return head + "(" + names + ")$"
     return head + "[^.]+[.][^.]+$"
 

@@ -33,6 +33,9 @@ class Decoded:
     key: dict[str, Any] | None
 
 
+_REQUIRED_IMAGE = {"c": "after", "r": "after", "u": "after", "d": "before"}
+
+
 def decode_record(record: Record) -> Decoded:
     where = f"{record.topic}[{record.partition}]@{record.offset}"
     if record.error is not None:
@@ -46,8 +49,16 @@ def decode_record(record: Record) -> Decoded:
         key = None if record.key is None else decode_key(record.key)
     except DecodeError as exc:
         raise PoisonMessageError(f"{where}: {exc}", record) from None
-    if envelope.get("op") not in ("c", "u", "d", "t", "r"):
-        raise PoisonMessageError(f"{where}: unknown op {envelope.get('op')!r}", record)
+    op = envelope.get("op")
+    if op not in ("c", "u", "d", "t", "r"):
+        raise PoisonMessageError(f"{where}: unknown op {op!r}", record)
+    # A well-formed record of impossible shape is not history: an insert or update always has
+    # its new row, a delete its old one (pgoutput and the outbox both send them).
+    image = _REQUIRED_IMAGE.get(str(op))
+    if image is not None and envelope.get(image) is None:
+        raise PoisonMessageError(
+            f"{where}: op {op!r} without its {image!r} row is not a change bookaudit sends", record
+        )
     return Decoded(record, envelope, key)
 
 

@@ -37,7 +37,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cdc", ("bookaudit.cdc",)),
     ("consumers", ("bookaudit.consumers",)),
     ("warehouse", ("bookaudit.warehouse.schema", "bookaudit.warehouse.mapping")),
-    ("read side", ("bookaudit.warehouse",)),
+    ("read side", ("bookaudit.warehouse", "bookaudit.web")),
     ("commands", ("bookaudit._commands",)),
     ("demo", ("bookaudit.demo",)),
     ("cli", ("bookaudit.cli", "bookaudit.__main__")),

@@ -108,6 +108,8 @@ class AuditWriter:
         """Account for the batches the lane committed, and only then commit their offsets."""
         for done in self.lane.finished(wait):
             batch = done.batch
+            for letter in done.refused:
+                self.log(f"audit writer: dead-lettered {letter.error}")
             self._lags.add(batch.committed_at_ms, done.committed_ms)
             if batch.committed_at_ms:
                 self.stats.lag_ms_last = done.committed_ms - min(batch.committed_at_ms)
@@ -119,8 +121,8 @@ class AuditWriter:
             self.phases.lap("commit offsets (Kafka)", started)
             self.stats.records += len(batch.records)
             self.stats.written += done.inserted
-            self.stats.duplicates += batch.entries - done.inserted
-            self.stats.dead_letters += len(batch.dead)
+            self.stats.duplicates += batch.entries - done.inserted - len(done.refused)
+            self.stats.dead_letters += len(batch.dead) + len(done.refused)
 
     def report_progress(self) -> None:
         now = time.monotonic()

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bookaudit.consumers.audit.writer import PreparedRow, WarehouseWriter
+from bookaudit.consumers.audit.writer import EntryRejected, PreparedRow, WarehouseWriter
 from bookaudit.consumers.records import DeadLetter, Record
 
 # Batches waiting for the lane: enough to keep it busy, few enough that little is re-read after
@@ -36,6 +36,28 @@ class Done:
     batch: Batch
     inserted: int
     committed_ms: int
+    # Entries whose values the warehouse refused, dead-lettered instead.
+    refused: list[DeadLetter]
+
+
+def write_batch(writer: WarehouseWriter, batch: Batch) -> tuple[int, list[DeadLetter]]:
+    """The batch in one transaction; if the warehouse refuses a value, each row alone, so only
+    the refused ones become dead letters (with their raw record) and the rest go on."""
+    try:
+        return writer.write(batch.rows, batch.dead), []
+    except EntryRejected:
+        pass
+    by_offset = {(r.topic, r.partition, r.offset): r for r in batch.records}
+    inserted, refused = 0, []
+    for row in batch.rows:
+        try:
+            inserted += writer.write([row], [])
+        except EntryRejected as exc:
+            record = by_offset[row.where]
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            refused.append(DeadLetter(record, f"{where}: the warehouse refused a value: {exc}"))
+    writer.write([], [*batch.dead, *refused])
+    return inserted, refused
 
 
 class WarehouseLane:
@@ -51,11 +73,11 @@ class WarehouseLane:
     def _run(self) -> None:
         while (batch := self._todo.get()) is not None:
             try:
-                inserted = self._writer.write(batch.rows, batch.dead)
+                inserted, refused = write_batch(self._writer, batch)
             except BaseException as exc:  # handed to the caller's thread, which raises it
                 self._error = exc
                 return
-            self._done.put(Done(batch, inserted, time.time_ns() // 1_000_000))
+            self._done.put(Done(batch, inserted, time.time_ns() // 1_000_000, refused))
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

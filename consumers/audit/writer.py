@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 
 from bookaudit.chain import JSONB_COLUMNS, SCALAR_COLUMNS, FieldRow, dump_json, leaf_of
+from bookaudit.classify import pg_connect_error
 from bookaudit.consumers.records import AuditEntry, DeadLetter, identity
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.errors import BookauditError, TerminalError, TransientError
 from bookaudit.model import Position, format_position, parse_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -68,6 +69,8 @@ class PreparedRow:
     """One audit row ready to store: its COPY values, its field rows and its chain leaf."""
 
     key: tuple[str, Position, int]
+    # The Kafka record it came from (topic, partition, offset): where a refusal points.
+    where: tuple[str, int, int]
     change_id: int
     values: tuple[Any, ...]
     fields: tuple[tuple[int, str, int, str | None, str | None], ...]
@@ -101,6 +104,7 @@ def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> Prepa
     )  # fmt: skip
     return PreparedRow(
         identity(entry),
+        (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset),
         change_id,
         values,
         tuple((change_id, *f) for f in fields),
@@ -144,6 +148,10 @@ class IdPool:
             self._conn.close()
 
 
+class EntryRejected(BookauditError):
+    """The warehouse refused a value of the batch (SQLSTATE class 22, data exception)."""
+
+
 class WarehouseWriter:
     def __init__(self, dsn: str, phases: Phases | None = None) -> None:
         self._dsn = dsn
@@ -154,7 +162,8 @@ class WarehouseWriter:
         try:
             return psycopg.connect(self._dsn, application_name="bookaudit-audit-writer")
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+            # Down or restarting: retry; up but refusing us (password, database): stop.
+            raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
     def write(self, rows: Sequence[PreparedRow], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
@@ -182,6 +191,12 @@ class WarehouseWriter:
         except psycopg.errors.UndefinedTable:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
+            ) from None
+        except psycopg.errors.DataError as exc:
+            # Class 22: a value the warehouse cannot hold (a NUL in text or jsonb). Retrying the
+            # batch fails the same way, so the caller finds the entry and dead-letters it.
+            raise EntryRejected(
+                f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
             ) from None
         except psycopg.errors.UndefinedFunction:
             raise TerminalError(

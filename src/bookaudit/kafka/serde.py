@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +48,25 @@ class KafkaRecord:
     value: bytes
 
 
+# Kafka topic names allow [A-Za-z0-9._-]; a dot also separates prefix, schema and table.
+_NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_TOPIC = 249
+
+
+def topic_part(name: str) -> str:
+    """A schema or table name as a topic segment: every character Kafka refuses (and the dot)
+    becomes `_`, as Debezium's topic naming does. `my table` and `my_table` share a topic; the
+    events still name their own table in `source`."""
+    return _NOT_IN_TOPIC.sub("_", name) or "_"
+
+
 def topic_for(prefix: str, schema: str, table: str) -> str:
-    return f"{prefix}.{schema}.{table}"
+    topic = f"{prefix}.{topic_part(schema)}.{topic_part(table)}"
+    if len(topic) <= _MAX_TOPIC:
+        return topic
+    # Over Kafka's limit: keep the start readable and make the end unique.
+    digest = hashlib.sha256(topic.encode()).hexdigest()[:12]
+    return topic[: _MAX_TOPIC - 13] + "_" + digest
 
 
 def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, Any]:

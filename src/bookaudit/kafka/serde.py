@@ -133,7 +133,7 @@ def decode_key(data: bytes) -> dict[str, Any]:
     try:
         return read_key(data)
     except (IndexError, ValueError) as exc:
-        raise DecodeError(f"not a bookaudit Avro key: {exc}", data) from None
+        raise DecodeError(f"not a bookaudit Avro record (key): {exc}", data) from None
 
 
 def decode(schema: Any, data: bytes) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.errors import TransientError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import RowChange, format_lsn, parse_lsn
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
 READ_BATCH = 2000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.kafka.serde import Header, Headers
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ _MOVED_ON = frozenset(
         KafkaError._ASSIGNMENT_LOST,
     }
 )
+
+
+def _headers(raw: Mapping[str, str | bytes | None] | Sequence[Header] | None) -> Headers:
+    if raw is None:
+        return ()
+    return tuple(raw.items()) if isinstance(raw, Mapping) else tuple(raw)
 
 
 class KafkaSource:
@@ -92,7 +99,14 @@ class KafkaSource:
             if err is None:
                 self._at_end.discard((topic, partition))
                 records.append(
-                    Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
+                    Record(
+                        topic,
+                        partition,
+                        int(msg.offset() or 0),
+                        msg.key(),
+                        msg.value(),
+                        _headers(msg.headers()),
+                    )
                 )
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))

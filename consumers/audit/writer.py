@@ -74,7 +74,7 @@ def _as_json(entry: AuditEntry) -> dict[str, object]:
         "row_key": entry.row_key,
         "before": entry.before,
         "after": entry.after,
-        "actor": entry.actor,
+        "actor": entry.actor.to_dict(),
         "capture_mode": entry.capture_mode,
         "kafka_topic": entry.kafka_topic,
         "kafka_partition": entry.kafka_partition,

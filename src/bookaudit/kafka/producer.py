@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bookaudit.errors import TerminalError, TransientError
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA_ID, SCHEMA_HEADER, KafkaRecord
+from bookaudit.kafka.serde import KafkaRecord
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,6 @@ class KafkaSink:
         self,
         record: KafkaRecord,
         on_delivery: Callable[[Any, Any], None],
-        schema_id: bytes = ENVELOPE_SCHEMA_ID,
     ) -> None:
         self.ensure_topic(record.topic)
         while True:
@@ -69,7 +68,7 @@ class KafkaSink:
                     record.topic,
                     key=record.key,
                     value=record.value,
-                    headers=[(SCHEMA_HEADER, schema_id)],
+                    headers=list(record.headers),
                     on_delivery=on_delivery,
                 )
                 return

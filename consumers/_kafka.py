@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
@@ -56,6 +56,18 @@ def _headers(raw: Mapping[str, str | bytes | None] | Sequence[Header] | None) ->
     return tuple(raw.items()) if isinstance(raw, Mapping) else tuple(raw)
 
 
+def to_record(msg: Message) -> Record:
+    """The parts of a fetched message processing needs, headers included."""
+    return Record(
+        str(msg.topic()),
+        int(msg.partition() or 0),
+        int(msg.offset() or 0),
+        msg.key(),
+        msg.value(),
+        _headers(msg.headers()),
+    )
+
+
 class KafkaSource:
     """Wraps a consumer with manual offsets: offsets move only when `commit` is called."""
 
@@ -98,16 +110,7 @@ class KafkaSource:
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                records.append(
-                    Record(
-                        topic,
-                        partition,
-                        int(msg.offset() or 0),
-                        msg.key(),
-                        msg.value(),
-                        _headers(msg.headers()),
-                    )
-                )
+                records.append(to_record(msg))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:

@@ -10,9 +10,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from bookaudit.classify import kafka_error, kafka_logger
+from bookaudit.consumers.chunks import Reassembler
 from bookaudit.consumers.records import Record
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.errors import TransientError
+from bookaudit.kafka.chunks import CHUNK_HEADER
 from bookaudit.kafka.serde import Header, Headers
+
+# How long the cluster may take to answer the first metadata request before it counts as down.
+CONNECT_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -83,17 +89,31 @@ class KafkaSource:
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
                 "topic.metadata.refresh.interval.ms": 5000,
+                "logger": kafka_logger(),
             }
         )
         self._at_end: set[tuple[str, int]] = set()
+        self._chunks = Reassembler()
+        try:
+            # An unreachable cluster must fail here, not pass for an idle one later.
+            self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise kafka_error(f"Kafka at {settings.bootstrap} is unreachable", exc) from None
         self._started = time.monotonic()
         self._consumer.subscribe(
             [change_topics_pattern(settings.topic_prefix, settings.tables)],
             on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._at_end -= {(p.topic, p.partition) for p in partitions}
+        assigned = {(p.topic, p.partition) for p in partitions}
+        self._at_end -= assigned
+        self._chunks.forget(assigned)
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._chunks.forget((p.topic, p.partition) for p in partitions)
 
     def poll(self) -> list[Record]:
         size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
@@ -104,21 +124,19 @@ class KafkaSource:
                 messages += self._consumer.consume(num_messages=size - 1, timeout=0)
         else:
             messages = self._consumer.consume(num_messages=size, timeout=timeout)
-        records = []
+        records: list[Record] = []
         for msg in messages:
             err = msg.error()
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                records.append(to_record(msg))
+                records.extend(self._chunks.feed(to_record(msg), _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue  # a topic matched by the pattern before it had partitions
-            elif err.fatal() or not err.retriable():
-                raise TerminalError(f"Kafka consumer error: {err.str()}")
             else:
-                raise TransientError(f"Kafka consumer error: {err.str()}")
+                raise kafka_error("Kafka consumer error", err)
         return records
 
     def at_end(self, grace_s: float = 10.0) -> bool:
@@ -150,3 +168,10 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _chunk_header(msg: Any) -> bytes | None:
+    for name, value in msg.headers() or ():
+        if name == CHUNK_HEADER:
+            return bytes(value) if value is not None else b""
+    return None

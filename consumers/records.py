@@ -23,6 +23,9 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    # Set when the consumer edge already knows the record is unusable (a cut-short chunked
+    # event): it is dead-lettered with this reason.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,8 @@ def decode_record(record: Record) -> Decoded:
     """The typed envelope and key of one record; a record that is not one becomes a poison
     message carrying the record, and nothing else does."""
     where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if record.error is not None:
+        raise PoisonMessageError(f"{where}: {record.error}", record)
     try:
         envelope = _VALUE(
             record.value,

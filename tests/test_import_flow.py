@@ -25,6 +25,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.__version__",
             "bookaudit._resources",
             "bookaudit.errors",
+            "bookaudit.classify",
             "bookaudit.config",
             "bookaudit.entity_map",
             "bookaudit.model",

@@ -42,7 +42,11 @@ class AuditWriter:
         self.log = log
         self.stats = WriterStats()
         self.writer = WarehouseWriter(warehouse_dsn)
-        self.source = KafkaSource(settings)
+        try:
+            self.source = KafkaSource(settings)
+        except BaseException:
+            self.writer.close()
+            raise
         self._last_progress = time.monotonic()
 
     def step(self) -> int:

@@ -28,7 +28,6 @@ def run(ctx: click.Context) -> None:
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
     from bookaudit.source.install import TableName, apply, plan_install
-    from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
     cfg = config_from(ctx)
@@ -56,11 +55,31 @@ def run(ctx: click.Context) -> None:
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
-    click.echo(f"\nHistory of booking {booking_id}:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id), cfg.source_name)))
+    _print_history(cfg.warehouse_dsn, booking_id, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
+    click.echo(
+        f"\nBrowse it: `bookaudit serve`, then http://127.0.0.1:8765/bookings/{booking_id} "
+        "(timeline, as-of, diff, evidence), /log (the day), /alerts"
+    )
+
+
+def _print_history(dsn: str, booking_id: int, source: str) -> None:
+    """The booking's labelled timeline and the day's Booking History Log with its counts."""
+    from bookaudit.warehouse import history as h
+
+    zone = h.local_zone()
+    rows = h.booking_rows(dsn, str(booking_id), h.Filters(source=source, zone=zone))
+    click.echo(f"\nTimeline of booking {booking_id}:\n")
+    shown = h.timeline_table_rows(h.entries(rows), zone)
+    click.echo(h.render_table(shown, wide=("changes", "approval / reason")))
+    day = h.day_filters(zone, source)
+    log_rows = h.log_rows(dsn, day)
+    click.echo("\n" + h.render_log(
+        log_rows, h.booking_counts(log_rows), h.actor_totals(log_rows), zone,
+        h.describe_period(day),
+    ))  # fmt: skip
 
 
 def _raise_alerts(cfg: Config, booking_id: int) -> None:

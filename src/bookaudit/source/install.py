@@ -40,6 +40,9 @@ class TableName:
         return f"{self.schema}.{self.name}"
 
 
+GAPS_TABLE = TableName("bookaudit", "capture_gaps")
+
+
 def check_source(
     conn: psycopg.Connection[tuple[object, ...]],
     tables: Sequence[TableName],
@@ -145,6 +148,7 @@ def plan_install(
     statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
+    statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         statements.append(
@@ -154,11 +158,13 @@ def plan_install(
             ).format(sql.Identifier(TRIGGER_NAME), table.ident())
         )
     pub = sql.Identifier(publication)
-    table_list = sql.SQL(", ").join(t.ident() for t in tables)
+    # Accepted gaps travel the pipeline like any change (sql/source/003_capture_state.sql).
+    published = [*tables, GAPS_TABLE]
+    table_list = sql.SQL(", ").join(t.ident() for t in published)
     if not _publication_exists(conn, publication):
         statements.append(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list))
     else:
-        missing = [t for t in tables if t not in _published(conn, publication)]
+        missing = [t for t in published if t not in _published(conn, publication)]
         if missing:
             statements.append(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(

@@ -1,5 +1,5 @@
 """One source for every field list: the .avsc files. The dataclasses, the fast writer, the
-audit writer's SQL, the warehouse DDL and the source's context JSON are all derived from them
+audit writer's row, the warehouse DDL and the source's context JSON are all derived from them
 here, so a field added, renamed or moved in one place and not the others fails this test."""
 
 from __future__ import annotations
@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
-import pytest
-
 from bookaudit._resources import read_text
+from bookaudit.chain import CHAINED_COLUMNS
 from bookaudit.consumers.alerts.model import Alert, ChangeEvent, alert_document
-from bookaudit.consumers.audit import writer
+from bookaudit.consumers.audit.writer import stored_row
 from bookaudit.consumers.records import AuditEntry, FieldChange, Record, decode_and_map
 from bookaudit.kafka import _avro_fast
 from bookaudit.kafka.alert import DOCUMENT_KEYS
@@ -34,7 +33,11 @@ from tests.cdc.test_envelope import change
 WAREHOUSE_ACTOR = {"id": "actor", "role": "actor_role", "origin": "actor_origin"}
 ALERT_ACTOR = {"id": "actor_id", "role": "actor_role", "origin": "actor_origin"}
 CONTEXT_JSON_ACTOR = {"id": "actor"}
-ENTRY_COLUMNS = {"commit_position": "commit_lsn", "position": "lsn"}
+ENTRY_COLUMNS = {
+    "commit_position": "commit_lsn",
+    "position": "lsn",
+    "committed_at_ms": "committed_at",
+}
 
 
 def avsc(name: str) -> dict[str, Any]:
@@ -111,53 +114,7 @@ def _table_columns(sql_text: str, table: str) -> list[str]:
     return columns
 
 
-def _split(sql_list: str) -> list[str]:
-    return [" ".join(part.split()) for part in sql_list.split(",")]
-
-
-WRITER_SQL = " ".join(writer._INSERT.split())
 ROW_CHANGES = _table_columns(read_text("sql", "warehouse", "001_audit.sql"), "audit.row_changes")
-
-
-def _writer_lists() -> tuple[list[str], list[str], list[str]]:
-    recordset = re.search(r"AS x\((.*?)\) \)", WRITER_SQL)
-    insert = re.search(r"INSERT INTO audit\.row_changes \((.*?)\) SELECT", WRITER_SQL)
-    select = re.search(r"\) SELECT (.*?) FROM input", WRITER_SQL)
-    assert recordset and insert and select
-    return (
-        [c.split()[0] for c in _split(recordset.group(1))],
-        _split(insert.group(1)),
-        _split(select.group(1)),
-    )
-
-
-def test_warehouse_ddl_has_a_column_for_every_actor_field() -> None:
-    for field in ACTOR_FIELDS:
-        assert WAREHOUSE_ACTOR.get(field, field) in ROW_CHANGES, field
-
-
-def test_audit_writer_inserts_every_actor_field_into_its_column() -> None:
-    _, insert, select = _writer_lists()
-    assert len(insert) == len(select)
-    for field in ACTOR_FIELDS:
-        column = WAREHOUSE_ACTOR.get(field, field)
-        assert select[insert.index(column)] == f"actor ->> '{field}'", field
-
-
-def test_audit_writer_fills_every_column_the_ddl_requires() -> None:
-    _, insert, _ = _writer_lists()
-    generated = {"id", "recorded_at"}  # bigserial and DEFAULT now()
-    assert sorted(insert) == sorted(c for c in ROW_CHANGES if c not in generated)
-
-
-def test_audit_writer_json_is_the_audit_entry() -> None:
-    recordset, _, _ = _writer_lists()
-    entry_fields = [ENTRY_COLUMNS.get(n, n) for n in field_names(AuditEntry)]
-    assert recordset == entry_fields
-    entry = _an_entry()
-    payload = writer._as_json(entry)
-    assert list(payload) == recordset
-    assert list(payload["actor"]) == ACTOR_FIELDS  # type: ignore[call-overload]
 
 
 def _an_entry() -> AuditEntry:
@@ -166,6 +123,41 @@ def _an_entry() -> AuditEntry:
     assert dead == []
     (entry,) = entries
     return entry
+
+
+def test_warehouse_ddl_has_a_column_for_every_actor_field() -> None:
+    for field in ACTOR_FIELDS:
+        assert WAREHOUSE_ACTOR.get(field, field) in ROW_CHANGES, field
+
+
+def test_audit_writer_stores_every_column_the_ddl_has() -> None:
+    assert sorted(CHAINED_COLUMNS) == sorted(ROW_CHANGES)
+    stored = {"id", "recorded_at"}  # given by the writer, not by the entry
+    stored |= {WAREHOUSE_ACTOR.get(f, f) for f in ACTOR_FIELDS}
+    stored |= {
+        ENTRY_COLUMNS.get(n, n) for n in field_names(AuditEntry) if n not in ("actor", "fields")
+    }
+    assert sorted(stored) == sorted(ROW_CHANGES)
+
+
+def actor_columns_misplaced(columns: tuple[str, ...]) -> list[str]:
+    """Actor fields the writer's row would put under another column than theirs."""
+    entry = replace(_an_entry(), actor=ActorContext(**{f: f"v-{f}" for f in ACTOR_FIELDS}))
+    values = stored_row(entry, 1, 0).values
+    assert len(values) == len(columns)
+    return [f for f in ACTOR_FIELDS if values[columns.index(WAREHOUSE_ACTOR.get(f, f))] != f"v-{f}"]
+
+
+def test_audit_writer_puts_every_actor_field_in_its_column() -> None:
+    assert actor_columns_misplaced(CHAINED_COLUMNS) == []
+
+
+def test_a_drifted_column_list_is_caught() -> None:
+    """The check above can fail: two actor columns swapped, as a careless edit would."""
+    columns = list(CHAINED_COLUMNS)
+    a, b = columns.index("reason"), columns.index("approval_ref")
+    columns[a], columns[b] = columns[b], columns[a]
+    assert actor_columns_misplaced(tuple(columns)) == ["reason", "approval_ref"]
 
 
 def test_source_context_json_carries_every_actor_field() -> None:
@@ -200,20 +192,3 @@ def test_alert_document_is_alert_avsc_and_copies_the_actor() -> None:
     alerts = _table_columns(read_text("sql", "warehouse", "002_alerts.sql"), "audit.alerts")
     for field in ("role", "approval_ref"):
         assert WAREHOUSE_ACTOR.get(field, field) in alerts
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ("actor ->> 'reason'", "actor ->> 'why'"),
-        ("approval_ref, request_id, application", "request_id, approval_ref, application"),
-    ],
-)
-def test_a_drifted_writer_is_caught(old: str, new: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checks above can fail: the same drift a careless edit would make is noticed."""
-    assert old in writer._INSERT
-    monkeypatch.setattr(
-        "tests.test_contract.WRITER_SQL", " ".join(writer._INSERT.replace(old, new).split())
-    )
-    with pytest.raises(AssertionError):
-        test_audit_writer_inserts_every_actor_field_into_its_column()

@@ -147,7 +147,8 @@ CREATE VIEW audit.timeline AS
 WITH entries AS (
     SELECT r.*, c.kind, c.row_id, c.customer_column, b.booking_id,
            audit.label_spec(r.source, r.schema_name, r.table_name) AS spec,
-           r.action = 'snapshot' AS baseline,
+           -- A row as it stood when the audit started (the install's baseline, Debezium op r).
+           r.action = 'existing' AS baseline,
            coalesce(array(SELECT f.field FROM audit.field_changes f
                           WHERE f.change_id = r.id AND f.field <> ALL (m.ignore_fields)
                           ORDER BY f.position), '{}') AS fields
@@ -237,7 +238,8 @@ SELECT t.source,
        t.committed_at,
        (t.committed_at AT TIME ZONE 'UTC')::date AS day,
        t.booking_id,
-       CASE WHEN t.kind = 'booking' AND t.action = 'insert' AND NOT t.baseline THEN 'created'
+       CASE WHEN t.baseline THEN 'existing at install'
+            WHEN t.kind = 'booking' AND t.action = 'insert' THEN 'created'
             WHEN t.kind = 'booking' AND t.action = 'delete' THEN 'deleted'
             ELSE 'modified' END AS event,
        t.change_id, t.table_name, t.kind, t.action, t.label, t.labels,

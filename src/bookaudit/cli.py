@@ -520,7 +520,7 @@ def history_booking(
         )  # fmt: skip
         return
     rows = h.booking_rows(dsn, booking_id, filters)
-    keys = (*h.HISTORY_KEYS, *h.ENTRY_KEYS)
+    keys = h.BOOKING_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries for booking {booking_id}")
 
 
@@ -536,7 +536,7 @@ def history_customer(ctx: click.Context, /, customer_id: str, **opts: Any) -> No
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.customer_rows(dsn, customer_id, filters)
-    keys = ("committed_at", "booking", *h.HISTORY_KEYS[1:], *h.ENTRY_KEYS)
+    keys = h.CUSTOMER_EXPORT_KEYS
     _timeline(
         rows, zone, keys, fmt, f"history: no audit entries for customer {customer_id}",
         with_booking=True,
@@ -555,10 +555,7 @@ def history_actor(ctx: click.Context, /, name: str, **opts: Any) -> None:
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.actor_rows(dsn, name, filters)
-    keys = (
-        "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
-        *h.ENTRY_KEYS,
-    )  # fmt: skip
+    keys = h.ACTOR_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries by {name}", with_booking=True)
 
 
@@ -601,6 +598,25 @@ def history_log(ctx: click.Context, /, per: str | None, **opts: Any) -> None:
         log(f"log: no booking created or modified {period}")
         return
     click.echo(h.render_log(rows, counts, totals, zone, period))
+
+
+@main.command()
+@_connection_options("warehouse_dsn")
+@click.option("--host", help="address to listen on (BOOKAUDIT_SERVE_HOST, default 127.0.0.1)")
+@click.option("--port", type=int, help="port (BOOKAUDIT_SERVE_PORT, default 8765)")
+@_source_option
+@click.pass_context
+def serve(ctx: click.Context, /, host: str | None, port: int | None, **flags: Any) -> None:
+    """The read-only web pages: timelines with as-of, diff and evidence, the log, alerts."""
+    import waitress
+
+    from bookaudit.web.app import create_app
+    from bookaudit.web.serve import READER_ROLE, check_read_only, settings_from
+
+    settings = settings_from(config_from(ctx, **flags), host=host, port=port)
+    check_read_only(settings.reader_dsn)
+    log(f"serve: {settings.url} (reading as {READER_ROLE}, read-only)")
+    waitress.serve(create_app(settings), host=settings.host, port=settings.port, threads=4)
 
 
 @main.group()

@@ -57,6 +57,12 @@ class Config:
     mode: str = "logical"
     # Which source's rows the read-side commands show; needed once several feed one warehouse.
     source: str | None = None
+    # `bookaudit serve`: loopback by default; any other address needs a token or basic auth.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8765
+    serve_token: Secret | None = None
+    serve_user: str | None = None
+    serve_password: Secret | None = None
     # Only from bookaudit.toml's [map]; the sample schema's map otherwise.
     entity_map: EntityMap = field(default_factory=default_map)
 
@@ -70,10 +76,10 @@ class Config:
                 )
 
 
-_INT_FIELDS = {"batch_size"}
+_INT_FIELDS = {"batch_size", "serve_port"}
 _DSN_FIELDS = {"source_dsn", "warehouse_dsn"}
 # A webhook URL often carries a token, so it is kept out of reprs like a DSN.
-_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook"}
+_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook", "serve_token", "serve_password"}
 
 
 def _check_dsn(name: str, raw: str, origin: str) -> None:

@@ -3,8 +3,10 @@ to a typed Envelope, in confluent-kafka's Serializer(obj, ctx) / Deserializer(da
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from bookaudit import __version__
 from bookaudit._resources import read_text
 from bookaudit.errors import DecodeError
 from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
+from bookaudit.kafka._avro_read import read_envelope
 from bookaudit.model import (
     MODES,
     OPS,
@@ -61,8 +64,25 @@ class KafkaRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+# Kafka topic names allow [A-Za-z0-9._-]; a dot also separates prefix, schema and table.
+_NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_TOPIC = 249
+
+
+def topic_part(name: str) -> str:
+    """A schema or table name as a topic segment: every character Kafka refuses (and the dot)
+    becomes `_`, as Debezium's topic naming does. `my table` and `my_table` share a topic; the
+    events still name their own table in `source`."""
+    return _NOT_IN_TOPIC.sub("_", name) or "_"
+
+
 def topic_for(prefix: str, schema: str, table: str) -> str:
-    return f"{prefix}.{schema}.{table}"
+    topic = f"{prefix}.{topic_part(schema)}.{topic_part(table)}"
+    if len(topic) <= _MAX_TOPIC:
+        return topic
+    # Over Kafka's limit: keep the start readable and make the end unique.
+    digest = hashlib.sha256(topic.encode()).hexdigest()[:12]
+    return topic[: _MAX_TOPIC - 13] + "_" + digest
 
 
 def encode(schema: Any, record: Mapping[str, Any]) -> bytes:
@@ -79,6 +99,14 @@ def decode(schema: Any, data: bytes) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise DecodeError("Avro record did not decode to a record", data)
     return result
+
+
+def decode_envelope(data: bytes) -> dict[str, Any]:
+    """decode(ENVELOPE_SCHEMA, data) by the fast reader: the same record, in about half the time."""
+    try:
+        return read_envelope(data)
+    except (IndexError, ValueError) as exc:
+        raise DecodeError(f"not a bookaudit Avro record: {exc}", data) from None
 
 
 def _now_ms() -> int:
@@ -138,7 +166,7 @@ class EnvelopeDeserializer(Deserializer):
         if value is None:
             raise DecodeError("empty value (tombstone) is not a bookaudit event")
         check_header(None if ctx is None else ctx.headers, ENVELOPE_SCHEMA_ID)
-        return envelope_from_record(decode(ENVELOPE_SCHEMA, value), value)
+        return envelope_from_record(decode_envelope(value), value)
 
 
 class KeyDeserializer(Deserializer):
@@ -150,6 +178,9 @@ class KeyDeserializer(Deserializer):
         return {c["name"]: c["value"] for c in decode(KEY_SCHEMA, value)["columns"]}
 
 
+_REQUIRED_IMAGE = {"c": "after", "r": "after", "u": "after", "d": "before"}
+
+
 def _position(value: int, mode: str) -> Position:
     return CommitSeq(value) if mode == "trigger" else Lsn(value)
 
@@ -157,8 +188,16 @@ def _position(value: int, mode: str) -> Position:
 def envelope_from_record(raw: Mapping[str, Any], data: bytes | None = None) -> Envelope:
     """The typed Envelope of a record fastavro read; refuses values the schema cannot rule out."""
     src = raw["source"]
-    if raw["op"] not in OPS:
-        raise DecodeError(f"unknown op {raw['op']!r}", data)
+    op = raw["op"]
+    if op not in OPS:
+        raise DecodeError(f"unknown op {op!r}", data)
+    # A well-formed record of impossible shape is not history: an insert or update always has
+    # its new row, a delete its old one (pgoutput and the outbox both send them).
+    image = _REQUIRED_IMAGE.get(op)
+    if image is not None and raw[image] is None:
+        raise DecodeError(
+            f"op {op!r} without its {image!r} row is not a change bookaudit sends", data
+        )
     if src["mode"] not in MODES:
         raise DecodeError(f"unknown capture mode {src['mode']!r}", data)
     txn = raw["transaction"]
@@ -181,7 +220,8 @@ def envelope_from_record(raw: Mapping[str, Any], data: bytes | None = None) -> E
 
 def envelope_record(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, Any]:
     """The envelope as a plain record, for fastavro: the reference the fast writer must match
-    byte for byte, and what a generic Avro tool would write for this change."""
+    byte for byte (and the fast reader must return), and what a generic Avro tool would write
+    for this change."""
     table = change.table
     key_set = set(table.key)
     return {

@@ -23,6 +23,12 @@ HISTORY_KEYS = (
 )  # fmt: skip
 # What every per-field row adds to today's keys, so JSON and CSV rows group into entries.
 ENTRY_KEYS = ("booking_id", "label", "change_id", "source", "approval_ref", "reason")
+BOOKING_EXPORT_KEYS = (*HISTORY_KEYS, *ENTRY_KEYS)
+CUSTOMER_EXPORT_KEYS = ("committed_at", "booking", *HISTORY_KEYS[1:], *ENTRY_KEYS)
+ACTOR_EXPORT_KEYS = (
+    "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
+    *ENTRY_KEYS,
+)  # fmt: skip
 
 
 # --- options every history command takes --------------------------------------------------
@@ -415,7 +421,7 @@ class Entry:
 
     def summary(self, zone: tzinfo) -> str:
         """Updates as 'field old → new'; a new or removed row folded as 'field value'."""
-        if self.action in ("insert", "delete", "snapshot"):
+        if self.action in ("insert", "delete", "existing"):
             gone = self.action == "delete"
             return ", ".join(
                 f"{c.field} {show_value(c.old if gone else c.new, zone)}" for c in self.changes

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from bookaudit.classify import pg_error
 from bookaudit.consumers.alerts.model import (
     Alert,
     ChangeEvent,
@@ -363,6 +364,8 @@ class AlertStore:
             ) from None
         except psycopg.errors.DeadlockDetected:
             raise TransientError("warehouse: deadlock with another alerts consumer") from None
+        except psycopg.Error as exc:
+            raise pg_error("warehouse", exc) from None
 
     @contextmanager
     def batch(self) -> Iterator[BatchTransaction]:

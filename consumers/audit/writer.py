@@ -14,7 +14,7 @@ import psycopg
 
 from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
 from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.errors import BookauditError, TerminalError, TransientError
 from bookaudit.model import format_position, parse_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,6 +103,10 @@ def _copy_values(row: StoredRow) -> tuple[Any, ...]:
     )
 
 
+class EntryRejected(BookauditError):
+    """The warehouse refused a value of the batch (SQLSTATE class 22, data exception)."""
+
+
 class WarehouseWriter:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -138,6 +142,12 @@ class WarehouseWriter:
         except psycopg.errors.UndefinedTable:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
+            ) from None
+        except psycopg.errors.DataError as exc:
+            # Class 22: a value the warehouse cannot hold (a NUL in text or jsonb). Retrying the
+            # batch fails the same way, so the caller finds the entry and dead-letters it.
+            raise EntryRejected(
+                f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
             ) from None
         except psycopg.errors.UndefinedFunction:
             raise TerminalError(

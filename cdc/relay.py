@@ -155,6 +155,9 @@ class OutboxSource:
             self._shape_tables: dict[tuple[int, str, str], TableSchema] = {}
             self._query: sql.Composed | None = None
             self.refresh_tables()
+        except psycopg.Error as exc:
+            self.catalog.close()
+            raise pg_error("outbox relay: cannot read the outbox's setup", exc) from None
         except BaseException:
             self.catalog.close()
             raise

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
+from bookaudit.classify import pg_connect_error
 from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
 from bookaudit.errors import BookauditError, TerminalError, TransientError
 from bookaudit.model import format_position, parse_position
@@ -116,7 +117,8 @@ class WarehouseWriter:
         try:
             return psycopg.connect(self._dsn, application_name="bookaudit-audit-writer")
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+            # Down or restarting: retry; up but refusing us (password, database): stop.
+            raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
     def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.

@@ -17,15 +17,14 @@ PROGRESS_INTERVAL_S = 5.0
 
 def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
     """The writer's consumer settings and warehouse DSN from the one Config."""
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     consumer = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
+        bootstrap=cfg.need("kafka_bootstrap"),
         group_id=cfg.group_id,
         topic_prefix=cfg.topic_prefix,
         batch_size=cfg.batch_size,
     )
-    return consumer, cfg.warehouse_dsn
+    return consumer, warehouse_dsn
 
 
 @dataclass

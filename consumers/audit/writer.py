@@ -11,7 +11,15 @@ from typing import Any
 
 import psycopg
 
-from bookaudit.chain import JSONB_COLUMNS, SCALAR_COLUMNS, FieldRow, dump_json, leaf_of
+from bookaudit.chain import (
+    JSONB_COLUMNS,
+    JSONB_INDEX,
+    SCALAR_COLUMNS,
+    SCALAR_INDEX,
+    FieldRow,
+    dump_json,
+    leaf_of,
+)
 from bookaudit.classify import pg_connect_error
 from bookaudit.consumers.records import AuditEntry, DeadLetter, identity
 from bookaudit.errors import BookauditError, TerminalError, TransientError
@@ -77,38 +85,69 @@ class PreparedRow:
     leaf: bytes
 
 
-def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> PreparedRow:
-    """Pure: the row as COPY sends it (in SCALAR_COLUMNS then JSONB_COLUMNS order) and the leaf
-    of it as the chain hashes it, from one encoding of each jsonb value."""
-    actor = entry.actor
-    committed_at_us = entry.committed_at_ms * 1000
-    scalars = (
-        change_id, entry.source, entry.commit_position, entry.sequence, entry.position,
-        entry.txid, committed_at_us, entry.schema_name, entry.table_name, entry.action,
-        actor.get("id"), actor.get("role"), actor.get("reason"), actor.get("approval_ref"),
-        actor.get("request_id"), actor.get("application"), actor.get("db_user"),
-        actor.get("client_addr"), actor.get("origin"), entry.capture_mode, entry.kafka_topic,
-        entry.kafka_partition, entry.kafka_offset, recorded_at_us,
-    )  # fmt: skip
-    texts = tuple(
-        None if v is None else dump_json(v) for v in (entry.row_key, entry.before, entry.after)
-    )
-    fields: tuple[FieldRow, ...] = tuple(
-        (f.field, n, f.old, f.new) for n, f in enumerate(entry.fields, start=1)
-    )
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One audit.row_changes row as the chain hashes it (and verify reads it back), with its
+    field rows."""
+
+    values: tuple[Any, ...]
+    fields: tuple[FieldRow, ...]
+
+
+def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> StoredRow:
+    """Pure: the values of CHAINED_COLUMNS for `entry`, in the chain's types (positions as ints,
+    timestamps as epoch microseconds, jsonb as dicts)."""
     values = (
-        change_id, entry.source, format_position(entry.commit_position), entry.sequence,
-        format_position(entry.position), entry.txid,
-        _EPOCH + timedelta(microseconds=committed_at_us), *scalars[7:23],
-        _EPOCH + timedelta(microseconds=recorded_at_us), *texts,
-    )  # fmt: skip
+        change_id,
+        entry.source,
+        entry.commit_position,
+        entry.sequence,
+        entry.position,
+        entry.txid,
+        entry.committed_at_ms * 1000,
+        entry.schema_name,
+        entry.table_name,
+        entry.action,
+        entry.row_key,
+        entry.before,
+        entry.after,
+        # The envelope's actor order, which CHAINED_COLUMNS follows (tests/test_contract.py).
+        *entry.actor.to_dict().values(),
+        entry.capture_mode,
+        entry.kafka_topic,
+        entry.kafka_partition,
+        entry.kafka_offset,
+        recorded_at_us,
+    )
+    fields = tuple((f.field, n, f.old, f.new) for n, f in enumerate(entry.fields, start=1))
+    return StoredRow(values, fields)
+
+
+_POSITIONS = tuple(SCALAR_COLUMNS.index(c) for c in ("commit_lsn", "lsn"))
+_TIMES = tuple(SCALAR_COLUMNS.index(c) for c in ("committed_at", "recorded_at"))
+
+
+def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> PreparedRow:
+    """Pure: the row as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
+    chain hashes it, from one JSON encoding of each jsonb value."""
+    row = stored_row(entry, change_id, recorded_at_us)
+    scalars = [row.values[i] for i in SCALAR_INDEX]
+    texts = [dump_json(row.values[i]) for i in JSONB_INDEX]
+    copy_values: list[Any] = list(scalars)
+    for i in _POSITIONS:
+        copy_values[i] = format_position(scalars[i])
+    for i in _TIMES:
+        copy_values[i] = _EPOCH + timedelta(microseconds=scalars[i])
+    copy_values += [
+        None if row.values[i] is None else t for i, t in zip(JSONB_INDEX, texts, strict=True)
+    ]
     return PreparedRow(
         identity(entry),
         (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset),
         change_id,
-        values,
-        tuple((change_id, *f) for f in fields),
-        leaf_of(scalars, fields, [dump_json(None) if t is None else t for t in texts]),
+        tuple(copy_values),
+        tuple((change_id, *f) for f in row.fields),
+        leaf_of(scalars, row.fields, texts),
     )
 
 

@@ -57,8 +57,8 @@ CHAINED_COLUMNS: tuple[str, ...] = (
 # The jsonb columns, hashed as their own JSON texts after the rest.
 JSONB_COLUMNS: tuple[str, ...] = ("row_key", "before", "after")
 SCALAR_COLUMNS: tuple[str, ...] = tuple(c for c in CHAINED_COLUMNS if c not in JSONB_COLUMNS)
-_SCALARS = tuple(CHAINED_COLUMNS.index(c) for c in SCALAR_COLUMNS)
-_JSONB = tuple(CHAINED_COLUMNS.index(c) for c in JSONB_COLUMNS)
+SCALAR_INDEX = tuple(CHAINED_COLUMNS.index(c) for c in SCALAR_COLUMNS)
+JSONB_INDEX = tuple(CHAINED_COLUMNS.index(c) for c in JSONB_COLUMNS)
 
 ROW_FORM = "bookaudit.row/2"
 LEAF_BYTES = 32
@@ -75,7 +75,9 @@ def canonical(row: Sequence[Any], fields: Sequence[FieldRow]) -> bytes:
     """The bytes a row change's leaf hashes: `row` holds CHAINED_COLUMNS' values in order
     (LSNs as ints, timestamps as epoch microseconds, jsonb as dicts), `fields` its field rows
     in position order."""
-    return canonical_of([row[i] for i in _SCALARS], fields, [dump_json(row[i]) for i in _JSONB])
+    return canonical_of(
+        [row[i] for i in SCALAR_INDEX], fields, [dump_json(row[i]) for i in JSONB_INDEX]
+    )
 
 
 def canonical_of(

@@ -97,7 +97,7 @@ class KafkaSource:
                 # A new table's topic is found at the next metadata refresh (the subscription is
                 # a pattern), so a short interval puts its first change in the warehouse within
                 # about a second; a metadata request is small.
-                "topic.metadata.refresh.interval.ms": 500,
+                "topic.metadata.refresh.interval.ms": 250,
                 "logger": kafka_logger(),
             }
         )

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bookaudit.cdc.baseline import BaselineSource, relay_baseline
 from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message, format_lsn, parse_lsn
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
@@ -51,6 +52,7 @@ class CaptureStats:
     changes: int = 0
     transactions: int = 0
     confirmed_lsn: int = 0
+    baseline: int = 0  # snapshot events of existing rows sent in this run
 
 
 class Capture:
@@ -72,8 +74,16 @@ class Capture:
         self._sent_lsn = -1
 
     def open(self) -> int | None:
-        """Make sure the slot exists and start streaming; returns the idle target, if any."""
-        self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
+        """Check the slot, send what is left of the baseline, then start streaming; returns the
+        idle target, if any."""
+        self.catalog.check_slot(self.settings.slot, self.settings.publication)
+        self.stats.baseline = relay_baseline(
+            BaselineSource(self.catalog.conn),
+            self.sink,
+            self.source,
+            self.settings.topic_prefix,
+            self.log,
+        )
         target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
         self.stream = ReplicationStream(self.settings.source_dsn)
         self.stream.start(self.settings.slot, self.settings.publication)
@@ -144,9 +154,9 @@ class Capture:
         self.stream.send_status(self._sent_lsn if self._sent_lsn >= 0 else 0, reply_requested=True)
 
     def run(self) -> CaptureStats:
-        target = self.open()
-        assert self.stream is not None
         try:
+            target = self.open()
+            assert self.stream is not None
             while True:
                 data = self.stream.read(timeout=0.2)
                 idle = data is None

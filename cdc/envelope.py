@@ -67,7 +67,7 @@ def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, An
             "commit_lsn": change.commit_lsn,
             "sequence": change.sequence,
             "ts_ms": change.commit_unix_ms,
-            "snapshot": "false",
+            "snapshot": change.snapshot,
             "mode": source.mode,
         },
         "op": change.op,

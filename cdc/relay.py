@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bookaudit.cdc.baseline import BaselineSource, relay_baseline
 from bookaudit.cdc.capture import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
@@ -281,6 +282,13 @@ class OutboxRelay:
             f"relay: draining the outbox of {self.outbox.dbname!r} to {self.settings.kafka_bootstrap}"
         )
         try:
+            self.stats.baseline = relay_baseline(
+                BaselineSource(self.outbox.conn),
+                self.sink,
+                self.source,
+                self.settings.topic_prefix,
+                self.log,
+            )
             while True:
                 commits = self.fetch()
                 if commits:

@@ -23,6 +23,8 @@ from bookaudit.cdc.decode import (
 from bookaudit.errors import DecodeError
 
 CONTEXT_PREFIX = "bookaudit.context"
+BASELINE_ORIGIN = "baseline"
+BASELINE_LABEL = "(existing at install)"
 Row = dict[str, str | None]
 
 
@@ -99,9 +101,14 @@ class ActorContext:
         """The application user, else the database role and client program (as audit views do)."""
         if self.id:
             return self.id
+        if self.origin == BASELINE_ORIGIN:
+            return BASELINE_LABEL
         via = f" via {self.application}" if self.application else ""
         return f"{self.db_user or 'unknown'} (db role{via})"
 
+
+# A baseline row was written by nobody the audit saw: it is the row as it stood at install.
+BASELINE = ActorContext(origin=BASELINE_ORIGIN)
 
 # Changes that reach the slot without a context message (a table audited without the trigger,
 # or changes written before the install) still say so instead of pretending to know.
@@ -136,6 +143,9 @@ class RowChange:
     commit_unix_ms: int
     actor: ActorContext
     unchanged_toast: tuple[str, ...] = ()
+    # Debezium's source.snapshot: "false" for a streamed change; "true", or "last" on the final
+    # one, for a row recorded as it existed when the audit started (op "r").
+    snapshot: str = "false"
 
 
 @dataclass(frozen=True, slots=True)

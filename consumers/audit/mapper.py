@@ -9,7 +9,8 @@ from typing import Any
 from bookaudit.cdc.decode import format_lsn
 from bookaudit.consumers.decode import Decoded
 
-ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
+# op r is a row as it existed when the audit started (the install's baseline), not an insert.
+ACTIONS = {"c": "insert", "r": "existing", "u": "update", "d": "delete", "t": "truncate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,8 @@ def changed_fields(
     after: Mapping[str, str | None] | None,
     order: Sequence[str],
 ) -> tuple[FieldChange, ...]:
-    """Insert: every non-null new value. Delete: every non-null old value. Update: what differs."""
+    """Insert (and baseline): every non-null new value. Delete: every non-null old value.
+    Update: what differs."""
     if before is None and after is None:
         return ()
     if before is None:

@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS audit.row_changes (
     committed_at    timestamptz NOT NULL,
     schema_name     text        NOT NULL,
     table_name      text        NOT NULL,
-    action          text        NOT NULL CHECK (action IN ('insert', 'update', 'delete', 'truncate')),
+    action          text        NOT NULL,
     row_key         jsonb,
     before          jsonb,
     after           jsonb,
@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS audit.row_changes (
     -- The idempotency key: a replayed or duplicated event lands on this and is skipped.
     UNIQUE (source, commit_lsn, sequence)
 );
+
+-- 'existing': a row as it stood when the audit started (the install's baseline, Debezium op r).
+-- Replaced rather than declared inline so that `warehouse init` upgrades an older warehouse;
+-- NOT VALID because the rows already there cannot have changed (the table is append-only).
+ALTER TABLE audit.row_changes DROP CONSTRAINT IF EXISTS row_changes_action_check;
+ALTER TABLE audit.row_changes ADD CONSTRAINT row_changes_action_check
+    CHECK (action IN ('insert', 'update', 'delete', 'truncate', 'existing')) NOT VALID;
 
 CREATE INDEX IF NOT EXISTS row_changes_table_key ON audit.row_changes (table_name, row_key);
 CREATE INDEX IF NOT EXISTS row_changes_committed_at ON audit.row_changes (committed_at);
@@ -100,8 +107,10 @@ SELECT r.id AS change_id,
        r.table_name,
        r.action,
        r.row_key,
-       -- With no application actor, the database role and client application still attribute it.
-       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
+       -- With no application actor, the database role and client application still attribute it;
+       -- a baseline row (actor_origin 'baseline') was there before the audit saw anyone.
+       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')',
+                CASE r.actor_origin WHEN 'baseline' THEN '(existing at install)' END)
            AS actor,
        r.actor_role,
        r.actor_origin,

@@ -41,8 +41,9 @@ SELECT r.committed_at,
        (r.committed_at AT TIME ZONE 'UTC')::date AS day,
        audit.key_value(r.row_key) AS booking_id,
        CASE r.action WHEN 'insert' THEN 'created' WHEN 'update' THEN 'modified'
-                     ELSE r.action END AS event,
-       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')')
+                     WHEN 'existing' THEN 'existing at install' ELSE r.action END AS event,
+       coalesce(r.actor, r.db_user || ' (db role' || coalesce(' via ' || r.application, '') || ')',
+                CASE r.actor_origin WHEN 'baseline' THEN '(existing at install)' END)
            AS actor,
        r.actor_role,
        r.approval_ref,

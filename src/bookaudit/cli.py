@@ -112,29 +112,51 @@ def source() -> None:
 
 
 @source.command("install")
-@_connection_options("source_dsn", "publication", "mode")
+@_connection_options("source_dsn", "publication", "slot", "mode")
 @click.option("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@click.option(
+    "--snapshot",
+    type=click.Choice(["initial", "never"]),
+    help="initial: record the rows that exist now as a baseline (default); never: only changes",
+)
 @click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
 @click.pass_context
 def source_install(
     ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
 ) -> None:
-    """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
-    an outbox with row triggers."""
-    from bookaudit.source.install import TableName, apply, plan_install, render
+    """Context API and triggers; a publication, REPLICA IDENTITY FULL and the replication slot,
+    or (--mode trigger) an outbox with row triggers. The audit is complete from the moment this
+    returns; existing rows are staged as a baseline for the capture."""
+    from bookaudit.source.audit_start import check_replication, install, planned_start
+    from bookaudit.source.install import TableName, plan_install, render
 
     cfg = _config(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
-    with _connect(cfg.source_dsn, "source") as conn:
-        statements = plan_install(conn, names, cfg.publication, cfg.mode)
-        if dry_run:
-            click.echo(render(conn, statements))
-            return
-        apply(conn, statements, lambda m: log(f"  {m}"))
+    if dry_run:
+        with _connect(cfg.source_dsn, "source") as conn:
+            if cfg.mode == "logical":
+                check_replication(conn, cfg.slot)
+            click.echo(render(conn, plan_install(conn, names, cfg.publication, cfg.mode)))
+            for line in planned_start(conn, cfg.slot, cfg.mode, cfg.snapshot):
+                click.echo(f"-- then {line}")
+        return
+    try:
+        started = install(
+            cfg.source_dsn,
+            names,
+            publication=cfg.publication,
+            slot=cfg.slot,
+            mode=cfg.mode,
+            snapshot=cfg.snapshot,
+            progress=lambda m: log(f"  {m}"),
+        )
+    except psycopg.OperationalError as exc:
+        raise TerminalError(f"cannot connect to the source database: {str(exc).strip()}") from None
     where = "the outbox" if cfg.mode == "trigger" else f"publication {cfg.publication!r}"
     log(f"source: auditing {', '.join(map(str, names))} in {where} ({cfg.mode} mode)")
+    click.echo(f"source: {started.describe()}")
 
 
 @source.command("uninstall")

@@ -27,7 +27,8 @@ from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStat
 from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
-from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.source.audit_start import AuditStart, install
+from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
 
@@ -92,21 +93,30 @@ class Pipeline:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def create(self, tables: Sequence[str] = AUDITED_TABLES) -> Pipeline:
+    def create(self, tables: Sequence[str] = AUDITED_TABLES, install: bool = True) -> Pipeline:
+        """The sample schema and an empty warehouse; installed as a user would, with no capture
+        started (the install alone makes the audit complete)."""
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
             admin.execute(f'CREATE DATABASE "{self.name}_wh"')
         create_sample_schema(self.source_dsn)
-        self.install(tables)
+        if install:
+            self.install(tables)
         init_warehouse(self.warehouse_dsn)
-        # Create the slot now: changes committed before it exists are not in its stream.
-        self.capture()
         return self
 
-    def install(self, tables: Sequence[str]) -> None:
-        names = [TableName.parse(t) for t in tables]
-        with psycopg.connect(self.source_dsn, autocommit=True) as conn:
-            apply(conn, plan_install(conn, names, "bookaudit", self.mode))
+    def install(
+        self, tables: Sequence[str] = AUDITED_TABLES, snapshot: str = "initial"
+    ) -> AuditStart:
+        return install(
+            self.source_dsn,
+            [TableName.parse(t) for t in tables],
+            publication="bookaudit",
+            slot=self.slot,
+            mode=self.mode,
+            snapshot=snapshot,
+            progress=self.logs.append,
+        )
 
     def drop(self) -> None:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:

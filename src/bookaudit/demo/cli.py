@@ -19,43 +19,59 @@ def demo() -> None:
 @demo.command("run")
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """Sample schema → install → the day → capture → audit writer → history."""
+    """Sample schema with existing bookings → install → the day → capture → audit writer →
+    the histories (one booking from the day, one from before the install)."""
     from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.capture import settings_from as capture_settings_from
     from bookaudit.cdc.relay import OutboxRelay
     from bookaudit.cli import _config, log
     from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
-    from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
-    from bookaudit.source.install import TableName, apply, plan_install
+    from bookaudit.demo.day import (
+        AUDITED_TABLES,
+        create_sample_schema,
+        play_day,
+        reschedule_existing,
+        seed_existing,
+    )
+    from bookaudit.source.audit_start import install
+    from bookaudit.source.install import TableName
     from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
     cfg = _config(ctx)
     cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
     assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
-    import psycopg
 
-    log("demo: creating the sample bookings database")
+    log("demo: creating the sample bookings database, with bookings from before the audit")
     create_sample_schema(cfg.source_dsn)
-    tables = [TableName.parse(t) for t in AUDITED_TABLES]
-    with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
-        apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode))
+    existing = seed_existing(cfg.source_dsn, lambda m: log(f"  {m}"))
+    log("demo: bookaudit source install (the audit is complete from here on)")
+    started = install(
+        cfg.source_dsn,
+        [TableName.parse(t) for t in AUDITED_TABLES],
+        publication=cfg.publication,
+        slot=cfg.slot,
+        mode=cfg.mode,
+        snapshot=cfg.snapshot,
+    )
+    log(f"  {started.describe()}")
     init_warehouse(cfg.warehouse_dsn)
-    capture_settings = capture_settings_from(cfg, exit_when_idle=True)
-    # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
-    runner = OutboxRelay if cfg.mode == "trigger" else Capture
-    # The slot must exist before the day, or its changes would precede the slot and be lost.
-    runner(capture_settings, log).run()
 
-    log("demo: playing the day")
+    log("demo: playing the day (no capture is running yet)")
     booking_id = play_day(cfg.source_dsn, lambda m: log(f"  {m}"))
+    reschedule_existing(cfg.source_dsn, existing, lambda m: log(f"  {m}"))
 
-    log("demo: capture → Kafka")
-    runner(capture_settings, log).run()
+    # Started only now, as a deploy would: the install's slot (or outbox) kept the whole day.
+    # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
+    log("demo: capture → Kafka (first start)")
+    runner = OutboxRelay if cfg.mode == "trigger" else Capture
+    runner(capture_settings_from(cfg, exit_when_idle=True), log).run()
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
+    click.echo(f"\nHistory of booking {existing}, which existed before the install:\n")
+    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(existing))))
     click.echo(f"\nHistory of booking {booking_id}:\n")
     click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))
 

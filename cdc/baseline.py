@@ -17,10 +17,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.cdc.produce import AckLedger, KafkaSink
-from bookaudit.cdc.transactions import BASELINE, Row, RowChange, TableSchema
+from bookaudit.cdc.produce import AckLedger
 from bookaudit.errors import TransientError
+from bookaudit.kafka.producer import KafkaSink
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import BASELINE, CommitSeq, Lsn, Position, Row, RowChange, TableSchema
 from bookaudit.source.audit_start import SEQ_COLUMN
 
 CHUNK_ROWS = 5000
@@ -45,7 +46,7 @@ class StagedTable:
 class BaselinePlan:
     """What remains to relay, and the audit start the events belong to."""
 
-    position: int  # the commit LSN (commit_seq) every baseline event carries
+    position: Position  # the commit position every baseline event carries, below the stream's
     started_unix_ms: int
     total_rows: int
     tables: tuple[StagedTable, ...]
@@ -67,8 +68,8 @@ def baseline_change(
         before=None,
         after=row,
         xid=0,
-        commit_lsn=plan.position,
-        lsn=plan.position,
+        commit_position=plan.position,
+        position=plan.position,
         sequence=sequence,
         data_collection_order=seq - 1,
         commit_unix_ms=plan.started_unix_ms,
@@ -92,7 +93,7 @@ class BaselineSource:
             return None
         start = self.conn.execute(
             "SELECT state, position, floor(extract(epoch FROM started_at) * 1000)::bigint, "
-            "baseline_rows FROM bookaudit.audit_start"
+            "baseline_rows, mode FROM bookaudit.audit_start"
         ).fetchone()
         if start is not None and start[0] == "creating":
             raise TransientError("source install is still starting the audit; waiting for it")
@@ -108,7 +109,9 @@ class BaselineSource:
         )
         if not tables:
             return None
-        return BaselinePlan(int(str(start[1])), int(str(start[2])), int(str(start[3])), tables)
+        raw = int(str(start[1]))
+        position: Position = CommitSeq(raw) if start[4] == "trigger" else Lsn(raw)
+        return BaselinePlan(position, int(str(start[2])), int(str(start[3])), tables)
 
     def schema(self, staged: StagedTable) -> TableSchema:
         """The columns and types of the copy (the table as it was at install), the table's name."""

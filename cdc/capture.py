@@ -4,55 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from bookaudit.cdc.baseline import BaselineSource, relay_baseline
-from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message, format_lsn, parse_lsn
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
+from bookaudit.cdc.produce import AckLedger
+from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog, ReplicationStream
-from bookaudit.cdc.transactions import RowChange, TransactionAssembler
-from bookaudit.config import Config
+from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.errors import TransientError
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import RowChange, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
-PROGRESS_INTERVAL_S = 5.0
 READ_BATCH = 2000
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    source_dsn: str
-    kafka_bootstrap: str
-    slot: str
-    publication: str
-    topic_prefix: str
-    source_name: str
-    exit_when_idle: bool = False
-    partitions: int = 3
-
-
-def settings_from(cfg: Config, *, exit_when_idle: bool) -> CaptureSettings:
-    """The capture's (and the relay's) settings from the one Config."""
-    cfg.require("source_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
-    return CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
-        slot=cfg.slot,
-        publication=cfg.publication,
-        topic_prefix=cfg.topic_prefix,
-        source_name=cfg.source_name,
-        exit_when_idle=exit_when_idle,
-    )
-
-
-@dataclass
-class CaptureStats:
-    changes: int = 0
-    transactions: int = 0
-    confirmed_lsn: int = 0
-    baseline: int = 0  # snapshot events of existing rows sent in this run
 
 
 class Capture:

@@ -15,14 +15,14 @@ import psycopg
 from psycopg import sql
 
 from bookaudit.cdc.baseline import BaselineSource, relay_baseline
-from bookaudit.cdc.capture import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
-from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+from bookaudit.cdc.produce import AckLedger
+from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog
-from bookaudit.cdc.transactions import TableSchema
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
-from bookaudit.source.install import OUTBOX_TRIGGER
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
 
 RELAY_BATCH = 5000
 ALL_ROWS = 2**31 - 1
@@ -146,7 +146,7 @@ class OutboxSource:
 
     def commits(self, after: int, limit: int) -> list[OutboxCommit]:
         return [
-            OutboxCommit(int(s), int(x), int(n), int(ms))
+            OutboxCommit(CommitSeq(int(s)), int(x), int(n), int(ms))
             for s, x, n, ms in self.conn.execute(_COMMITS, (after, limit)).fetchall()
         ]
 

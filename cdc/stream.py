@@ -9,9 +9,9 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.decode import Relation, format_lsn, standby_status, unix_us_to_pg
-from bookaudit.cdc.transactions import TableSchema
+from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
+from bookaudit.model import TableSchema, format_lsn
 
 
 def _connect_error(exc: psycopg.OperationalError, what: str) -> Exception:

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
 
 
@@ -36,6 +36,17 @@ def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
         names = "|".join(re.escape(t).replace("\\.", "[.]") for t in tables)
         return head + "(" + names + ")$"
     return head + "[^.]+[.][^.]+$"
+
+
+# Offset commits refused because the group moved on (a rebalance), not because Kafka failed.
+_MOVED_ON = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
 
 
 class KafkaSource:
@@ -111,6 +122,11 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
+            if exc.args[0].code() in _MOVED_ON:
+                # A rebalance took these partitions away while the batch was written. Their next
+                # owner re-reads from the last committed offset, and the warehouse drops the
+                # copies, so there is nothing to retry and no reason to stop.
+                return
             # The warehouse already holds the batch and dedupes a replay, so this only costs
             # re-reading it after a rebalance.
             raise TransientError(f"offset commit failed: {exc.args[0]}") from None

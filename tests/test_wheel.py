@@ -121,6 +121,6 @@ def test_installed_wheel_runs_and_reads_each_data_file(wheel_venv: Path, databas
         wheel_venv,
         "python",
         "-c",
-        "import bookaudit.cdc.envelope as e, bookaudit.consumers.alerts.sink as s; "
+        "import bookaudit.kafka.serde as e, bookaudit.kafka.alert as s; "
         "assert e.ENVELOPE_SCHEMA and e.KEY_SCHEMA and s.ALERT_SCHEMA",
     )

@@ -12,33 +12,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bookaudit import __version__
-from bookaudit._resources import read_text
-from bookaudit.cdc.envelope import KafkaRecord, decode, encode
-from bookaudit.cdc.produce import KafkaSink, ProducerSettings
 from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
 from bookaudit.errors import DecodeError, TransientError
+from bookaudit.kafka.alert import ALERT_SCHEMA_ID, decode_alert, encode_alert
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import KafkaRecord
 
-ALERT_SCHEMA = fastavro.parse_schema(json.loads(read_text("schemas", "alert.avsc")))
-ALERT_SCHEMA_ID = b"bookaudit.Alert/1"
 # A recovered alert was produced after it was recorded; the slack covers clock steps between the
 # warehouse and the broker.
 _SCAN_SLACK_MS = 5_000
-
-
-def alerts_topic(prefix: str) -> str:
-    return f"{prefix}.alerts"
-
-
-def encode_alert(document: dict[str, Any]) -> bytes:
-    return encode(ALERT_SCHEMA, document)
-
-
-def decode_alert(data: bytes) -> dict[str, Any]:
-    return decode(ALERT_SCHEMA, data)
 
 
 def json_line(document: dict[str, Any]) -> str:

@@ -7,25 +7,15 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
 
-from bookaudit.config import Config, load_config
+from bookaudit._commands import config_from, log
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
 T = TypeVar("T")
-
-
-def log(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _config(ctx: click.Context, /, **flags: Any) -> Config:
-    toml = ctx.find_root().params.get("config")
-    return load_config(flags=flags, toml_path=Path(toml) if toml else None)
 
 
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
@@ -130,7 +120,7 @@ def source_install(
     from bookaudit.source.audit_start import check_replication, install, planned_start
     from bookaudit.source.install import TableName, plan_install, render
 
-    cfg = _config(ctx, tables=tables, **flags)
+    cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
@@ -167,7 +157,7 @@ def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None
     """Drop the slot, the publication, the triggers and the bookaudit schema."""
     from bookaudit.source.install import apply, plan_uninstall, render
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("source_dsn")
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
@@ -195,10 +185,11 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
-    from bookaudit.cdc.capture import Capture, settings_from
+    from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
+    from bookaudit.cdc.settings import settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     settings = settings_from(cfg, exit_when_idle=exit_when_idle)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
@@ -218,15 +209,18 @@ def warehouse() -> None:
 @click.pass_context
 def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **flags: Any) -> None:
     """Create (or upgrade) the append-only audit schema."""
+    from bookaudit.entity_map import default_map
     from bookaudit.warehouse.schema import init_warehouse
 
     if warehouse_dsn_alias:
         flags["warehouse_dsn"] = warehouse_dsn_alias
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    init_warehouse(cfg.warehouse_dsn)
-    log("warehouse: audit schema ready")
+    own = cfg.entity_map != default_map()
+    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
+    log(f"warehouse: audit schema ready{mapped}")
 
 
 @warehouse.command("verify")
@@ -236,7 +230,7 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
     from bookaudit.warehouse.verify import verify_chain
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     report = verify_chain(cfg.warehouse_dsn)
@@ -263,7 +257,7 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     """Write audit entries with old and new values to the warehouse."""
     from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
-    settings, dsn = settings_from(_config(ctx, **flags))
+    settings, dsn = settings_from(config_from(ctx, **flags))
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
@@ -288,8 +282,8 @@ def consume_alerts(
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
-    cfg = _config(ctx, **flags)
-    rules = load_rules(cfg.alerts_rules)
+    cfg = config_from(ctx, **flags)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
     def out(line: str) -> None:
@@ -324,38 +318,45 @@ def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty:
 _format_option = click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+_source_option = click.option(
+    "--source",
+    help="which source's rows (BOOKAUDIT_SOURCE); required when several feed the warehouse",
+)
 
 
-def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
-    cfg = _config(ctx, **flags)
+def _read_side(ctx: click.Context, flags: dict[str, Any]) -> tuple[str, str | None]:
+    """The warehouse DSN and the --source asked for (None: the only one there is)."""
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    return cfg.warehouse_dsn
+    return cfg.warehouse_dsn, cfg.source
 
 
 @history.command("booking")
 @click.argument("booking_id")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
     """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
     from bookaudit.warehouse.history import BOOKING, run_report
 
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
+    rows = run_report(*_read_side(ctx, flags), BOOKING, {"id": booking_id})
     _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
 
 
 @history.command("customer")
 @click.argument("customer_id")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
     """A customer's record and every booking of theirs, oldest first."""
     from bookaudit.warehouse.history import CUSTOMER, run_report
 
-    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
+    rows = run_report(*_read_side(ctx, flags), CUSTOMER, {"id": customer_id})
     _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
 
 
@@ -363,6 +364,7 @@ def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags:
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_log(
@@ -375,7 +377,8 @@ def history_log(
     last = until.date() if until else first
     if last < first:
         raise ConfigError(f"--until {last} is before --since {first}")
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
+    params = {"since": first, "until": last}
+    rows = run_report(*_read_side(ctx, flags), BOOKING_LOG, params)
     _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
 
 
@@ -383,6 +386,7 @@ def history_log(
 @click.argument("name")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
 @_connection_options("warehouse_dsn")
+@_source_option
 @_format_option
 @click.pass_context
 def history_actor(
@@ -392,7 +396,7 @@ def history_actor(
     from bookaudit.warehouse.history import ACTOR, run_report
 
     start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
-    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
+    rows = run_report(*_read_side(ctx, flags), ACTOR, {"who": name, "since": start})
     _print_report("history", rows, fmt, f"no audit entries by {name}")
 
 
@@ -403,6 +407,7 @@ def alerts() -> None:
 
 @alerts.command("list")
 @_connection_options("warehouse_dsn")
+@_source_option
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -424,11 +429,13 @@ def alerts_list(
     """Alerts in commit order, each with the audit entry it refers to."""
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
-    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
+    rows = list_alerts(
+        cfg.warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source
+    )
     if not rows and fmt == "table":
         log("no alerts")
         return
@@ -442,8 +449,8 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
     from bookaudit.consumers.alerts.config import describe, load_rules
 
-    cfg = _config(ctx, **flags)
-    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
+    cfg = config_from(ctx, **flags)
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 
 def _register_optional() -> None:

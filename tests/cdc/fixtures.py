@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bookaudit.cdc.decode import Message, decode_message, parse_lsn
+from bookaudit.cdc.decode import Message, decode_message
+from bookaudit.model import parse_lsn
 
 DATA = Path(__file__).parent / "data" / "pgoutput_session.json"
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bookaudit.cdc.decode import Begin, Commit, Insert, Relation
-from bookaudit.cdc.transactions import (
-    NO_CONTEXT,
-    RowChange,
-    TableSchema,
-    TransactionAssembler,
-    TransactionEnd,
-)
+from bookaudit.cdc.transactions import TransactionAssembler, TransactionEnd
 from bookaudit.errors import DecodeError
+from bookaudit.model import NO_CONTEXT, RowChange, TableSchema
 from tests.cdc.fixtures import decoded
 
 
@@ -62,8 +57,8 @@ def test_sequence_numbers_restart_per_transaction_and_commit_lsn_is_shared() -> 
     changes = [o for o in outputs if isinstance(o, RowChange)]
     first_txn = changes[:2]
     assert [c.sequence for c in first_txn] == [0, 1]
-    assert first_txn[0].commit_lsn == first_txn[1].commit_lsn == ends[0].commit_lsn
-    assert first_txn[0].lsn < first_txn[1].lsn
+    assert first_txn[0].commit_position == first_txn[1].commit_position == ends[0].commit_lsn
+    assert first_txn[0].position < first_txn[1].position
 
 
 def test_unchanged_toast_is_filled_from_the_old_row() -> None:

@@ -17,16 +17,17 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
+from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.cdc.transactions import CONTEXT_PREFIX
+from bookaudit.cdc.settings import CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
-from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
+from bookaudit.kafka.alert import alerts_topic
+from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
@@ -94,8 +95,8 @@ class Pipeline:
     # --- lifecycle --------------------------------------------------------------------------
 
     def create(self, tables: Sequence[str] = AUDITED_TABLES, install: bool = True) -> Pipeline:
-        """The sample schema and an empty warehouse; installed as a user would, with no capture
-        started (the install alone makes the audit complete)."""
+        """The sample schema and an empty warehouse, installed as a user would: no capture runs
+        until a test starts one, since the install alone makes the audit complete."""
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
             admin.execute(f'CREATE DATABASE "{self.name}_wh"')

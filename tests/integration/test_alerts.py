@@ -12,8 +12,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
-from bookaudit.consumers.alerts.sink import decode_alert, encode_alert
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
+from bookaudit.kafka.alert import decode_alert, encode_alert
 from tests.integration.harness import Pipeline
 
 

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from bookaudit.cdc.capture import CaptureSettings
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.consumers.decode import Record, decode_record
+from bookaudit.cdc.settings import CaptureSettings
+from bookaudit.consumers.records import Record, decode_record
 from bookaudit.errors import SourceCheckError
 from bookaudit.source.install import TableName, apply, check_source, plan_install
 from devstack import StackEnv, _postgres

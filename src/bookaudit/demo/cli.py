@@ -21,10 +21,10 @@ def demo() -> None:
 def run(ctx: click.Context) -> None:
     """Sample schema with existing bookings → install → the day → capture → audit writer →
     the histories (one booking from the day, one from before the install)."""
+    from bookaudit._commands import config_from, log
     from bookaudit.cdc.capture import Capture
-    from bookaudit.cdc.capture import settings_from as capture_settings_from
     from bookaudit.cdc.relay import OutboxRelay
-    from bookaudit.cli import _config, log
+    from bookaudit.cdc.settings import settings_from as capture_settings_from
     from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import (
@@ -39,7 +39,7 @@ def run(ctx: click.Context) -> None:
     from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
-    cfg = _config(ctx)
+    cfg = config_from(ctx)
     cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
     assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
 
@@ -71,9 +71,9 @@ def run(ctx: click.Context) -> None:
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
     click.echo(f"\nHistory of booking {existing}, which existed before the install:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(existing))))
+    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(existing), cfg.source_name)))
     click.echo(f"\nHistory of booking {booking_id}:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))
+    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id), cfg.source_name)))
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
@@ -81,15 +81,15 @@ def run(ctx: click.Context) -> None:
 
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
-    from bookaudit.cli import log
+    from bookaudit._commands import log
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
     AlertsJob(settings, rules, log).run(exit_when_idle=True)
-    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
+    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id), source=cfg.source_name)
     click.echo(f"\nAlerts for booking {booking_id}:\n")
     click.echo(render_alerts_table(alerts) if alerts else "(none)")

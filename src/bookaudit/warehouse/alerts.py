@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from bookaudit.consumers.alerts.model import in_schema_order
+from bookaudit.kafka.alert import in_schema_order
 from bookaudit.warehouse._connect import warehouse
-from bookaudit.warehouse.history import render_table
+from bookaudit.warehouse.history import render_table, resolve_source
 
 ALERT_KEYS = (
     "committed_at",
@@ -34,7 +34,8 @@ SELECT a.committed_at, a.severity, a.rule, a.booking_id AS booking, a.actor,
            'recorded_at_ms', (extract(epoch FROM a.recorded_at) * 1000)::bigint) AS document
 FROM audit.alerts a
 LEFT JOIN audit.row_changes r USING (source, commit_lsn, sequence)
-WHERE (%(since)s::timestamptz IS NULL OR a.committed_at >= %(since)s::timestamptz)
+WHERE a.source = %(source)s
+  AND (%(since)s::timestamptz IS NULL OR a.committed_at >= %(since)s::timestamptz)
   AND (%(booking)s::text IS NULL OR a.booking_id = %(booking)s::text)
   AND (%(rule)s::text IS NULL OR a.rule = %(rule)s::text)
 ORDER BY a.committed_at, a.commit_lsn, a.sequence, a.id
@@ -46,9 +47,11 @@ def list_alerts(
     since: datetime | None = None,
     booking: str | None = None,
     rule: str | None = None,
+    source: str | None = None,
 ) -> list[dict[str, Any]]:
     with warehouse(dsn) as conn:
-        params = {"since": since, "booking": booking, "rule": rule}
+        chosen = resolve_source(conn, source)
+        params = {"since": since, "booking": booking, "rule": rule, "source": chosen}
         return conn.execute(_LIST, params).fetchall()
 
 

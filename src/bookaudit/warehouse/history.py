@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import psycopg
+
+from bookaudit.errors import ConfigError
 from bookaudit.warehouse._connect import warehouse
 
 HISTORY_KEYS = (
@@ -28,7 +31,7 @@ BOOKING = Report(
     """
     SELECT committed_at, actor, actor_role, action, table_name AS "table", field,
            old_value AS old, new_value AS new, txid
-    FROM audit.booking_history WHERE booking_id = %(id)s
+    FROM audit.booking_history WHERE source = %(source)s AND booking_id = %(id)s
     ORDER BY committed_at, commit_lsn, sequence, position
     """,
 )
@@ -38,7 +41,7 @@ CUSTOMER = Report(
     """
     SELECT committed_at, booking_id AS booking, actor, actor_role, action,
            table_name AS "table", field, old_value AS old, new_value AS new, txid
-    FROM audit.customer_history WHERE customer_id = %(id)s
+    FROM audit.customer_history WHERE source = %(source)s AND customer_id = %(id)s
     ORDER BY committed_at, commit_lsn, sequence, position
     """,
 )
@@ -48,7 +51,8 @@ BOOKING_LOG = Report(
     """
     SELECT committed_at, booking_id AS booking, event, actor, actor_role, approval_ref,
            fields, txid
-    FROM audit.booking_log WHERE day BETWEEN %(since)s AND %(until)s
+    FROM audit.booking_log
+    WHERE source = %(source)s AND day BETWEEN %(since)s AND %(until)s
     ORDER BY committed_at, commit_lsn, sequence
     """,
 )
@@ -59,20 +63,48 @@ ACTOR = Report(
     SELECT committed_at, actor_role, action, table_name AS "table",
            audit.key_value(row_key) AS "row", field, old_value AS old, new_value AS new, txid
     FROM audit.actor_activity
-    WHERE who = %(who)s AND committed_at >= %(since)s
+    WHERE source = %(source)s AND who = %(who)s AND committed_at >= %(since)s
     ORDER BY committed_at, commit_lsn, sequence, position
     """,
 )
 
 
-def run_report(dsn: str, report: Report, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+def feeding_sources(conn: psycopg.Connection[Any]) -> list[str]:
+    """The source names that have audit entries in this warehouse, in name order."""
+    rows = conn.execute("SELECT s AS source FROM audit.sources() s").fetchall()
+    return [str(r["source"]) for r in rows]
+
+
+def resolve_source(conn: psycopg.Connection[Any], requested: str | None) -> str | None:
+    """The source a read-side command shows: the one asked for, or the only one there is.
+    Several sources and none asked for is an error that lists them, never a mix."""
+    sources = feeding_sources(conn)
+    if requested is not None:
+        if sources and requested not in sources:
+            raise ConfigError(
+                f"--source {requested!r} has no audit entries here; sources: {', '.join(sources)}"
+            )
+        return requested
+    if len(sources) > 1:
+        raise ConfigError(
+            f"{len(sources)} sources feed this warehouse: pass --source with one of "
+            f"{', '.join(sources)}"
+        )
+    return sources[0] if sources else None
+
+
+def run_report(
+    dsn: str, source: str | None, report: Report, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows of one source only: `source`, or the only one feeding the warehouse."""
     with warehouse(dsn) as conn:
-        rows = conn.execute(report.sql, params).fetchall()
+        chosen = resolve_source(conn, source)
+        rows = conn.execute(report.sql, {**params, "source": chosen}).fetchall()
     return [{k: row[k] for k in report.keys} for row in rows]
 
 
-def booking_history(dsn: str, booking_id: str) -> list[dict[str, Any]]:
-    return run_report(dsn, BOOKING, {"id": booking_id})
+def booking_history(dsn: str, booking_id: str, source: str | None = None) -> list[dict[str, Any]]:
+    return run_report(dsn, source, BOOKING, {"id": booking_id})
 
 
 def _text(value: Any) -> str:

@@ -21,8 +21,16 @@ from bookaudit.cdc.produce import AckLedger
 from bookaudit.errors import TransientError
 from bookaudit.kafka.producer import KafkaSink
 from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import BASELINE, CommitSeq, Lsn, Position, Row, RowChange, TableSchema
-from bookaudit.source.audit_start import SEQ_COLUMN
+from bookaudit.model import (
+    BASELINE,
+    BASELINE_SEQ_COLUMN,
+    CommitSeq,
+    Lsn,
+    Position,
+    Row,
+    RowChange,
+    TableSchema,
+)
 
 CHUNK_ROWS = 5000
 PROGRESS_INTERVAL_S = 5.0
@@ -119,7 +127,7 @@ class BaselineSource:
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
             "AND attname <> %s ORDER BY attnum",
-            (sql.Identifier("bookaudit", staged.staging).as_string(self.conn), SEQ_COLUMN),
+            (sql.Identifier("bookaudit", staged.staging).as_string(self.conn), BASELINE_SEQ_COLUMN),
         ).fetchall()
         oid = self.conn.execute(
             "SELECT coalesce(to_regclass(%s)::oid, 0)",
@@ -141,8 +149,8 @@ class BaselineSource:
         cur = self.conn.execute(
             sql.SQL("SELECT * FROM {} WHERE {} > %s ORDER BY {} LIMIT %s").format(
                 sql.Identifier("bookaudit", staged.staging),
-                sql.Identifier(SEQ_COLUMN),
-                sql.Identifier(SEQ_COLUMN),
+                sql.Identifier(BASELINE_SEQ_COLUMN),
+                sql.Identifier(BASELINE_SEQ_COLUMN),
             ),
             (after, limit),
         )

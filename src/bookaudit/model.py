@@ -17,6 +17,9 @@ CONTEXT_PREFIX = "bookaudit.context"
 # before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
 # other rows, so that the outbox order is the order in which the WAL records the changes.
 OUTBOX_TRIGGER = "0_bookaudit_outbox"
+# The column of a staged baseline copy (bookaudit.baseline_<n>) that numbers its rows in key
+# order from 1; the install refuses a table that already has a column by this name.
+BASELINE_SEQ_COLUMN = "_bookaudit_baseline_seq"
 
 # --- positions --------------------------------------------------------------------------------
 

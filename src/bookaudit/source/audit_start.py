@@ -28,11 +28,9 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.config import SNAPSHOTS
 from bookaudit.errors import SourceCheckError
+from bookaudit.model import BASELINE_SEQ_COLUMN
 from bookaudit.source.install import TableName, apply, plan_install
 
-# The column that numbers a staged row in key order (1, 2, ...); a source column by this name
-# is refused at install rather than silently shadowed.
-SEQ_COLUMN = "_bookaudit_baseline_seq"
 # pg_advisory lock key of the trigger-mode commit order (see 002_outbox.sql register_commit).
 COMMIT_ORDER_LOCK = (1651204468, 1)
 # SQLSTATEs of CREATE_REPLICATION_SLOT failures a user can act on.
@@ -179,11 +177,11 @@ def _check_seq_column(
     for table in tables:
         clash = conn.execute(
             "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
-            (str(table.ident().as_string(conn)), SEQ_COLUMN),
+            (str(table.ident().as_string(conn)), BASELINE_SEQ_COLUMN),
         ).fetchone()
         if clash is not None:
             raise SourceCheckError(
-                f"table {table} has a column named {SEQ_COLUMN}, which bookaudit reserves"
+                f"table {table} has a column named {BASELINE_SEQ_COLUMN}, which bookaudit reserves"
             )
 
 
@@ -345,14 +343,14 @@ def _stage(
             ).format(
                 target=target,
                 key=sql.SQL(", ").join(map(sql.Identifier, key)),
-                seq=sql.Identifier(SEQ_COLUMN),
+                seq=sql.Identifier(BASELINE_SEQ_COLUMN),
                 columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
                 table=table.ident(),
             )
         )
         conn.execute(
             sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                target, sql.Identifier(SEQ_COLUMN)
+                target, sql.Identifier(BASELINE_SEQ_COLUMN)
             )
         )
         counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()

@@ -4,12 +4,15 @@ in either capture mode (logical decoding, or trigger outbox + relay)."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,28 @@ from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv
+from devstack import StackEnv, _postgres
+
+
+@contextmanager
+def private_server(settings: dict[str, str]) -> Iterator[str]:
+    """A second real PostgreSQL with some settings of its own (a managed database's limits):
+    the shared stack must not be restarted or starved for one test."""
+    bin_dir = _postgres.newest_bin_dir()
+    assert bin_dir is not None, "PostgreSQL binaries are missing"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_dir = Path(tempfile.mkdtemp(prefix="ba-private-"))
+    _postgres.init_cluster(bin_dir, pg_dir, port)
+    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    pid = _postgres.start(bin_dir, pg_dir, port)
+    try:
+        yield _postgres.dsn(port, "postgres")
+    finally:
+        _postgres.stop(bin_dir, pg_dir, pid)
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -191,10 +215,12 @@ class Pipeline:
         job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
         return job.run(exit_when_idle=True)
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "bookaudit", *args],
-            env=self.env(),
+            env=self.env() if env is None else env,
             capture_output=True,
             text=True,
             timeout=300,

@@ -109,7 +109,10 @@ class BaselineSource:
             return None
         rows: list[tuple[Any, ...]] = self.conn.execute(
             "SELECT position, schema_name, table_name, staging, key_columns, first_sequence, "
-            "rows, sent FROM bookaudit.baseline ORDER BY position"
+            "rows, sent FROM bookaudit.baseline "
+            # Tables still to send, or sent but whose copy a killed capture did not drop yet.
+            "WHERE sent < rows OR to_regclass('bookaudit.' || quote_ident(staging)) IS NOT NULL "
+            "ORDER BY position"
         ).fetchall()
         tables = tuple(
             StagedTable(int(p), str(s), str(n), str(g), tuple(k), int(f), int(r), int(x))
@@ -196,8 +199,11 @@ def relay_baseline(
     sent_now = 0
     last_log = time.monotonic()
     for staged in plan.tables:
-        table = source.schema(staged)
         done = staged.sent
+        if done >= staged.rows:
+            source.finish(staged)
+            continue
+        table = source.schema(staged)
         while done < staged.rows:
             rows = source.chunk(staged, done, chunk_rows)
             if not rows:

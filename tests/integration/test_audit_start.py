@@ -210,6 +210,7 @@ def test_install_then_writes_then_a_later_first_capture_audits_everything(
     # No capture ran yet: a deploy starts it later, and it streams from the install's point.
     assert p.warehouse("SELECT count(*) FROM audit.row_changes") == [(0,)]
     p.flow()
+    assert p.capture().baseline == 0, "a second capture sent the baseline again"
     actions = _assert_audit_equals_source(p)
     assert actions == {"existing": 40, "update": 10, "insert": 5, "delete": 3}
     baseline = p.warehouse(

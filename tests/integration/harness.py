@@ -178,11 +178,12 @@ class Pipeline:
         runner = OutboxRelay if self.mode == "trigger" else Capture
         return runner(self.capture_settings(), self.logs.append).run()
 
-    def consume(self, group_id: str | None = None) -> WriterStats:
+    def consume(self, group_id: str | None = None, batch_size: int = 500) -> WriterStats:
         settings = ConsumerSettings(
             bootstrap=self.stack.kafka_bootstrap,
             group_id=group_id or self.group_id,
             topic_prefix=self.prefix,
+            batch_size=batch_size,
         )
         return AuditWriter(settings, self.warehouse_dsn, self.logs.append).run(exit_when_idle=True)
 

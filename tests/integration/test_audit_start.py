@@ -243,7 +243,7 @@ def test_200k_existing_rows_and_concurrent_writes_match_the_source_row_by_row(
     writer = _install_under_writes(fresh, 200_000)
     stats = fresh.capture()
     assert stats.baseline > 0 and writer.after_install
-    fresh.consume()
+    fresh.consume(batch_size=5000)
     actions = _assert_audit_equals_source(fresh)
     assert actions["existing"] == stats.baseline
     # One snapshot event says it is the last, as Debezium marks the end of a snapshot.
@@ -259,7 +259,7 @@ def _staged_sent(p: Pipeline) -> int:
 @pytest.mark.slow
 def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
     p = fresh
-    rows = 60_000
+    rows = 30_000
     _work_orders(p, rows)
     p.install([TABLE])
     capture = p.spawn("capture")
@@ -274,7 +274,7 @@ def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
     assert 0 < sent < rows, "the capture was not killed in the middle of the baseline"
     stats = p.capture()
     assert stats.baseline == rows - sent  # resumed after what Kafka had acknowledged
-    p.consume()
+    p.consume(batch_size=5000)
     actions = _assert_audit_equals_source(p)
     assert actions == {"existing": rows}
     with psycopg.connect(p.source_dsn, autocommit=True) as conn:

@@ -21,6 +21,7 @@ class AckLedger:
 
     confirmed_lsn: int = 0
     error: str | None = None
+    failure: Any = None  # the first failed delivery's KafkaError, classified by the caller
     _current: _Txn | None = None
     _closed: deque[_Txn] = field(default_factory=deque)
     in_flight: int = 0
@@ -38,6 +39,7 @@ class AckLedger:
             if err is not None:
                 # Never count a failed event as delivered: the slot must not move past it.
                 self.error = self.error or str(err)
+                self.failure = self.failure if self.failure is not None else err
                 return
             txn.pending -= 1
 

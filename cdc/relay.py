@@ -19,6 +19,7 @@ from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog
+from bookaudit.classify import kafka_error, pg_error
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import SourceInfo, to_kafka
@@ -259,7 +260,7 @@ class OutboxRelay:
         """Wait for Kafka, then delete the acknowledged prefix of the batch from the outbox."""
         self.sink.flush()
         if self.ledger.error:
-            raise TransientError(f"Kafka refused an event: {self.ledger.error}")
+            raise kafka_error("Kafka refused an event", self.ledger.failure)
         acked = self.ledger.advance()
         done = [c for c in commits if c.commit_seq <= acked]
         if done:
@@ -278,16 +279,18 @@ class OutboxRelay:
             )
 
     def run(self) -> CaptureStats:
-        self.log(
-            f"relay: draining the outbox of {self.outbox.dbname!r} to {self.settings.kafka_bootstrap}"
-        )
         try:
+            self.sink.check()
             self.stats.baseline = relay_baseline(
                 BaselineSource(self.outbox.conn),
                 self.sink,
                 self.source,
                 self.settings.topic_prefix,
                 self.log,
+            )
+            self.log(
+                f"relay: draining the outbox of {self.outbox.dbname!r} to "
+                f"{self.settings.kafka_bootstrap}"
             )
             while True:
                 commits = self.fetch()
@@ -299,8 +302,8 @@ class OutboxRelay:
                     break
                 else:
                     time.sleep(IDLE_SLEEP_S)
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"outbox relay lost the source: {str(exc).strip()}") from None
+        except psycopg.Error as exc:
+            raise pg_error("outbox relay: source query failed", exc) from None
         finally:
             self.close()
         self.log(

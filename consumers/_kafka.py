@@ -10,8 +10,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from bookaudit.classify import kafka_error, kafka_logger
+from bookaudit.consumers.chunks import Reassembler
 from bookaudit.consumers.records import Record
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.errors import TransientError
+from bookaudit.kafka.chunks import CHUNK_HEADER
+from bookaudit.kafka.serde import topic_part
+
+# How long the cluster may take to answer the first metadata request before it counts as down.
+CONNECT_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -29,11 +36,17 @@ class ConsumerSettings:
     eager: bool = True
 
 
+def _topic_tail(table: str) -> str:
+    """`schema.table` as its topic names it (serde.topic_part)."""
+    schema, _, name = table.partition(".")
+    return f"{topic_part(schema)}.{topic_part(name)}"
+
+
 def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
     """`<prefix>.<schema>.<table>` only, so alert and other topics under the prefix stay out."""
     head = "^" + re.escape(prefix).replace("\\.", "[.]") + "[.]"
     if tables:
-        names = "|".join(re.escape(t).replace("\\.", "[.]") for t in tables)
+        names = "|".join(re.escape(_topic_tail(t)).replace("\\.", "[.]") for t in tables)
         return head + "(" + names + ")$"
     return head + "[^.]+[.][^.]+$"
 
@@ -64,17 +77,32 @@ class KafkaSource:
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
                 "topic.metadata.refresh.interval.ms": 5000,
+                "logger": kafka_logger(),
             }
         )
         self._at_end: set[tuple[str, int]] = set()
+        self._processed: dict[tuple[str, int], int] = {}
+        self._chunks = Reassembler()
+        try:
+            # An unreachable cluster must fail here, not pass for an idle one later.
+            self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise kafka_error(f"Kafka at {settings.bootstrap} is unreachable", exc) from None
         self._started = time.monotonic()
         self._consumer.subscribe(
             [change_topics_pattern(settings.topic_prefix, settings.tables)],
             on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._at_end -= {(p.topic, p.partition) for p in partitions}
+        assigned = {(p.topic, p.partition) for p in partitions}
+        self._at_end -= assigned
+        self._chunks.forget(assigned)
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._chunks.forget((p.topic, p.partition) for p in partitions)
 
     def poll(self) -> list[Record]:
         size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
@@ -85,23 +113,20 @@ class KafkaSource:
                 messages += self._consumer.consume(num_messages=size - 1, timeout=0)
         else:
             messages = self._consumer.consume(num_messages=size, timeout=timeout)
-        records = []
+        records: list[Record] = []
         for msg in messages:
             err = msg.error()
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                records.append(
-                    Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
-                )
+                record = Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
+                records.extend(self._chunks.feed(record, _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue  # a topic matched by the pattern before it had partitions
-            elif err.fatal() or not err.retriable():
-                raise TerminalError(f"Kafka consumer error: {err.str()}")
             else:
-                raise TransientError(f"Kafka consumer error: {err.str()}")
+                raise kafka_error("Kafka consumer error", err)
         return records
 
     def at_end(self, grace_s: float = 10.0) -> bool:
@@ -111,15 +136,27 @@ class KafkaSource:
             return time.monotonic() - self._started > grace_s
         return assignment <= self._at_end
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """Commit the next offset of each partition seen, synchronously."""
+    def commit(self, records: Sequence[Record], asynchronous: bool = False) -> None:
+        """Commit the next offset of each partition seen (synchronously unless asked)."""
         high: dict[tuple[str, int], int] = {}
         for r in records:
             high[(r.topic, r.partition)] = max(high.get((r.topic, r.partition), -1), r.offset)
+        for tp, offset in high.items():
+            self._processed[tp] = max(self._processed.get(tp, -1), offset)
+        self._commit(high, asynchronous)
+
+    def commit_all(self) -> None:
+        """Synchronously commit everything processed, after asynchronous commits."""
+        self._commit(self._processed, asynchronous=False)
+
+    def _commit(self, high: dict[tuple[str, int], int], asynchronous: bool) -> None:
         if not high:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in high.items()]
         try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                return
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             if exc.args[0].code() in _MOVED_ON:
@@ -133,3 +170,10 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _chunk_header(msg: Any) -> bytes | None:
+    for name, value in msg.headers() or ():
+        if name == CHUNK_HEADER:
+            return bytes(value) if value is not None else b""
+    return None

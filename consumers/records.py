@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bookaudit.errors import DecodeError, PoisonMessageError
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, KEY_SCHEMA, decode
+from bookaudit.kafka.serde import KEY_SCHEMA, decode, decode_envelope
 from bookaudit.model import Position
 
 
@@ -21,6 +21,9 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    # Set when the consumer edge already knows the record is unusable (a cut-short chunked
+    # event): it is dead-lettered with this reason.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +33,32 @@ class Decoded:
     key: dict[str, Any] | None
 
 
+_REQUIRED_IMAGE = {"c": "after", "r": "after", "u": "after", "d": "before"}
+
+
 def decode_record(record: Record) -> Decoded:
     where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if record.error is not None:
+        raise PoisonMessageError(f"{where}: {record.error}", record)
     if record.value is None:
         raise PoisonMessageError(
             f"{where}: empty value (tombstone) is not a bookaudit event", record
         )
     try:
-        envelope = decode(ENVELOPE_SCHEMA, record.value)
+        envelope = decode_envelope(record.value)
         key = None if record.key is None else decode(KEY_SCHEMA, record.key)
     except DecodeError as exc:
         raise PoisonMessageError(f"{where}: {exc}", record) from None
-    if envelope.get("op") not in ("c", "u", "d", "t", "r"):
-        raise PoisonMessageError(f"{where}: unknown op {envelope.get('op')!r}", record)
+    op = envelope.get("op")
+    if op not in ("c", "u", "d", "t", "r"):
+        raise PoisonMessageError(f"{where}: unknown op {op!r}", record)
+    # A well-formed record of impossible shape is not history: an insert or update always has
+    # its new row, a delete its old one (pgoutput and the outbox both send them).
+    image = _REQUIRED_IMAGE.get(str(op))
+    if image is not None and envelope.get(image) is None:
+        raise PoisonMessageError(
+            f"{where}: op {op!r} without its {image!r} row is not a change bookaudit sends", record
+        )
     return Decoded(record, envelope, key)
 
 

@@ -47,6 +47,21 @@ CLEAN_ENV: dict[str, str | None] = {
             {},
             "cannot connect to the source database",
         ),
+        (
+            ["capture", "--kafka-bootstrap", "k:9092"],
+            {"BOOKAUDIT_SOURCE_DSN": "host=x password=secret leaked"},
+            "BOOKAUDIT_SOURCE_DSN: source_dsn is not a valid connection string",
+        ),
+        (
+            ["source", "install", "--dsn", "host=x password=secret leaked", "--table", "b"],
+            {},
+            "the value is not shown because it may hold a password",
+        ),
+        (
+            ["source", "install", "--dsn", "host=x", "--table", 'public."open'],
+            {},
+            "an unterminated or misplaced double quote",
+        ),
     ],
 )
 def test_errors_are_one_line_naming_the_culprit(
@@ -63,6 +78,7 @@ def test_errors_are_one_line_naming_the_culprit(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("bookaudit: error: ")
     assert message in lines[0]
+    assert "leaked" not in result.output and "secret" not in result.output
 
 
 def test_config_file_from_the_root_option(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 -- bookaudit source install: the actor-context API and the statement trigger that puts it in the WAL.
 CREATE SCHEMA IF NOT EXISTS bookaudit;
+-- The application's own role, owner of nothing, calls set_actor and runs the context triggers.
+GRANT USAGE ON SCHEMA bookaudit TO PUBLIC;
 
 -- Transaction-scoped (is_local) so a pooled session never carries one request's actor into the next.
 CREATE OR REPLACE FUNCTION bookaudit.set_actor(

@@ -134,3 +134,10 @@ DROP TRIGGER IF EXISTS bookaudit_commit_order ON bookaudit.outbox;
 CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbox
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.seq = 0)
     EXECUTE FUNCTION bookaudit.register_commit();
+
+-- The application's role writes the outbox only through these triggers, never directly (it has no
+-- privilege on the outbox, so it cannot forge or delete a change): they run as the installing
+-- owner with a fixed search_path, and no one else may attach them to a table of their own.
+ALTER FUNCTION bookaudit.outbox_row() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION bookaudit.register_commit() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION bookaudit.outbox_row(), bookaudit.register_commit() FROM PUBLIC;

@@ -28,13 +28,13 @@ from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
-from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.kafka.alert import alerts_topic
 from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv, _postgres
+from tests.integration.schemas import SAMPLE, Schema
 
 
 @contextmanager
@@ -73,6 +73,10 @@ class Pipeline:
     mode: str = "logical"
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:10])
     logs: list[str] = field(default_factory=list)
+    schema: Schema = SAMPLE
+    source_name: str = "bookings"
+    # Another pipeline's warehouse, topics and groups to share (several sources, one warehouse).
+    shared_with: Pipeline | None = None
 
     @property
     def source_dsn(self) -> str:
@@ -80,6 +84,8 @@ class Pipeline:
 
     @property
     def warehouse_dsn(self) -> str:
+        if self.shared_with is not None:
+            return self.shared_with.warehouse_dsn
         return make_conninfo(self.stack.admin_dsn, dbname=f"{self.name}_wh")
 
     @property
@@ -88,15 +94,25 @@ class Pipeline:
 
     @property
     def prefix(self) -> str:
-        return self.name
+        return self.name if self.shared_with is None else self.shared_with.prefix
 
     @property
     def group_id(self) -> str:
-        return f"{self.name}-audit"
+        return f"{self.prefix}-audit"
 
     @property
     def alerts_group_id(self) -> str:
-        return f"{self.name}-alerts"
+        return f"{self.prefix}-alerts"
+
+    @property
+    def config_path(self) -> Path | None:
+        """A bookaudit.toml holding the schema's [map], when it has its own."""
+        if self.schema.map_toml is None:
+            return None
+        path = Path(tempfile.gettempdir()) / f"{self.name}-bookaudit.toml"
+        if not path.exists():
+            path.write_text(self.schema.map_toml)
+        return path
 
     @property
     def alerts_topic(self) -> str:
@@ -114,28 +130,32 @@ class Pipeline:
             "BOOKAUDIT_GROUP_ID": self.group_id,
             "BOOKAUDIT_MODE": self.mode,
             "BOOKAUDIT_ALERTS_GROUP_ID": self.alerts_group_id,
+            "BOOKAUDIT_SOURCE_NAME": self.source_name,
+            **({"BOOKAUDIT_CONFIG": str(self.config_path)} if self.config_path else {}),
         }
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def create(self, tables: Sequence[str] = AUDITED_TABLES, install: bool = True) -> Pipeline:
-        """The sample schema and an empty warehouse, installed as a user would: no capture runs
-        until a test starts one, since the install alone makes the audit complete."""
+    def create(self, tables: Sequence[str] | None = None, install: bool = True) -> Pipeline:
+        """The schema and the warehouse, installed as a user would: no capture runs until a test
+        starts one, since the install alone makes the audit complete."""
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
-            admin.execute(f'CREATE DATABASE "{self.name}_wh"')
-        create_sample_schema(self.source_dsn)
+            if self.shared_with is None:
+                admin.execute(f'CREATE DATABASE "{self.name}_wh"')
+        self.schema.create(self.source_dsn)
         if install:
-            self.install(tables)
-        init_warehouse(self.warehouse_dsn)
+            self.install(self.schema.tables if tables is None else tables)
+        # A schema with its own map gets it under this pipeline's source name; a shared
+        # warehouse is initialised again (every file is idempotent), keeping the others' maps.
+        own = {self.source_name: self.schema.entity_map} if self.schema.map_toml else {}
+        init_warehouse(self.warehouse_dsn, own)
         return self
 
-    def install(
-        self, tables: Sequence[str] = AUDITED_TABLES, snapshot: str = "initial"
-    ) -> AuditStart:
+    def install(self, tables: Sequence[str] | None = None, snapshot: str = "initial") -> AuditStart:
         return install(
             self.source_dsn,
-            [TableName.parse(t) for t in tables],
+            [TableName.parse(t) for t in (self.schema.tables if tables is None else tables)],
             publication="bookaudit",
             slot=self.slot,
             mode=self.mode,
@@ -159,6 +179,8 @@ class Pipeline:
                 )
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
+        if self.config_path is not None:
+            self.config_path.unlink(missing_ok=True)
 
     # --- running the stages -----------------------------------------------------------------
 
@@ -169,7 +191,7 @@ class Pipeline:
             slot=self.slot,
             publication="bookaudit",
             topic_prefix=self.prefix,
-            source_name="bookings",
+            source_name=self.source_name,
             exit_when_idle=True,
         )
 
@@ -211,7 +233,7 @@ class Pipeline:
         out: list[str] | None = None,
     ) -> AlertsStats:
         """Run the alerts consumer in-process until idle; JSON lines go to `out` when given."""
-        ruleset = load_rules(rules)
+        ruleset = load_rules(rules, self.schema.entity_map)
         settings = self.alerts_settings(ruleset, group_id)
         job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
         return job.run(exit_when_idle=True)

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import Consumer
+from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings
@@ -215,3 +216,32 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
         (0, "c", "alice", "admin", None, "149.90", "trigger"),
         (1, "u", "alice", "admin", "149.90", "189.50", "trigger"),
     ]
+
+
+def test_application_role_that_owns_nothing_keeps_writing_after_install(
+    pipeline: Pipeline,
+) -> None:
+    """The app's role has table privileges only: it names its actor, its changes are audited,
+    and (trigger mode) it can neither read nor write the outbox itself."""
+    role = f"{pipeline.name}_app"
+    with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        conn.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    app_dsn = make_conninfo(pipeline.source_dsn, user=role)
+    with psycopg.connect(app_dsn) as app:
+        app.execute("SELECT bookaudit.set_actor('olga', role => 'dispatcher')")
+        app.execute("INSERT INTO customers (name) VALUES ('Ada')")
+        app.commit()
+        app.execute("INSERT INTO customers (name) VALUES ('Bo')")  # no actor: the db role
+        app.commit()
+        if pipeline.mode == "trigger":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("DELETE FROM bookaudit.outbox")
+    pipeline.flow()
+    rows = pipeline.warehouse(
+        "SELECT after ->> 'name', actor, db_user FROM audit.row_changes ORDER BY commit_lsn"
+    )
+    assert rows == [("Ada", "olga", role), ("Bo", None, role)]

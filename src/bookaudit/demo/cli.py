@@ -36,7 +36,6 @@ def run(ctx: click.Context) -> None:
     )
     from bookaudit.source.audit_start import install
     from bookaudit.source.install import TableName
-    from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
     cfg = config_from(ctx)
@@ -70,13 +69,43 @@ def run(ctx: click.Context) -> None:
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
-    click.echo(f"\nHistory of booking {existing}, which existed before the install:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(existing), cfg.source_name)))
-    click.echo(f"\nHistory of booking {booking_id}:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id), cfg.source_name)))
+    # A booking from before the install: its timeline starts with the row as it stood then.
+    _print_timeline(
+        cfg.warehouse_dsn, existing, cfg.source_name, "which existed before the install"
+    )
+    _print_timeline(cfg.warehouse_dsn, booking_id, cfg.source_name)
+    _print_log(cfg.warehouse_dsn, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
+    click.echo(
+        f"\nBrowse it: `bookaudit serve`, then http://127.0.0.1:8765/bookings/{booking_id} "
+        "(timeline, as-of, diff, evidence), /log (the day), /alerts"
+    )
+
+
+def _print_timeline(dsn: str, booking_id: int, source: str, note: str = "") -> None:
+    """The booking's labelled timeline."""
+    from bookaudit.warehouse import history as h
+
+    zone = h.local_zone()
+    rows = h.booking_rows(dsn, str(booking_id), h.Filters(source=source, zone=zone))
+    click.echo(f"\nTimeline of booking {booking_id}{', ' + note if note else ''}:\n")
+    shown = h.timeline_table_rows(h.entries(rows), zone)
+    click.echo(h.render_table(shown, wide=("changes", "approval / reason")))
+
+
+def _print_log(dsn: str, source: str) -> None:
+    """The day's Booking History Log with its counts."""
+    from bookaudit.warehouse import history as h
+
+    zone = h.local_zone()
+    day = h.day_filters(zone, source)
+    log_rows = h.log_rows(dsn, day)
+    click.echo("\n" + h.render_log(
+        log_rows, h.booking_counts(log_rows), h.actor_totals(log_rows), zone,
+        h.describe_period(day),
+    ))  # fmt: skip
 
 
 def _raise_alerts(cfg: Config, booking_id: int) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ from bookaudit import __version__
 from bookaudit._resources import read_text
 from bookaudit.errors import DecodeError
 from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
+from bookaudit.kafka._avro_read import read_envelope
 from bookaudit.model import RowChange
 
 SCHEMA_HEADER = "bookaudit.schema"
@@ -45,8 +48,25 @@ class KafkaRecord:
     value: bytes
 
 
+# Kafka topic names allow [A-Za-z0-9._-]; a dot also separates prefix, schema and table.
+_NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_TOPIC = 249
+
+
+def topic_part(name: str) -> str:
+    """A schema or table name as a topic segment: every character Kafka refuses (and the dot)
+    becomes `_`, as Debezium's topic naming does. `my table` and `my_table` share a topic; the
+    events still name their own table in `source`."""
+    return _NOT_IN_TOPIC.sub("_", name) or "_"
+
+
 def topic_for(prefix: str, schema: str, table: str) -> str:
-    return f"{prefix}.{schema}.{table}"
+    topic = f"{prefix}.{topic_part(schema)}.{topic_part(table)}"
+    if len(topic) <= _MAX_TOPIC:
+        return topic
+    # Over Kafka's limit: keep the start readable and make the end unique.
+    digest = hashlib.sha256(topic.encode()).hexdigest()[:12]
+    return topic[: _MAX_TOPIC - 13] + "_" + digest
 
 
 def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, Any]:
@@ -98,6 +118,14 @@ def encode(schema: Any, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, schema, record)
     return buf.getvalue()
+
+
+def decode_envelope(data: bytes) -> dict[str, Any]:
+    """decode(ENVELOPE_SCHEMA, data) by the fast reader: the same record, in about half the time."""
+    try:
+        return read_envelope(data)
+    except (IndexError, ValueError) as exc:
+        raise DecodeError(f"not a bookaudit Avro record: {exc}", data) from None
 
 
 def decode(schema: Any, data: bytes) -> dict[str, Any]:

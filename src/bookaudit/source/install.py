@@ -18,6 +18,38 @@ TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
 
 
+def _split_name(text: str) -> list[str] | None:
+    """Dot-separated parts, a part starting with `"` read as a quoted identifier."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if text[j + 1 : j + 2] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                buf.append(text[j])
+                j += 1
+            parts.append("".join(buf))
+        else:
+            j = text.find(".", i)
+            j = n if j < 0 else j
+            parts.append(text[i:j])
+        i = j
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
+
+
 @dataclass(frozen=True)
 class TableName:
     """A schema-qualified table as the user named it."""
@@ -27,7 +59,15 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str) -> TableName:
-        parts = text.split(".")
+        """`table`, `schema.table`, or either part in double quotes as SQL writes it, for a name
+        holding a dot (`public."a.b"`, with `""` for a quote inside). Names are taken as written,
+        never case-folded."""
+        parts = _split_name(text)
+        if parts is None:
+            raise SourceCheckError(
+                f"--table {text!r}: an unterminated or misplaced double quote; write a name "
+                'with a dot as public."a.b", a quote inside quotes as ""'
+            )
         if len(parts) == 1 and parts[0]:
             return cls("public", parts[0])
         if len(parts) == 2 and all(parts):
@@ -39,6 +79,9 @@ class TableName:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"
+
+
+GAPS_TABLE = TableName("bookaudit", "capture_gaps")
 
 
 def check_source(
@@ -145,10 +188,11 @@ def plan_install(
         )
     statements: list[sql.Composable] = [
         sql.SQL(read_text("sql", "source", "001_context.sql")),
-        sql.SQL(read_text("sql", "source", "003_audit_start.sql")),
+        sql.SQL(read_text("sql", "source", "004_audit_start.sql")),
     ]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
+    statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         statements.append(
@@ -158,11 +202,13 @@ def plan_install(
             ).format(sql.Identifier(TRIGGER_NAME), table.ident())
         )
     pub = sql.Identifier(publication)
-    table_list = sql.SQL(", ").join(t.ident() for t in tables)
+    # Accepted gaps travel the pipeline like any change (sql/source/003_capture_state.sql).
+    published = [*tables, GAPS_TABLE]
+    table_list = sql.SQL(", ").join(t.ident() for t in published)
     if not _publication_exists(conn, publication):
         statements.append(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list))
     else:
-        missing = [t for t in tables if t not in _published(conn, publication)]
+        missing = [t for t in published if t not in _published(conn, publication)]
         if missing:
             statements.append(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(

@@ -148,4 +148,16 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 def test_webhook_url_is_shown_without_its_secrets() -> None:
     url = "https://bot:s3cret@hooks.example.com:8443/T0/B1?token=abc"
-    assert display_url(url) == "https://hooks.example.com:8443/T0/B1"
+    shown = display_url(url)
+    assert shown.startswith("https://hooks.example.com:8443/<redacted ")
+    assert "s3cret" not in shown and "abc" not in shown and "T0" not in shown
+
+
+def test_slack_style_token_in_the_path_is_redacted() -> None:
+    token = "xoxb4f9Q2Zt8LmN3pR7sV1wY"
+    url = f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{token}"
+    shown = display_url(url)
+    assert token not in shown and "T0123ABCD" not in shown
+    assert shown.startswith("https://hooks.slack.com/<redacted ")
+    # Two webhooks stay apart in the logs by their fingerprint.
+    assert display_url(url + "x") != shown

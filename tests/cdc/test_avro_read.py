@@ -1,0 +1,44 @@
+"""The fast envelope reader returns exactly what fastavro reads, and refuses what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from bookaudit.errors import DecodeError
+from bookaudit.kafka.serde import ENVELOPE_SCHEMA, SourceInfo, decode, decode_envelope, encode
+from bookaudit.kafka.serde import envelope as envelope_of
+from tests.cdc.test_avro_fast import _captured_changes, _variants
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_synthetic_envelopes_read_as_fastavro_reads_them(index: int) -> None:
+    data = encode(ENVELOPE_SCHEMA, _variants()[index])
+    assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+def test_every_captured_change_reads_as_fastavro_reads_it() -> None:
+    for c in _captured_changes():
+        data = encode(ENVELOPE_SCHEMA, envelope_of(c, SourceInfo("bookings", "db"), now_ms=7))
+        assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+def test_long_values_and_multi_byte_lengths() -> None:
+    env = _variants()[0]
+    env["after"] = {f"c{i}": "x" * (i * 37) for i in range(70)}  # lengths past one varint byte
+    env["source"].update(txId=-(2**63), lsn=2**63 - 1, commit_lsn=300, sequence=-1)
+    data = encode(ENVELOPE_SCHEMA, env)
+    assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 40, -30, -1])
+def test_truncated_records_are_refused_by_both(cut: int) -> None:
+    data = encode(ENVELOPE_SCHEMA, _variants()[0])[:cut]
+    with pytest.raises(DecodeError):
+        decode(ENVELOPE_SCHEMA, data)
+    with pytest.raises(DecodeError, match="not a bookaudit Avro record"):
+        decode_envelope(data)
+
+
+def test_a_bad_union_index_is_refused() -> None:
+    with pytest.raises(DecodeError, match="bad union index"):
+        decode_envelope(b"\x06garbage")

@@ -304,4 +304,4 @@ def stop(pid: int | None, kafka_dir: Path) -> None:
 
 def kill(pid: int, kafka_dir: Path) -> None:
     """kill -9 the broker, as a crash would stop it (fault tests); it recovers its log at start."""
-    terminate(pid, _marker(kafka_dir), 0.0, ())
+    terminate(pid, _marker(kafka_dir), 10.0, ())

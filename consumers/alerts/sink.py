@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bookaudit import __version__
+from bookaudit.classify import kafka_logger
 from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
 from bookaudit.errors import BookauditError, DecodeError, TransientError
 from bookaudit.kafka.alert import ALERT_SCHEMA_ID, decode_alert, encode_alert
@@ -122,6 +123,7 @@ class KafkaOutput:
                 "group.id": "bookaudit-alerts-recovery",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                "logger": kafka_logger(),
             }
         )
         try:

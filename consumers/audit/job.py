@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.writer import WarehouseWriter
-from bookaudit.consumers.records import decode_and_map
+from bookaudit.consumers.audit.writer import EntryRejected, WarehouseWriter
+from bookaudit.consumers.records import AuditEntry, DeadLetter, Record, decode_and_map
 
 PROGRESS_INTERVAL_S = 5.0
 
@@ -83,7 +83,10 @@ class AuditWriter:
         entries, dead = decode_and_map(records)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        inserted = self.writer.write(entries, dead)
+        try:
+            inserted = self.writer.write(entries, dead)
+        except EntryRejected:
+            inserted = self.write_one_by_one(records, entries, dead)
         now_ms = time.time_ns() // 1_000_000
         committed = [e.committed_at_ms for e in entries]
         self._lags.add(committed, now_ms)
@@ -97,6 +100,29 @@ class AuditWriter:
         self.stats.duplicates += len(entries) - inserted
         self.stats.dead_letters += len(dead)
         return len(records)
+
+    def write_one_by_one(
+        self, records: Sequence[Record], entries: list[AuditEntry], dead: list[DeadLetter]
+    ) -> int:
+        """The warehouse refused a value somewhere in the batch: write each entry alone, so
+        only the refused ones become dead letters (with their raw record) and the rest go on."""
+        by_offset = {(r.topic, r.partition, r.offset): r for r in records}
+        inserted = 0
+        for entry in entries:
+            try:
+                inserted += self.writer.write([entry], [])
+            except EntryRejected as exc:
+                record = by_offset[(entry.kafka_topic, entry.kafka_partition, entry.kafka_offset)]
+                where = f"{record.topic}[{record.partition}]@{record.offset}"
+                letter = DeadLetter(record, f"{where}: the warehouse refused a value: {exc}")
+                self.log(f"audit writer: dead-lettered {letter.error}")
+                dead.append(letter)
+        self.writer.write([], dead)
+        refused = {(d.record.topic, d.record.partition, d.record.offset) for d in dead}
+        entries[:] = [
+            e for e in entries if (e.kafka_topic, e.kafka_partition, e.kafka_offset) not in refused
+        ]
+        return inserted
 
     def report_progress(self) -> None:
         now = time.monotonic()

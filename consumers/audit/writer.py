@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 
 from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
+from bookaudit.classify import pg_connect_error
 from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.errors import BookauditError, TerminalError, TransientError
 from bookaudit.model import format_position, parse_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -111,6 +112,10 @@ def _copy_values(row: StoredRow) -> tuple[Any, ...]:
     )
 
 
+class EntryRejected(BookauditError):
+    """The warehouse refused a value of the batch (SQLSTATE class 22, data exception)."""
+
+
 class WarehouseWriter:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -120,7 +125,8 @@ class WarehouseWriter:
         try:
             return psycopg.connect(self._dsn, application_name="bookaudit-audit-writer")
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+            # Down or restarting: retry; up but refusing us (password, database): stop.
+            raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
     def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
@@ -146,6 +152,12 @@ class WarehouseWriter:
         except psycopg.errors.UndefinedTable:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
+            ) from None
+        except psycopg.errors.DataError as exc:
+            # Class 22: a value the warehouse cannot hold (a NUL in text or jsonb). Retrying the
+            # batch fails the same way, so the caller finds the entry and dead-letters it.
+            raise EntryRejected(
+                f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
             ) from None
         except psycopg.errors.UndefinedFunction:
             raise TerminalError(

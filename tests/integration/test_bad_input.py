@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from bookaudit.kafka.serde import SourceInfo, to_kafka
 from devstack import StackEnv
+from tests.cdc.test_envelope import change
 from tests.integration.harness import Pipeline, wait_for
 
 ODD = ("My Table", 'we"ird', "semi;colon.dot")
@@ -119,3 +123,23 @@ def test_warehouse_lost_mid_stream_is_retried_and_nothing_is_lost(logical: Pipel
         writer.send_signal(signal.SIGTERM)
         writer.wait(timeout=30)
     assert _customers(p) == sorted((f"c{n}", 1) for n in range(20))
+
+
+def test_a_value_the_warehouse_refuses_is_dead_lettered_and_the_batch_goes_on(
+    logical: Pipeline,
+) -> None:
+    """A well-formed envelope holding a NUL character (no PostgreSQL text can) used to stop the
+    writer with a raw DataError on every restart."""
+    p = logical
+    nul = replace(change(), after={**(change().after or {}), "memo": "a\x00b"})
+    bad = to_kafka(nul, SourceInfo("bookings", "db"), p.prefix, now_ms=1)
+    producer = Producer({"bootstrap.servers": p.stack.kafka_bootstrap})
+    producer.produce(bad.topic, key=bad.key, value=bad.value)
+    producer.flush(10)
+    _insert(p, 0, 3)
+    p.flow()
+    assert _customers(p) == [("c0", 1), ("c1", 1), ("c2", 1)]
+    dead = p.warehouse("SELECT kafka_topic, value, error FROM audit.dead_letters")
+    assert len(dead) == 1
+    assert dead[0][0] == bad.topic and bytes(dead[0][1]) == bad.value
+    assert "the warehouse refused a value" in dead[0][2]

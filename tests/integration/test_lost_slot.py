@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from bookaudit.config import Secret
 from bookaudit.model import parse_lsn
+from bookaudit.web.app import create_app
+from bookaudit.web.serve import ServeSettings, reader_dsn
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
 
@@ -68,3 +71,10 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     assert f"GAP: source 'bookings': changes committed after {confirmed}" in verify.stdout
     history = p.cli("history", "booking", str(booking))
     assert f"audit gap: source 'bookings': changes committed after {confirmed}" in history.stderr
+
+    # The web pages say it too, above every page, reading as the read-only role.
+    app = create_app(
+        ServeSettings(Secret(reader_dsn(p.warehouse_dsn)), "127.0.0.1", 0, None, None, None, None)
+    )
+    page = app.test_client().get(f"/bookings/{booking}").get_data(as_text=True)
+    assert f"Audit gap: source &#39;bookings&#39;: changes committed after {confirmed}" in page

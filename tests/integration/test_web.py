@@ -201,6 +201,14 @@ def test_customer_log_actor_and_alerts_pages(
     browser.get(f"{url}/alerts")
     alerts = browser.find_element(By.ID, "alerts").text
     assert "price-by-unauthorised-role" in alerts and "postgres" in alerts
+    browser.find_element(By.NAME, "rule").send_keys("price-change-after-invoice-sent")
+    browser.find_element(By.ID, "apply").click()
+    wait_for("the filtered alerts", lambda: "rule=" in browser.current_url, timeout=10)
+    rules = {
+        r.find_elements(By.TAG_NAME, "td")[2].text
+        for r in browser.find_elements(By.CSS_SELECTOR, "tr.alert")
+    }
+    assert rules == {"price-change-after-invoice-sent"}
     browser.get(f"{url}/bookings/{ids['main']}?since=not-a-date")
     assert "is not a date" in browser.find_element(By.ID, "error").text
 

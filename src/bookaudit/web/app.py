@@ -15,6 +15,7 @@ from bookaudit.errors import BookauditError
 from bookaudit.warehouse import history as h
 from bookaudit.warehouse._connect import warehouse
 from bookaudit.warehouse.alerts import ALERT_KEYS, list_alerts
+from bookaudit.warehouse.gaps import list_gaps
 from bookaudit.web.serve import ServeSettings
 
 
@@ -53,7 +54,8 @@ def _entries_view(rows: list[dict[str, Any]], zone: tzinfo) -> list[dict[str, An
             "entry": e,
             "when": h.show_time(e.committed_at, zone),
             "changes": [
-                (c.field, h.show_value(c.old, zone), h.show_value(c.new, zone)) for c in e.changes
+                (c.field, h.show_value(c.old, zone), h.show_value(c.new, zone))
+                for c in e.shown_changes
             ],
         }
         for e in h.entries(rows)
@@ -90,7 +92,9 @@ def create_app(settings: ServeSettings) -> Flask:
 
     @app.context_processor
     def common() -> dict[str, Any]:
-        return {"printing": request.args.get("print") == "1", "args": request.args}
+        # Every page says where the audit is incomplete (an accepted lost-slot gap).
+        gaps = list_gaps(dsn, request.args.get("source") or settings.source)
+        return {"printing": request.args.get("print") == "1", "args": request.args, "gaps": gaps}
 
     @app.template_filter("urlencode_multi")
     def urlencode_multi(params: dict[str, list[str]], **replace: str) -> str:

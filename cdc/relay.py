@@ -102,8 +102,12 @@ def _rows_query(
             )
             if type_text is not None:
                 # format_type's own output: the server's spelling of a type (with its modifier),
-                # which no psycopg.sql composable expresses.
-                value = sql.SQL("({})::{}::text").format(value, sql.SQL(type_text))
+                # which no psycopg.sql composable expresses. format('%s') renders through the
+                # type's output function, as pgoutput does; a ::text cast would not (bool reads
+                # 'true', char(n) loses its padding).
+                value = sql.SQL(
+                    "CASE WHEN {v} IS NULL THEN NULL ELSE format('%%s', ({v})::{t}) END"
+                ).format(v=value, t=sql.SQL(type_text))
             values.extend((sql.Literal(name), value))
         return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE ARRAY[{v}]::text[] END").format(
             c=sql.Identifier(column), v=sql.SQL(", ").join(values)

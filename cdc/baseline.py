@@ -20,7 +20,7 @@ from psycopg import sql
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.errors import TransientError
 from bookaudit.kafka.producer import KafkaSink
-from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import (
     BASELINE,
     BASELINE_SEQ_COLUMN,
@@ -29,6 +29,7 @@ from bookaudit.model import (
     Position,
     Row,
     RowChange,
+    SourceInfo,
     TableSchema,
 )
 

@@ -23,8 +23,8 @@ from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import RowChange, format_lsn, parse_lsn
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
 # How often the confirmed position is also written to bookaudit.capture_state (outside the slot).

@@ -23,8 +23,8 @@ from bookaudit.cdc.stream import Catalog
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, SourceInfo, TableSchema
 
 RELAY_BATCH = 5000
 ALL_ROWS = 2**31 - 1

@@ -61,7 +61,6 @@ class StoredRow:
 def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> StoredRow:
     """Pure: the values of CHAINED_COLUMNS for `entry`, in the chain's types (positions as ints,
     timestamps as epoch microseconds, jsonb as dicts)."""
-    actor = entry.actor
     values = (
         change_id,
         entry.source,
@@ -76,15 +75,8 @@ def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> Stored
         entry.row_key,
         entry.before,
         entry.after,
-        actor.get("id"),
-        actor.get("role"),
-        actor.get("reason"),
-        actor.get("approval_ref"),
-        actor.get("request_id"),
-        actor.get("application"),
-        actor.get("db_user"),
-        actor.get("client_addr"),
-        actor.get("origin"),
+        # The envelope's actor order, which CHAINED_COLUMNS follows (tests/test_contract.py).
+        *entry.actor.to_dict().values(),
         entry.capture_mode,
         entry.kafka_topic,
         entry.kafka_partition,

@@ -15,12 +15,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bookaudit.entity_map import EntityMap, default_map, map_from_toml
 from bookaudit.errors import ConfigError
+from bookaudit.model import MODES
 
 ENV_PREFIX = "BOOKAUDIT_"
 DEFAULT_TOML = "bookaudit.toml"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-MODES = ("logical", "trigger")
 SNAPSHOTS = ("initial", "never")
 
 

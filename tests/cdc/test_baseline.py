@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bookaudit.cdc.baseline import BaselinePlan, StagedTable, baseline_change
 from bookaudit.consumers.records import Record, decode_and_map
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, SourceInfo, decode, to_kafka
-from bookaudit.model import BASELINE_LABEL, Lsn
+from bookaudit.kafka.serde import ENVELOPE_SCHEMA, decode, to_kafka
+from bookaudit.model import BASELINE_LABEL, Lsn, SourceInfo
 from tests.cdc.test_envelope import TABLE
 
 PLAN = BaselinePlan(
@@ -38,7 +38,9 @@ def test_the_envelope_says_snapshot_and_the_writer_records_it_as_existing() -> N
     record = to_kafka(change, SourceInfo("bookings", "db"), "ba", now_ms=9)
     envelope = decode(ENVELOPE_SCHEMA, record.value)
     assert (envelope["op"], envelope["source"]["snapshot"]) == ("r", "last")
-    [entry], dead = decode_and_map([Record(record.topic, 0, 1, record.key, record.value)])
+    [entry], dead = decode_and_map(
+        [Record(record.topic, 0, 1, record.key, record.value, record.headers)]
+    )
     assert dead == []
     assert entry.action == "existing"
     assert entry.row_key == {"booking_id": "7", "line_no": "2"}

@@ -10,9 +10,8 @@ import psycopg
 from psycopg import sql
 
 from bookaudit._resources import read_text
-from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
-from bookaudit.model import OUTBOX_TRIGGER
+from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"

@@ -69,14 +69,16 @@ class Config:
     # Only from bookaudit.toml's [map]; the sample schema's map otherwise.
     entity_map: EntityMap = field(default_factory=default_map)
 
-    def require(self, *names: str) -> None:
-        """Fail with the env var a user should set, rather than deep inside a connection call."""
-        for name in names:
-            if not getattr(self, name):
-                raise ConfigError(
-                    f"{name} is not set: pass --{name.replace('_', '-')} "
-                    f"or set {ENV_PREFIX}{name.upper()}"
-                )
+    def need(self, name: str) -> str:
+        """The setting a command cannot run without; unset, it fails naming the flag and the env
+        var a user should set, rather than deep inside a connection call."""
+        value = getattr(self, name)
+        if not value:
+            raise ConfigError(
+                f"{name} is not set: pass --{name.replace('_', '-')} "
+                f"or set {ENV_PREFIX}{name.upper()}"
+            )
+        return str(value)
 
 
 _INT_FIELDS = {"batch_size", "serve_port"}

@@ -39,15 +39,15 @@ def run(ctx: click.Context) -> None:
     from bookaudit.warehouse.schema import init_warehouse
 
     cfg = config_from(ctx)
-    cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
+    source_dsn, warehouse_dsn = cfg.need("source_dsn"), cfg.need("warehouse_dsn")
+    cfg.need("kafka_bootstrap")
 
     log("demo: creating the sample bookings database, with bookings from before the audit")
-    create_sample_schema(cfg.source_dsn)
-    existing = seed_existing(cfg.source_dsn, lambda m: log(f"  {m}"))
+    create_sample_schema(source_dsn)
+    existing = seed_existing(source_dsn, lambda m: log(f"  {m}"))
     log("demo: bookaudit source install (the audit is complete from here on)")
     started = install(
-        cfg.source_dsn,
+        source_dsn,
         [TableName.parse(t) for t in AUDITED_TABLES],
         publication=cfg.publication,
         slot=cfg.slot,
@@ -55,11 +55,11 @@ def run(ctx: click.Context) -> None:
         snapshot=cfg.snapshot,
     )
     log(f"  {started.describe()}")
-    init_warehouse(cfg.warehouse_dsn)
+    init_warehouse(warehouse_dsn)
 
     log("demo: playing the day (no capture is running yet)")
-    booking_id = play_day(cfg.source_dsn, lambda m: log(f"  {m}"))
-    reschedule_existing(cfg.source_dsn, existing, lambda m: log(f"  {m}"))
+    booking_id = play_day(source_dsn, lambda m: log(f"  {m}"))
+    reschedule_existing(source_dsn, existing, lambda m: log(f"  {m}"))
 
     # Started only now, as a deploy would: the install's slot (or outbox) kept the whole day.
     # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
@@ -70,11 +70,9 @@ def run(ctx: click.Context) -> None:
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
     # A booking from before the install: its timeline starts with the row as it stood then.
-    _print_timeline(
-        cfg.warehouse_dsn, existing, cfg.source_name, "which existed before the install"
-    )
-    _print_timeline(cfg.warehouse_dsn, booking_id, cfg.source_name)
-    _print_log(cfg.warehouse_dsn, cfg.source_name)
+    _print_timeline(warehouse_dsn, existing, cfg.source_name, "which existed before the install")
+    _print_timeline(warehouse_dsn, booking_id, cfg.source_name)
+    _print_log(warehouse_dsn, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)

@@ -25,20 +25,31 @@ T = TypeVar("T")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+RETRY_CAP_S = 30.0
+
+
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
-    """Transient failures retry with capped exponential backoff; terminal ones go straight up."""
+    """Transient failures retry with capped exponential backoff; terminal ones go straight up.
+
+    An attempt that ran longer than the cap before it failed meets a new outage, not the same
+    one: the backoff starts again at 1 s, or a long-lived process would wait the full cap after
+    every blip once it had seen a few.
+    """
     delay = 1.0
     tries = 0
     while True:
         tries += 1
+        started = time.monotonic()
         try:
             return attempt()
         except TransientError as exc:
             if max_attempts is not None and tries >= max_attempts:
                 raise
+            if time.monotonic() - started > RETRY_CAP_S:
+                delay, tries = 1.0, 1
             log(f"bookaudit: {exc} (retry {tries} in {delay:.0f}s)")
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RETRY_CAP_S)
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -247,7 +247,7 @@ def envelope_record(change: RowChange, source: SourceInfo, now_ms: int) -> dict[
             "commit_lsn": change.commit_position,
             "sequence": change.sequence,
             "ts_ms": change.commit_unix_ms,
-            "snapshot": "false",
+            "snapshot": change.snapshot,
             "mode": source.mode,
         },
         "op": change.op,

@@ -22,11 +22,12 @@ from bookaudit.cdc.capture import Capture
 from bookaudit.consumers import _kafka
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.errors import TerminalError, TransientError
 from bookaudit.kafka import producer
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
-from tests.integration.test_alerts_recovery import seed_bookings, unapproved_edits
+from tests.integration.workloads import seed_bookings, unapproved_edits
 
 TOKEN = "Xq7TOKENzz91secret"
 
@@ -191,3 +192,10 @@ def test_capture_against_unreachable_kafka_retries_with_backoff_in_one_line_each
     assert retries[0].startswith(f"bookaudit: Kafka at {nowhere} is unreachable")
     # librdkafka's own lines come through logging, each shape once a minute at most.
     assert len(text.splitlines()) < 20, text
+
+
+def test_warehouse_down_retries_but_a_missing_database_stops(stack: StackEnv) -> None:
+    with pytest.raises(TransientError, match="cannot connect to the warehouse"):
+        WarehouseWriter(make_conninfo(stack.admin_dsn, port=free_port()))
+    with pytest.raises(TerminalError, match="no_such_warehouse_for_bookaudit"):
+        WarehouseWriter(make_conninfo(stack.admin_dsn, dbname="no_such_warehouse_for_bookaudit"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,72 @@ def run(ctx: click.Context) -> None:
         f"\nBrowse it: `bookaudit serve`, then http://127.0.0.1:8765/bookings/{booking_id} "
         "(timeline, as-of, diff, evidence), /log (the day), /alerts"
     )
+
+
+@demo.command("schema")
+@click.pass_context
+def schema(ctx: click.Context) -> None:
+    """Create the sample bookings tables (idempotent): the application database to audit."""
+    from bookaudit._commands import config_from, log
+    from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
+
+    cfg = config_from(ctx)
+    create_sample_schema(cfg.need("source_dsn"))
+    log(f"demo: sample tables ready: {', '.join(AUDITED_TABLES)}")
+
+
+@demo.command("day")
+@click.option(
+    "--show-history",
+    "wait_s",
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="then wait up to SECONDS for the running capture and audit writer to bring the "
+    "booking's history into the warehouse, and print it",
+)
+@click.pass_context
+def day(ctx: click.Context, /, wait_s: float | None) -> None:
+    """Play the sample day as the application would, against a source already installed."""
+    from bookaudit._commands import config_from, log
+    from bookaudit.demo.day import play_day
+
+    cfg = config_from(ctx)
+    source_dsn = cfg.need("source_dsn")
+    warehouse_dsn = cfg.need("warehouse_dsn") if wait_s else None
+    log("demo: playing the day")
+    booking_id = play_day(source_dsn, lambda m: log(f"  {m}"))
+    if warehouse_dsn is None or wait_s is None:
+        return
+    _await_history(warehouse_dsn, booking_id, cfg.source_name, wait_s)
+    _print_timeline(warehouse_dsn, booking_id, cfg.source_name)
+
+
+# The pipeline has caught up with a booking once its history stops growing for this long.
+_SETTLED_S = 3.0
+
+
+def _await_history(dsn: str, booking_id: int, source: str, wait_s: float) -> None:
+    """Wait until the booking's history is in the warehouse and has stopped growing."""
+    from bookaudit._commands import log
+    from bookaudit.errors import TransientError
+    from bookaudit.warehouse import history as h
+
+    deadline = time.monotonic() + wait_s
+    seen, settled_at = -1, time.monotonic()
+    while True:
+        count = len(h.booking_rows(dsn, str(booking_id), h.Filters(source=source)))
+        now = time.monotonic()
+        if count != seen:
+            log(f"demo: {count} history rows of booking {booking_id} in the warehouse")
+            seen, settled_at = count, now
+        elif count and now - settled_at >= _SETTLED_S:
+            return
+        if now > deadline:
+            raise TransientError(
+                f"booking {booking_id}'s history did not settle in the warehouse within "
+                f"{wait_s:.0f}s: are `bookaudit capture` and `bookaudit consume audit` running?"
+            )
+        time.sleep(1.0)
 
 
 def _print_timeline(dsn: str, booking_id: int, source: str, note: str = "") -> None:

@@ -101,8 +101,8 @@ def schema(ctx: click.Context) -> None:
     "wait_s",
     type=click.FloatRange(min=1),
     metavar="SECONDS",
-    help="then wait up to SECONDS for the running capture and audit writer to bring the "
-    "booking's history into the warehouse, and print it",
+    help="then wait up to SECONDS for the running capture and audit writer to catch up with "
+    "the day, and print the booking's history",
 )
 @click.pass_context
 def day(ctx: click.Context, /, wait_s: float | None) -> None:
@@ -117,36 +117,94 @@ def day(ctx: click.Context, /, wait_s: float | None) -> None:
     booking_id = play_day(source_dsn, lambda m: log(f"  {m}"))
     if warehouse_dsn is None or wait_s is None:
         return
-    _await_history(warehouse_dsn, booking_id, cfg.source_name, wait_s)
+    _await_pipeline(cfg, _position_after_the_day(source_dsn, cfg.mode), wait_s)
     _print_timeline(warehouse_dsn, booking_id, cfg.source_name)
 
 
-# The pipeline has caught up with a booking once its history stops growing for this long.
-_SETTLED_S = 3.0
+def _position_after_the_day(source_dsn: str, mode: str) -> str | None:
+    """The WAL position every change of the day lies before; trigger mode has no slot to ask."""
+    import psycopg
+
+    if mode == "trigger":
+        return None
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
-def _await_history(dsn: str, booking_id: int, source: str, wait_s: float) -> None:
-    """Wait until the booking's history is in the warehouse and has stopped growing."""
+def _await_pipeline(cfg: Config, since: str | None, wait_s: float) -> None:
+    """Wait until the running capture has published everything up to `since` (the source's WAL
+    position after the day; in trigger mode, an empty outbox) and the audit writer's group has
+    read every change topic to its end."""
     from bookaudit._commands import log
     from bookaudit.errors import TransientError
-    from bookaudit.warehouse import history as h
 
     deadline = time.monotonic() + wait_s
-    seen, settled_at = -1, time.monotonic()
+    last_note = 0.0
     while True:
-        count = len(h.booking_rows(dsn, str(booking_id), h.Filters(source=source)))
-        now = time.monotonic()
-        if count != seen:
-            log(f"demo: {count} history rows of booking {booking_id} in the warehouse")
-            seen, settled_at = count, now
-        elif count and now - settled_at >= _SETTLED_S:
+        captured = _capture_caught_up(cfg, since)
+        if captured and _writer_caught_up(cfg):
             return
+        now = time.monotonic()
         if now > deadline:
             raise TransientError(
-                f"booking {booking_id}'s history did not settle in the warehouse within "
-                f"{wait_s:.0f}s: are `bookaudit capture` and `bookaudit consume audit` running?"
+                f"the pipeline did not catch up with the day within {wait_s:.0f}s: are "
+                "`bookaudit capture` and `bookaudit consume audit` running?"
             )
+        if now - last_note >= 5:
+            waiting = "the audit writer" if captured else "the capture"
+            log(f"demo: waiting for {waiting} to catch up with the day")
+            last_note = now
         time.sleep(1.0)
+
+
+def _capture_caught_up(cfg: Config, since: str | None) -> bool:
+    import psycopg
+
+    with psycopg.connect(cfg.need("source_dsn"), autocommit=True) as conn:
+        if since is None:  # trigger mode: the relay deletes only what Kafka acknowledged
+            row = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM bookaudit.outbox_commits)")
+        else:
+            row = conn.execute(
+                "SELECT coalesce(confirmed_flush_lsn >= %s::pg_lsn, false) "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (since, cfg.slot),
+            )
+        found = row.fetchone()
+    return bool(found and found[0])
+
+
+def _writer_caught_up(cfg: Config) -> bool:
+    """Every partition of every change topic committed to its end by the writer's group."""
+    import re
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from bookaudit.consumers._kafka import change_topics_pattern
+
+    pattern = re.compile(change_topics_pattern(cfg.topic_prefix))
+    consumer = Consumer(
+        {"bootstrap.servers": cfg.need("kafka_bootstrap"), "group.id": cfg.group_id,
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        topics = consumer.list_topics(timeout=10).topics
+        partitions = [
+            TopicPartition(name, p)
+            for name, meta in topics.items()
+            if pattern.match(name)
+            for p in meta.partitions
+        ]
+        if not partitions:
+            return False
+        for tp in consumer.committed(partitions, timeout=10):
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and tp.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
 
 
 def _print_timeline(dsn: str, booking_id: int, source: str, note: str = "") -> None:

@@ -112,6 +112,16 @@ class RepeatedEdits(Rule):
     kind = "repeated_edits"
 
 
+@dataclass(frozen=True, kw_only=True)
+class UntrustedAttribution(Rule):
+    """A watched field changed where the source's attribution cannot be trusted: a forged
+    context message in its transaction, or no context at all (see README, threat model).
+    Whatever the untrusted context claimed, an approval reference does not excuse it."""
+
+    approval_exempts: bool = False
+    kind = "untrusted_attribution"
+
+
 RULE_KINDS: dict[str, type[Rule]] = {
     cls.kind: cls
     for cls in (
@@ -121,6 +131,7 @@ RULE_KINDS: dict[str, type[Rule]] = {
         ByFieldworker,
         OutsideBusinessHours,
         RepeatedEdits,
+        UntrustedAttribution,
     )
 }
 
@@ -165,6 +176,7 @@ DEFAULT_RULES = RuleSet(
             min_absolute=Decimal("50"),
         ),
         AfterInvoiceSent(name="price-change-after-invoice-sent", severity="critical"),
+        UntrustedAttribution(name="untrusted-attribution", severity="critical"),
     ),
 )
 
@@ -299,7 +311,7 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...]) -> Rule:
         "severity": severity,
         "fields": s.texts("fields", ("price",)),
         "tables": tables,
-        "approval_exempts": s.flag("approval_exempts", True),
+        "approval_exempts": s.flag("approval_exempts", cls is not UntrustedAttribution),
         "exempt_roles": frozenset(s.texts("exempt_roles", ())),
     }
     rule: Rule
@@ -314,6 +326,8 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...]) -> Rule:
         rule = Threshold(**common, min_percent=percent, min_absolute=absolute)
     elif cls is AfterInvoiceSent:
         rule = AfterInvoiceSent(**common)
+    elif cls is UntrustedAttribution:
+        rule = UntrustedAttribution(**common)
     elif cls is ByFieldworker:
         rule = ByFieldworker(**common, roles=frozenset(s.texts("roles", ("fieldworker",))))
     elif cls is OutsideBusinessHours:
@@ -376,7 +390,8 @@ def parse_rules(doc: Mapping[str, Any], origin: str) -> RuleSet:
 
 
 def load_rules(path: str | Path | None) -> RuleSet:
-    """The rule file when one is named, else the defaults: role, threshold, after invoice."""
+    """The rule file when one is named, else the defaults: role, threshold, after invoice,
+    untrusted attribution."""
     if path is None:
         return DEFAULT_RULES
     file = Path(path)

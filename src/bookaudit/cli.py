@@ -114,10 +114,23 @@ def source() -> None:
 @source.command("install")
 @_connection_options("source_dsn", "publication", "mode")
 @click.option("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@click.option(
+    "--grant-to",
+    "grant_to",
+    multiple=True,
+    metavar="ROLE",
+    help="application role that may call bookaudit.set_actor (repeatable; PUBLIC for all). "
+    "Writing audited tables needs no grant.",
+)
 @click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
 @click.pass_context
 def source_install(
-    ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
+    ctx: click.Context,
+    /,
+    tables: tuple[str, ...],
+    grant_to: tuple[str, ...],
+    dry_run: bool,
+    **flags: Any,
 ) -> None:
     """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
     an outbox with row triggers."""
@@ -128,7 +141,7 @@ def source_install(
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
-        statements = plan_install(conn, names, cfg.publication, cfg.mode)
+        statements = plan_install(conn, names, cfg.publication, cfg.mode, grant_to)
         if dry_run:
             click.echo(render(conn, statements))
             return

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from bookaudit.cdc.decode import Message, decode_message, parse_lsn
+from bookaudit.cdc.decode import Begin, LogicalMessage, Message, decode_message, parse_lsn
+from bookaudit.cdc.transactions import CONTEXT_PREFIX, sign_context
 
 DATA = Path(__file__).parent / "data" / "pgoutput_session.json"
+# Stands in for a source's bookaudit.context_key in tests that assemble transactions.
+TEST_KEY = bytes(range(32))
 
 
 def captured() -> list[tuple[int, bytes]]:
@@ -17,3 +21,17 @@ def captured() -> list[tuple[int, bytes]]:
 
 def decoded() -> list[tuple[int, Message]]:
     return [(lsn, decode_message(raw)) for lsn, raw in captured()]
+
+
+def signed() -> list[tuple[int, Message]]:
+    """The captured session with each context message signed by TEST_KEY for its transaction,
+    as the installed emit_context signs it (the capture predates signing)."""
+    out: list[tuple[int, Message]] = []
+    xid = 0
+    for lsn, message in decoded():
+        if isinstance(message, Begin):
+            xid = message.xid
+        elif isinstance(message, LogicalMessage) and message.prefix == CONTEXT_PREFIX:
+            message = replace(message, content=sign_context(TEST_KEY, xid, message.content))
+        out.append((lsn, message))
+    return out

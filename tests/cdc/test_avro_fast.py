@@ -18,14 +18,14 @@ from bookaudit.cdc.envelope import (
     row_key,
 )
 from bookaudit.cdc.transactions import RowChange, TransactionAssembler
-from tests.cdc.fixtures import decoded
+from tests.cdc.fixtures import TEST_KEY, signed
 from tests.cdc.test_envelope import change
 from tests.cdc.test_transactions import resolve
 
 
 def _captured_changes() -> list[RowChange]:
-    assembler = TransactionAssembler(resolve)
-    return [o for lsn, m in decoded() for o in assembler.feed(lsn, m) if isinstance(o, RowChange)]
+    assembler = TransactionAssembler(resolve, TEST_KEY)
+    return [o for lsn, m in signed() for o in assembler.feed(lsn, m) if isinstance(o, RowChange)]
 
 
 def _variants() -> list[dict[str, Any]]:

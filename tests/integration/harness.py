@@ -26,7 +26,7 @@ from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
 from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
-from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
+from bookaudit.demo.day import AUDITED_TABLES, create_app_role, create_sample_schema
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
@@ -51,6 +51,15 @@ class Pipeline:
     @property
     def source_dsn(self) -> str:
         return make_conninfo(self.stack.admin_dsn, dbname=f"{self.name}_src")
+
+    @property
+    def app_role(self) -> str:
+        """The application's login: writes the audited tables, owns nothing (as in production)."""
+        return f"{self.name}_app"
+
+    @property
+    def app_dsn(self) -> str:
+        return make_conninfo(self.source_dsn, user=self.app_role)
 
     @property
     def warehouse_dsn(self) -> str:
@@ -97,6 +106,7 @@ class Pipeline:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
             admin.execute(f'CREATE DATABASE "{self.name}_wh"')
         create_sample_schema(self.source_dsn)
+        create_app_role(self.source_dsn, self.app_role)
         self.install(tables)
         init_warehouse(self.warehouse_dsn)
         # Create the slot now: changes committed before it exists are not in its stream.
@@ -106,7 +116,7 @@ class Pipeline:
     def install(self, tables: Sequence[str]) -> None:
         names = [TableName.parse(t) for t in tables]
         with psycopg.connect(self.source_dsn, autocommit=True) as conn:
-            apply(conn, plan_install(conn, names, "bookaudit", self.mode))
+            apply(conn, plan_install(conn, names, "bookaudit", self.mode, [self.app_role]))
 
     def drop(self) -> None:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
@@ -124,6 +134,7 @@ class Pipeline:
                 )
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
 
     # --- running the stages -----------------------------------------------------------------
 
@@ -268,6 +279,11 @@ class Pipeline:
         return sorted(int(r[0]) for r in rows)
 
     def source(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection as the application: the non-owner role, granted only its tables."""
+        return psycopg.connect(self.app_dsn, application_name=application_name)
+
+    def owner(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
 
     def warehouse(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

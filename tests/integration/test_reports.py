@@ -16,7 +16,7 @@ def _json(p: Pipeline, *args: str) -> list[dict[str, Any]]:
 
 
 def test_reports_over_the_demo_day(pipeline: Pipeline) -> None:
-    booking = play_day(pipeline.source_dsn, lambda _m: None)
+    booking = play_day(pipeline.app_dsn, lambda _m: None, psql_dsn=pipeline.source_dsn)
     pipeline.flow()
 
     history = _json(pipeline, "booking", str(booking))

@@ -68,7 +68,7 @@ def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
     pipeline.cli("source", "install", "--table", "public.bookings", "--table", "customers")
     assert _state(pipeline) == installed
 
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:
         conn.execute("CREATE TABLE booking_lines (booking_id bigint, line int, memo text, "
                      "PRIMARY KEY (booking_id, line))")  # fmt: skip
     assert not _captures(pipeline, "booking_lines")
@@ -77,7 +77,7 @@ def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
 
 
 def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:
         conn.execute("CREATE TABLE extras (id int PRIMARY KEY, label text)")
     before = _state(pipeline)
     out = pipeline.cli("source", "install", "--table", "extras", "--dry-run").stdout
@@ -115,7 +115,7 @@ def test_refusals_are_one_line_and_name_the_table(
     pipeline: Pipeline, setup: str, table: str, message: str
 ) -> None:
     if setup:
-        with pipeline.source() as conn:
+        with pipeline.owner() as conn:
             conn.execute(setup)
     result = pipeline.cli("source", "install", "--table", table, check=False)
     assert result.returncode == 2

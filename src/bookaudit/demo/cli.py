@@ -26,7 +26,13 @@ def run(ctx: click.Context) -> None:
     from bookaudit.cli import _config, log
     from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
-    from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
+    from bookaudit.demo.day import (
+        AUDITED_TABLES,
+        DEMO_APP_ROLE,
+        create_app_role,
+        create_sample_schema,
+        play_day,
+    )
     from bookaudit.source.install import TableName, apply, plan_install
     from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
@@ -38,9 +44,11 @@ def run(ctx: click.Context) -> None:
 
     log("demo: creating the sample bookings database")
     create_sample_schema(cfg.source_dsn)
+    # The day is played by the application's own non-owner login, as in production.
+    app_dsn = create_app_role(cfg.source_dsn, DEMO_APP_ROLE, password=DEMO_APP_ROLE)
     tables = [TableName.parse(t) for t in AUDITED_TABLES]
     with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
-        apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode))
+        apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode, [DEMO_APP_ROLE]))
     init_warehouse(cfg.warehouse_dsn)
     capture_settings = capture_settings_from(cfg, exit_when_idle=True)
     # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
@@ -49,7 +57,7 @@ def run(ctx: click.Context) -> None:
     runner(capture_settings, log).run()
 
     log("demo: playing the day")
-    booking_id = play_day(cfg.source_dsn, lambda m: log(f"  {m}"))
+    booking_id = play_day(app_dsn, lambda m: log(f"  {m}"), psql_dsn=cfg.source_dsn)
 
     log("demo: capture → Kafka")
     runner(capture_settings, log).run()

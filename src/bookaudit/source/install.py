@@ -19,6 +19,7 @@ TRIGGER_NAME = "bookaudit_context"
 # other rows, so that the outbox order is the order in which the WAL records the changes.
 OUTBOX_TRIGGER = "0_bookaudit_outbox"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
+SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,39 @@ def plan_install(
     tables: Sequence[TableName],
     publication: str,
     mode: str = "logical",
+    grant_to: Sequence[str] = (),
 ) -> list[sql.Composable]:
     """Every statement the install needs, given what is already there (so a rerun is a no-op)."""
     check_source(conn, tables, mode)
+    return _plan_hooks(conn, tables, publication, mode) + plan_grants(conn, grant_to)
+
+
+def plan_grants(
+    conn: psycopg.Connection[tuple[object, ...]], roles: Sequence[str]
+) -> list[sql.Composable]:
+    """What an application role needs: nothing to write audited tables (every bookaudit trigger
+    is SECURITY DEFINER), and USAGE plus EXECUTE on set_actor to name its user by function."""
+    statements: list[sql.Composable] = []
+    for role in roles:
+        if role.upper() == "PUBLIC":
+            grantee: sql.Composable = sql.SQL("PUBLIC")
+        elif conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            grantee = sql.Identifier(role)
+        else:
+            raise SourceCheckError(f"--grant-to {role!r}: no such role in this server")
+        statements.append(sql.SQL("GRANT USAGE ON SCHEMA bookaudit TO {}").format(grantee))
+        statements.append(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(SET_ACTOR), grantee)
+        )
+    return statements
+
+
+def _plan_hooks(
+    conn: psycopg.Connection[tuple[object, ...]],
+    tables: Sequence[TableName],
+    publication: str,
+    mode: str,
+) -> list[sql.Composable]:
     current = installed_mode(conn, publication)
     if current is not None and current != mode:
         raise SourceCheckError(
@@ -184,7 +215,13 @@ def _plan_outbox(
     conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableName]
 ) -> list[sql.Composable]:
     """Trigger mode: no publication, no slot, no REPLICA IDENTITY; an outbox and its triggers."""
-    statements: list[sql.Composable] = []
+    statements: list[sql.Composable] = [
+        # Earlier installs noted the context with a statement trigger and settings an application
+        # could preset; the outbox row trigger now reads it from the outbox itself.
+        sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), table.ident())
+        for name, table in _bookaudit_triggers(conn)
+        if name == TRIGGER_NAME
+    ]
     hstore = _hstore_schema(conn)
     if hstore is None:
         # Inside our schema, so that uninstall's DROP SCHEMA takes it away again.
@@ -194,12 +231,6 @@ def _plan_outbox(
         sql.SQL(read_text("sql", "source", "002_outbox.sql")).format(hstore=sql.Identifier(hstore))
     )
     for table in tables:
-        statements.append(
-            sql.SQL(
-                "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.record_context()"
-            ).format(sql.Identifier(TRIGGER_NAME), table.ident())
-        )
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "

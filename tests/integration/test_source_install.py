@@ -232,3 +232,55 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
         (0, "c", "alice", "admin", None, "149.90", "trigger"),
         (1, "u", "alice", "admin", "149.90", "189.50", "trigger"),
     ]
+
+
+def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(pipeline: Pipeline) -> None:
+    app = pipeline.app_role
+    out = pipeline.cli(
+        "source", "install", "--table", "bookings", "--grant-to", app, "--dry-run"
+    ).stdout
+    assert f'GRANT USAGE ON SCHEMA bookaudit TO "{app}";' in out
+    set_actor = "bookaudit.set_actor(text, text, text, text, text)"
+    assert f'GRANT EXECUTE ON FUNCTION {set_actor} TO "{app}";' in out
+    assert "REVOKE ALL ON bookaudit.context_key FROM PUBLIC;" in out
+    assert [line for line in out.splitlines() if line.startswith("GRANT")] == [
+        f'GRANT USAGE ON SCHEMA bookaudit TO "{app}";',
+        f'GRANT EXECUTE ON FUNCTION {set_actor} TO "{app}";',
+    ]
+    refused = pipeline.cli(
+        "source", "install", "--table", "bookings", "--grant-to", "nobody_here", check=False
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "bookaudit: error: --grant-to 'nobody_here': no such role in this server"
+    )
+
+
+def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipeline) -> None:
+    """Fewest grants: the triggers run as the install role, so the application needs nothing
+    in the bookaudit schema beyond calling set_actor."""
+    with pipeline.owner() as conn:
+        triggers = conn.execute(
+            "SELECT DISTINCT p.proname, p.prosecdef, p.proconfig FROM pg_trigger t "
+            "JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.pronamespace = 'bookaudit'::regnamespace "
+            "ORDER BY 1"
+        ).fetchall()
+        functions = conn.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'bookaudit'::regnamespace "
+            "AND has_function_privilege(%s, p.oid, 'EXECUTE') AND NOT EXISTS (SELECT 1 FROM "
+            "pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') ORDER BY 1",
+            (pipeline.app_role,),
+        ).fetchall()
+        relations = conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'bookaudit'::regnamespace "
+            "AND (has_table_privilege(%(r)s, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') "
+            "     OR (c.relkind = 'S' AND has_sequence_privilege(%(r)s, c.oid, 'USAGE')))",
+            {"r": pipeline.app_role},
+        ).fetchall()
+    expected = ["emit_context"] if pipeline.mode == "logical" else ["outbox_row", "register_commit"]
+    assert [t[0] for t in triggers] == expected
+    for name, definer, config in triggers:
+        assert definer, f"{name} must run as the install role"
+        assert config == ["search_path=pg_catalog, pg_temp"], name
+    assert functions == [("set_actor",)]
+    assert relations == []

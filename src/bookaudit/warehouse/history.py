@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from bookaudit.terminal import printable
 from bookaudit.warehouse._connect import warehouse
 
 HISTORY_KEYS = (
@@ -96,7 +97,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], max_width: int = 40) -> str:
     keys = list(rows[0]) if rows else list(HISTORY_KEYS)
 
     def cell(value: Any) -> str:
-        text = _text(value)
+        text = printable(_text(value))
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cell(r[k]) for k in keys] for r in rows]

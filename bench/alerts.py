@@ -21,9 +21,9 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.envelope import ENVELOPE_SCHEMA, decode
-from bookaudit.consumers.alerts.sink import alerts_topic, decode_alert
 from bookaudit.demo.day import create_sample_schema
+from bookaudit.kafka.alert import alerts_topic, decode_alert
+from bookaudit.kafka.serde import ENVELOPE_SCHEMA, decode
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 

@@ -15,7 +15,8 @@ import click
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.capture import Capture, CaptureSettings
+from bookaudit.cdc.capture import Capture
+from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.source.install import TableName, apply, plan_install
 
 ROWS = 200_000

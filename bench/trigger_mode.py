@@ -16,8 +16,8 @@ import click
 import psycopg
 
 from bench.capture import _FILL, _TABLE, _pg_tool, bench_database
-from bookaudit.cdc.capture import CaptureSettings
 from bookaudit.cdc.relay import OutboxRelay
+from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.source.install import TableName, apply, plan_install
 
 ROWS = 100_000

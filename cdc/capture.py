@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message, format_lsn, parse_lsn
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+import psycopg
+
+from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
+from bookaudit.cdc.produce import AckLedger
+from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog, ReplicationStream
-from bookaudit.cdc.transactions import RowChange, TransactionAssembler
-from bookaudit.config import Config
-from bookaudit.errors import TransientError
+from bookaudit.cdc.transactions import TransactionAssembler
+from bookaudit.classify import kafka_error, pg_error
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import RowChange, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
-PROGRESS_INTERVAL_S = 5.0
 READ_BATCH = 2000
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    source_dsn: str
-    kafka_bootstrap: str
-    slot: str
-    publication: str
-    topic_prefix: str
-    source_name: str
-    exit_when_idle: bool = False
-    partitions: int = 3
-
-
-def settings_from(cfg: Config, *, exit_when_idle: bool) -> CaptureSettings:
-    """The capture's (and the relay's) settings from the one Config."""
-    cfg.require("source_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
-    return CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
-        slot=cfg.slot,
-        publication=cfg.publication,
-        topic_prefix=cfg.topic_prefix,
-        source_name=cfg.source_name,
-        exit_when_idle=exit_when_idle,
-    )
-
-
-@dataclass
-class CaptureStats:
-    changes: int = 0
-    transactions: int = 0
-    confirmed_lsn: int = 0
 
 
 class Capture:
@@ -73,6 +41,7 @@ class Capture:
 
     def open(self) -> int | None:
         """Make sure the slot exists and start streaming; returns the idle target, if any."""
+        self.sink.check()
         self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
         target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
         self.stream = ReplicationStream(self.settings.source_dsn)
@@ -108,7 +77,7 @@ class Capture:
         """Tell the server how far Kafka has acknowledged, and never further."""
         self.sink.poll(0)
         if self.ledger.error:
-            raise TransientError(f"Kafka refused an event: {self.ledger.error}")
+            raise kafka_error("Kafka refused an event", self.ledger.failure)
         lsn = self.ledger.advance()
         if self.ledger.drained and not self.assembler.in_transaction:
             # Nothing is pending, so everything the server has sent so far is safe to release.
@@ -144,9 +113,20 @@ class Capture:
         self.stream.send_status(self._sent_lsn if self._sent_lsn >= 0 else 0, reply_requested=True)
 
     def run(self) -> CaptureStats:
-        target = self.open()
-        assert self.stream is not None
         try:
+            self._run()
+        except psycopg.Error as exc:
+            # Catalog lookups mid-stream: a lost connection retries, anything else stops.
+            raise pg_error("capture: source query failed", exc) from None
+        self.log(
+            f"capture: done, {self.stats.changes} changes, confirmed {format_lsn(self.stats.confirmed_lsn)}"
+        )
+        return self.stats
+
+    def _run(self) -> None:
+        try:
+            target = self.open()
+            assert self.stream is not None
             while True:
                 data = self.stream.read(timeout=0.2)
                 idle = data is None
@@ -167,10 +147,6 @@ class Capture:
                     self.request_keepalive()
         finally:
             self.close()
-        self.log(
-            f"capture: done, {self.stats.changes} changes, confirmed {format_lsn(self.stats.confirmed_lsn)}"
-        )
-        return self.stats
 
     def close(self) -> None:
         if self.stream is not None:

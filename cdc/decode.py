@@ -379,15 +379,3 @@ def standby_status(lsn: int, now_us: int, reply_requested: bool = False) -> byte
 
 def unix_us_to_pg(unix_us: int) -> int:
     return unix_us - _PG_EPOCH_UNIX_US
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    try:
-        high, low = text.split("/")
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise DecodeError(f"not an LSN: {text!r}") from None

@@ -2,7 +2,7 @@
 
 The relay (relay.py) reads `bookaudit.outbox` rows in commit order; this module turns them into
 the very RowChange the logical assembler yields, so the envelope, topics and warehouse rows are
-the same in both modes. Where logical mode has the commit LSN, trigger mode has commit_seq.
+the same in both modes. Where logical mode has the commit LSN, trigger mode has its commit number (CommitSeq).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bookaudit.cdc.transactions import NO_CONTEXT, ActorContext, Row, RowChange, TableSchema
 from bookaudit.errors import DecodeError
+from bookaudit.model import NO_CONTEXT, ActorContext, CommitSeq, Row, RowChange, TableSchema
 
 OPS = frozenset("cudt")
 XID_MASK = 0xFFFF_FFFF
@@ -21,7 +21,7 @@ XID_MASK = 0xFFFF_FFFF
 class OutboxCommit:
     """One row of bookaudit.outbox_commits: a committed transaction, numbered in commit order."""
 
-    commit_seq: int
+    commit_seq: CommitSeq
     txid: int
     changes: int
     committed_unix_ms: int
@@ -83,8 +83,8 @@ class OutboxTransaction:
             after=pairs_to_row(row.new, table),
             # The 32-bit xid, as logical decoding reports the same transaction.
             xid=row.txid & XID_MASK,
-            commit_lsn=self.commit.commit_seq,
-            lsn=self.commit.commit_seq,
+            commit_position=self.commit.commit_seq,
+            position=self.commit.commit_seq,
             sequence=row.seq,
             data_collection_order=order,
             commit_unix_ms=self.commit.committed_unix_ms,

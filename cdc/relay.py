@@ -14,14 +14,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bookaudit.cdc.capture import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
-from bookaudit.cdc.produce import AckLedger, KafkaSink, ProducerSettings
+from bookaudit.cdc.produce import AckLedger
+from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog
-from bookaudit.cdc.transactions import TableSchema
+from bookaudit.classify import kafka_error, pg_error
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
-from bookaudit.source.install import OUTBOX_TRIGGER
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
 
 RELAY_BATCH = 5000
 ALL_ROWS = 2**31 - 1
@@ -145,7 +146,7 @@ class OutboxSource:
 
     def commits(self, after: int, limit: int) -> list[OutboxCommit]:
         return [
-            OutboxCommit(int(s), int(x), int(n), int(ms))
+            OutboxCommit(CommitSeq(int(s)), int(x), int(n), int(ms))
             for s, x, n, ms in self.conn.execute(_COMMITS, (after, limit)).fetchall()
         ]
 
@@ -258,7 +259,7 @@ class OutboxRelay:
         """Wait for Kafka, then delete the acknowledged prefix of the batch from the outbox."""
         self.sink.flush()
         if self.ledger.error:
-            raise TransientError(f"Kafka refused an event: {self.ledger.error}")
+            raise kafka_error("Kafka refused an event", self.ledger.failure)
         acked = self.ledger.advance()
         done = [c for c in commits if c.commit_seq <= acked]
         if done:
@@ -277,10 +278,12 @@ class OutboxRelay:
             )
 
     def run(self) -> CaptureStats:
-        self.log(
-            f"relay: draining the outbox of {self.outbox.dbname!r} to {self.settings.kafka_bootstrap}"
-        )
         try:
+            self.sink.check()
+            self.log(
+                f"relay: draining the outbox of {self.outbox.dbname!r} to "
+                f"{self.settings.kafka_bootstrap}"
+            )
             while True:
                 commits = self.fetch()
                 if commits:
@@ -291,8 +294,8 @@ class OutboxRelay:
                     break
                 else:
                     time.sleep(IDLE_SLEEP_S)
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"outbox relay lost the source: {str(exc).strip()}") from None
+        except psycopg.Error as exc:
+            raise pg_error("outbox relay: source query failed", exc) from None
         finally:
             self.close()
         self.log(

@@ -9,16 +9,10 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.decode import Relation, format_lsn, standby_status, unix_us_to_pg
-from bookaudit.cdc.transactions import TableSchema
+from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
+from bookaudit.classify import one_line, pg_connect_error, pg_transient
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
-
-
-def _connect_error(exc: psycopg.OperationalError, what: str) -> Exception:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-    if "password authentication" in text or "does not exist" in text or "permission" in text:
-        return TerminalError(f"{what}: {text}")
-    return TransientError(f"{what}: {text}")
+from bookaudit.model import TableSchema, format_lsn
 
 
 class Catalog:
@@ -28,7 +22,7 @@ class Catalog:
         try:
             self.conn = psycopg.connect(dsn, autocommit=True, application_name="bookaudit-capture")
         except psycopg.OperationalError as exc:
-            raise _connect_error(exc, "cannot connect to the source database") from None
+            raise pg_connect_error("cannot connect to the source database", exc, dsn) from None
 
     def close(self) -> None:
         self.conn.close()
@@ -166,8 +160,8 @@ class ReplicationStream:
         if self._pgconn.status != pq.ConnStatus.OK:
             message = self._pgconn.get_error_message().strip()
             self._pgconn.finish()
-            raise (TerminalError if "replication" in message else TransientError)(
-                f"cannot open a replication connection: {message}"
+            raise pg_connect_error(
+                "cannot open a replication connection", psycopg.OperationalError(message), info
             )
 
     def start(self, slot: str, publication: str) -> None:
@@ -186,8 +180,12 @@ class ReplicationStream:
                 return
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 message = (result.error_message or b"").decode().strip()
-                raise (TransientError if "is active" in message else TerminalError)(
-                    f"START_REPLICATION on slot {slot!r} failed: {message}"
+                sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+                code = sqlstate.decode() if sqlstate else None
+                # 55006: another capture holds the slot, which a retry can outlive.
+                raise (TransientError if pg_transient(code) else TerminalError)(
+                    f"START_REPLICATION on slot {slot!r} failed: {one_line(message)}"
+                    + ("" if pg_transient(code) else f" (SQLSTATE {code})")
                 )
 
     def read(self, timeout: float) -> bytes | None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from bookaudit.cdc.decode import (
     UNCHANGED_TOAST,
@@ -23,91 +21,16 @@ from bookaudit.cdc.decode import (
     Value,
 )
 from bookaudit.errors import DecodeError
+from bookaudit.model import (
+    CONTEXT_PREFIX,
+    NO_CONTEXT,
+    ActorContext,
+    Lsn,
+    Row,
+    RowChange,
+    TableSchema,
+)
 
-CONTEXT_PREFIX = "bookaudit.context"
-Row = dict[str, str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class ActorContext:
-    """Who acted: the application's user when it said so, always the database session's facts."""
-
-    origin: str
-    id: str | None = None
-    role: str | None = None
-    reason: str | None = None
-    approval_ref: str | None = None
-    request_id: str | None = None
-    application: str | None = None
-    db_user: str | None = None
-    client_addr: str | None = None
-
-    @classmethod
-    def from_message(cls, content: bytes) -> ActorContext:
-        try:
-            doc = json.loads(content)
-        except ValueError as exc:
-            raise DecodeError(f"bookaudit.context message is not JSON: {exc}", content) from None
-        if not isinstance(doc, dict):
-            raise DecodeError("bookaudit.context message is not a JSON object", content)
-
-        def text(key: str) -> str | None:
-            value = doc.get(key)
-            return None if value in (None, "") else str(value)
-
-        return cls(
-            origin=text("origin") or "application",
-            id=text("actor"),
-            role=text("role"),
-            reason=text("reason"),
-            approval_ref=text("approval_ref"),
-            request_id=text("request_id"),
-            application=text("application"),
-            db_user=text("db_user"),
-            client_addr=text("client_addr"),
-        )
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> ActorContext:
-        """From the envelope's `actor` record (or an audit row's actor columns)."""
-        return cls(
-            origin=str(raw.get("origin") or "missing"),
-            id=raw.get("id"),
-            role=raw.get("role"),
-            reason=raw.get("reason"),
-            approval_ref=raw.get("approval_ref"),
-            request_id=raw.get("request_id"),
-            application=raw.get("application"),
-            db_user=raw.get("db_user"),
-            client_addr=raw.get("client_addr"),
-        )
-
-    def to_dict(self) -> dict[str, str | None]:
-        """The envelope's `actor` record."""
-        return {
-            "id": self.id,
-            "role": self.role,
-            "reason": self.reason,
-            "approval_ref": self.approval_ref,
-            "request_id": self.request_id,
-            "application": self.application,
-            "db_user": self.db_user,
-            "client_addr": self.client_addr,
-            "origin": self.origin,
-        }
-
-    @property
-    def display(self) -> str:
-        """The application user, else the database role and client program (as audit views do)."""
-        if self.id:
-            return self.id
-        via = f" via {self.application}" if self.application else ""
-        return f"{self.db_user or 'unknown'} (db role{via})"
-
-
-# Changes that reach the slot without a context message (a table audited without the trigger,
-# or changes written before the install) still say so instead of pretending to know.
-NO_CONTEXT = ActorContext(origin="missing")
 # A transaction in which a context message failed its signature check: its later changes keep
 # the last genuine context (so the real database facts), flagged, so that an alert can say so.
 FORGED = "forged"
@@ -133,36 +56,6 @@ def verified_context(key: bytes, xid: int, content: bytes) -> ActorContext | Non
         return ActorContext.from_message(document)
     except DecodeError:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class TableSchema:
-    """A relation as the capture needs it: column names and types, and its real primary key."""
-
-    oid: int
-    schema: str
-    name: str
-    columns: tuple[str, ...]
-    types: tuple[str, ...]
-    key: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RowChange:
-    """One committed row change with everything the envelope needs."""
-
-    table: TableSchema
-    op: str  # c, u, d or t (truncate)
-    before: Row | None
-    after: Row | None
-    xid: int
-    commit_lsn: int
-    lsn: int
-    sequence: int
-    data_collection_order: int
-    commit_unix_ms: int
-    actor: ActorContext
-    unchanged_toast: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +173,8 @@ class TransactionAssembler:
             before=before,
             after=after,
             xid=txn.begin.xid,
-            commit_lsn=txn.begin.final_lsn,
-            lsn=lsn,
+            commit_position=Lsn(txn.begin.final_lsn),
+            position=Lsn(lsn),
             sequence=txn.sequence,
             data_collection_order=order,
             commit_unix_ms=txn.begin.commit_unix_ms,

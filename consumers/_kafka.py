@@ -10,8 +10,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from bookaudit.consumers.decode import Record
-from bookaudit.errors import TerminalError, TransientError
+from bookaudit.classify import kafka_error, kafka_logger
+from bookaudit.consumers.chunks import Reassembler
+from bookaudit.consumers.records import Record
+from bookaudit.errors import TransientError
+from bookaudit.kafka.chunks import CHUNK_HEADER
+
+# How long the cluster may take to answer the first metadata request before it counts as down.
+CONNECT_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,17 @@ def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
     return head + "[^.]+[.][^.]+$"
 
 
+# Offset commits refused because the group moved on (a rebalance), not because Kafka failed.
+_MOVED_ON = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
 class KafkaSource:
     """Wraps a consumer with manual offsets: offsets move only when `commit` is called."""
 
@@ -53,17 +70,31 @@ class KafkaSource:
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
                 "topic.metadata.refresh.interval.ms": 5000,
+                "logger": kafka_logger(),
             }
         )
         self._at_end: set[tuple[str, int]] = set()
+        self._chunks = Reassembler()
+        try:
+            # An unreachable cluster must fail here, not pass for an idle one later.
+            self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise kafka_error(f"Kafka at {settings.bootstrap} is unreachable", exc) from None
         self._started = time.monotonic()
         self._consumer.subscribe(
             [change_topics_pattern(settings.topic_prefix, settings.tables)],
             on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._at_end -= {(p.topic, p.partition) for p in partitions}
+        assigned = {(p.topic, p.partition) for p in partitions}
+        self._at_end -= assigned
+        self._chunks.forget(assigned)
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._chunks.forget((p.topic, p.partition) for p in partitions)
 
     def poll(self) -> list[Record]:
         size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
@@ -74,23 +105,20 @@ class KafkaSource:
                 messages += self._consumer.consume(num_messages=size - 1, timeout=0)
         else:
             messages = self._consumer.consume(num_messages=size, timeout=timeout)
-        records = []
+        records: list[Record] = []
         for msg in messages:
             err = msg.error()
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                records.append(
-                    Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
-                )
+                record = Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
+                records.extend(self._chunks.feed(record, _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue  # a topic matched by the pattern before it had partitions
-            elif err.fatal() or not err.retriable():
-                raise TerminalError(f"Kafka consumer error: {err.str()}")
             else:
-                raise TransientError(f"Kafka consumer error: {err.str()}")
+                raise kafka_error("Kafka consumer error", err)
         return records
 
     def at_end(self, grace_s: float = 10.0) -> bool:
@@ -111,9 +139,21 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
+            if exc.args[0].code() in _MOVED_ON:
+                # A rebalance took these partitions away while the batch was written. Their next
+                # owner re-reads from the last committed offset, and the warehouse drops the
+                # copies, so there is nothing to retry and no reason to stop.
+                return
             # The warehouse already holds the batch and dedupes a replay, so this only costs
             # re-reading it after a rebalance.
             raise TransientError(f"offset commit failed: {exc.args[0]}") from None
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _chunk_header(msg: Any) -> bytes | None:
+    for name, value in msg.headers() or ():
+        if name == CHUNK_HEADER:
+            return bytes(value) if value is not None else b""
+    return None

@@ -11,13 +11,14 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bookaudit.errors import TerminalError
 from devstack import _kafka, _postgres
 
-__all__ = ["StackEnv", "down", "read_env", "status", "up"]
+__all__ = ["SERVICES", "StackEnv", "down", "read_env", "restart", "status", "up"]
 
 STATE_FILE = "stack.json"
 _LOCK_FILE = "lock"
@@ -27,6 +28,7 @@ _KAFKA_DIR = "kafka"
 # `--dir .` cannot make it delete anything else.
 _OWNED = (STATE_FILE, _PG_DIR, _KAFKA_DIR)
 _STATE_VERSION = 1
+SERVICES = ("kafka", "postgres")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,57 @@ def down(state_dir: Path) -> None:
         (state_dir / _LOCK_FILE).unlink(missing_ok=True)
     if not any(state_dir.iterdir()):
         state_dir.rmdir()
+
+
+def restart(
+    state_dir: Path,
+    service: str,
+    *,
+    crash: bool = True,
+    down_s: float = 0.0,
+    progress: Callable[[str], None] = print,
+) -> float:
+    """Stop one service of the running stack and start it again on the same port and data.
+
+    `crash` stops it the hard way (kill -9 of the broker, an immediate shutdown of PostgreSQL,
+    which then runs crash recovery); otherwise cleanly. It stays down for `down_s` seconds.
+    Returns how long it was unavailable, start-up included. Fault tests use this on a stack of
+    their own: every client of the stack loses its connections.
+    """
+    if service not in SERVICES:
+        raise TerminalError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+    state_dir = state_dir.resolve()
+    with _locked(state_dir):
+        state = _load(state_dir)
+        if state is None or not _alive(state_dir, state):
+            raise TerminalError(f"no running stack in {state_dir}: run `python -m devstack up`")
+        started = time.monotonic()
+        if service == "kafka":
+            kafka_dir = state_dir / _KAFKA_DIR
+            if crash:
+                _kafka.kill(state.kafka_pid, kafka_dir)
+            else:
+                _kafka.stop(state.kafka_pid, kafka_dir)
+            time.sleep(down_s)
+            libs = _kafka.ensure_jars(progress)
+            pid = _kafka.start(libs, kafka_dir, kafka_dir / "server.properties")
+            _kafka.wait_ready(pid, state.env.kafka_bootstrap, kafka_dir)
+            state = replace(state, kafka_pid=pid)
+        else:
+            pg_dir = _pg_dir(state_dir)
+            if crash:
+                _postgres.crash(state.pg_pid, pg_dir)
+            else:
+                _postgres.stop(Path(state.pg_bin_dir), pg_dir, state.pg_pid)
+            time.sleep(down_s)
+            pid = _postgres.start(Path(state.pg_bin_dir), pg_dir, state.pg_port)
+            state = replace(state, pg_pid=pid)
+        tmp = state_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(state.to_json())
+        tmp.replace(state_dir / STATE_FILE)
+        took = time.monotonic() - started
+        progress(f"{service}: restarted in {took:.1f}s ({'crash' if crash else 'clean'})")
+        return took
 
 
 def status(state_dir: Path) -> dict[str, str]:

@@ -300,3 +300,8 @@ def stop(pid: int | None, kafka_dir: Path) -> None:
     """SIGTERM the broker (a controlled shutdown), SIGKILL it after the grace period."""
     for candidate in {p for p in (pid, recorded_pid(kafka_dir)) if p is not None}:
         terminate(candidate, _marker(kafka_dir), _STOP_GRACE_S, (signal.SIGTERM,))
+
+
+def kill(pid: int, kafka_dir: Path) -> None:
+    """kill -9 the broker, as a crash would stop it (fault tests); it recovers its log at start."""
+    terminate(pid, _marker(kafka_dir), 0.0, ())

@@ -381,3 +381,9 @@ def stop(bin_dir: Path | None, pg_dir: Path, pid: int | None) -> None:
         # SIGINT is postgres's fast shutdown and SIGQUIT its immediate one; unlike SIGKILL on the
         # postmaster, both take the backends down with it.
         terminate(p, _marker(pg_dir), 10.0, (signal.SIGINT, signal.SIGQUIT))
+
+
+def crash(pid: int, pg_dir: Path) -> None:
+    """An immediate shutdown (SIGQUIT): backends die at once and the next start runs crash
+    recovery, as after a power cut; unlike SIGKILL of the postmaster it leaves no orphans."""
+    terminate(pid, _marker(pg_dir), 10.0, (signal.SIGQUIT,))

@@ -56,6 +56,15 @@ def down(state_dir: Path) -> None:
 
 @stack.command()
 @_dir_option
+@click.argument("service", type=click.Choice(stack_api.SERVICES))
+@click.option("--clean", is_flag=True, help="stop it cleanly instead of as a crash would")
+def restart(state_dir: Path, service: str, clean: bool) -> None:
+    """Restart one service on its port and data (kill -9 or immediate shutdown by default)."""
+    stack_api.restart(state_dir, service, crash=not clean, progress=_progress)
+
+
+@stack.command()
+@_dir_option
 def status(state_dir: Path) -> None:
     """Print one line per service."""
     for service, description in stack_api.status(state_dir).items():

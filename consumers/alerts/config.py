@@ -1,4 +1,5 @@
-"""Parses the alert rule file (TOML) into frozen rule configs, or gives the default rule set."""
+"""Parses the alert rule file (TOML) into frozen rule configs, or gives the default rule set;
+table and column defaults come from the entity map."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bookaudit.entity_map import EntityMap, default_map
 from bookaudit.errors import ConfigError
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -26,26 +28,27 @@ class WatchedTable:
     """A table whose updates the rules see, and how one of its rows names its booking."""
 
     table: str  # schema.table
-    booking_column: str = "id"
-    price_column: str = "price"
+    booking_column: str
+    price_column: str
 
 
 @dataclass(frozen=True)
 class InvoiceSource:
     """Where invoices live, so `after_invoice_sent` knows when a booking's invoice went out."""
 
-    table: str = "public.invoices"
-    booking_column: str = "booking_id"
-    sent_column: str = "sent_at"
+    table: str
+    booking_column: str
+    sent_column: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class Rule:
-    """What every rule kind shares. `fields` are watched columns; `tables` empty means all."""
+    """What every rule kind shares. `fields` are watched columns (a rule file's default: the
+    price columns of the watched tables); `tables` empty means all."""
 
     name: str
     severity: str = "medium"
-    fields: tuple[str, ...] = ("price",)
+    fields: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
     # An approval reference approves a change, so no rule fires on it unless told otherwise.
     approval_exempts: bool = True
@@ -139,7 +142,7 @@ RULE_KINDS: dict[str, type[Rule]] = {
 @dataclass(frozen=True)
 class RuleSet:
     watch: tuple[WatchedTable, ...]
-    invoices: InvoiceSource
+    invoices: InvoiceSource | None
     rules: tuple[Rule, ...]
     origin: str = "built-in defaults"
 
@@ -153,7 +156,7 @@ class RuleSet:
     def topics_tables(self) -> tuple[str, ...]:
         """The tables whose topics the alerts job reads: the watched ones and the invoices."""
         names = [w.table for w in self.watch]
-        if any(isinstance(r, AfterInvoiceSent) for r in self.rules):
+        if self.invoices is not None and any(isinstance(r, AfterInvoiceSent) for r in self.rules):
             names.append(self.invoices.table)
         return tuple(dict.fromkeys(names))
 
@@ -164,21 +167,63 @@ class RuleSet:
         )
 
 
-DEFAULT_RULES = RuleSet(
-    watch=(WatchedTable("public.bookings"),),
-    invoices=InvoiceSource(),
-    rules=(
-        RoleNotAllowed(name="price-by-unauthorised-role", severity="high"),
+def map_watch(entity_map: EntityMap, table: str, where: str) -> WatchedTable:
+    """A watched table with the booking and price columns the entity map gives it."""
+    entity = entity_map.entity(table)
+    booking = None
+    if entity is not None:
+        booking = entity.key if entity is entity_map.booking else entity.booking_column
+    if booking is None:
+        raise ConfigError(
+            f"{where}: the entity map names no booking column for {table}: set booking_column"
+        )
+    prices = () if entity is None else entity.fields.price
+    if not prices:
+        raise ConfigError(
+            f"{where}: the entity map names no price column for {table}: set price_column"
+        )
+    return WatchedTable(table, booking, prices[0])
+
+
+def map_invoices(entity_map: EntityMap) -> InvoiceSource | None:
+    """The first invoice table of the map that names its booking and when it was sent."""
+    for entity in entity_map.of_kind("invoice"):
+        if entity.booking_column and entity.sent_column:
+            return InvoiceSource(str(entity.table), entity.booking_column, entity.sent_column)
+    return None
+
+
+def default_rules(entity_map: EntityMap) -> RuleSet:
+    """Price changes on the map's booking table: by a role other than admin, by more than 10 %
+    or 50 without approval, (when the map has an invoice table) after the invoice was sent, and
+    where the source cannot vouch for who made them (a forged or missing actor context)."""
+    booking = str(entity_map.booking.table)
+    watch = map_watch(entity_map, booking, f"{entity_map.origin}: default alert rules")
+    fields = entity_map.booking.fields.price
+    invoices = map_invoices(entity_map)
+    rules: tuple[Rule, ...] = (
+        RoleNotAllowed(name="price-by-unauthorised-role", severity="high", fields=fields),
         Threshold(
             name="large-price-change-without-approval",
             severity="high",
+            fields=fields,
             min_percent=Decimal("10"),
             min_absolute=Decimal("50"),
         ),
-        AfterInvoiceSent(name="price-change-after-invoice-sent", severity="critical"),
-        UntrustedAttribution(name="untrusted-attribution", severity="critical"),
-    ),
-)
+    )
+    if invoices is not None:
+        rules += (
+            AfterInvoiceSent(
+                name="price-change-after-invoice-sent", severity="critical", fields=fields
+            ),
+        )
+    rules += (
+        UntrustedAttribution(name="untrusted-attribution", severity="critical", fields=fields),
+    )
+    return RuleSet(watch=(watch,), invoices=invoices, rules=rules, origin="built-in defaults")
+
+
+DEFAULT_RULES = default_rules(default_map())
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -251,24 +296,32 @@ class _Section:
             raise ConfigError(f"{self.where}: unknown key {unknown[0]!r}")
 
 
-def _watch(raw: Any, where: str) -> WatchedTable:
+def _watch(raw: Any, where: str, entity_map: EntityMap) -> WatchedTable:
     s = _Section(raw, where)
     table = s.text("table", pattern=_TABLE)
+    booking, price = s.get("booking_column"), s.get("price_column")
+    if booking is None or price is None:
+        mapped = map_watch(entity_map, table, where)
+        booking = mapped.booking_column if booking is None else booking
+        price = mapped.price_column if price is None else price
     watched = WatchedTable(
         table=table,
-        booking_column=s.text("booking_column", "id"),
-        price_column=s.text("price_column", "price"),
+        booking_column=s.text("booking_column", booking),
+        price_column=s.text("price_column", price),
     )
     s.done()
     return watched
 
 
-def _invoices(raw: Any, where: str) -> InvoiceSource:
+def _invoices(raw: Any, where: str, entity_map: EntityMap) -> InvoiceSource:
     s = _Section(raw, where)
+    mapped = map_invoices(entity_map)
+    table = s.text("table", None if mapped is None else mapped.table, _TABLE)
+    same = mapped if mapped is not None and mapped.table == table else None
     source = InvoiceSource(
-        table=s.text("table", "public.invoices", _TABLE),
-        booking_column=s.text("booking_column", "booking_id"),
-        sent_column=s.text("sent_column", "sent_at"),
+        table=table,
+        booking_column=s.text("booking_column", None if same is None else same.booking_column),
+        sent_column=s.text("sent_column", None if same is None else same.sent_column),
     )
     s.done()
     return source
@@ -289,7 +342,7 @@ def _hours(s: _Section) -> tuple[time, time | None]:
     return start, end
 
 
-def _rule(raw: Any, where: str, watched: tuple[str, ...]) -> Rule:
+def _rule(raw: Any, where: str, watched: tuple[str, ...], prices: tuple[str, ...]) -> Rule:
     s = _Section(raw, where)
     name = s.text("name", pattern=_NAME)
     s.where = f"{where} ({name!r})"
@@ -309,7 +362,7 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...]) -> Rule:
     common: dict[str, Any] = {
         "name": name,
         "severity": severity,
-        "fields": s.texts("fields", ("price",)),
+        "fields": s.texts("fields", prices),
         "tables": tables,
         "approval_exempts": s.flag("approval_exempts", cls is not UntrustedAttribution),
         "exempt_roles": frozenset(s.texts("exempt_roles", ())),
@@ -358,13 +411,21 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...]) -> Rule:
     return rule
 
 
-def parse_rules(doc: Mapping[str, Any], origin: str) -> RuleSet:
+def parse_rules(
+    doc: Mapping[str, Any], origin: str, entity_map: EntityMap | None = None
+) -> RuleSet:
+    """A rule file; tables and columns it leaves out come from the entity map."""
+    entity_map = entity_map or default_map()
     top = _Section(dict(doc), origin)
     raw_watch = top.get("watch")
     if raw_watch is None:
-        watch = DEFAULT_RULES.watch
+        watch: tuple[WatchedTable, ...] = (
+            map_watch(entity_map, str(entity_map.booking.table), origin),
+        )
     elif isinstance(raw_watch, list) and raw_watch:
-        watch = tuple(_watch(w, f"{origin}: [[watch]] #{i + 1}") for i, w in enumerate(raw_watch))
+        watch = tuple(
+            _watch(w, f"{origin}: [[watch]] #{i + 1}", entity_map) for i, w in enumerate(raw_watch)
+        )
     else:
         raise ConfigError(f"{origin}: watch must be one or more [[watch]] tables")
     names = tuple(w.table for w in watch)
@@ -372,14 +433,23 @@ def parse_rules(doc: Mapping[str, Any], origin: str) -> RuleSet:
         raise ConfigError(f"{origin}: a table is watched twice")
     raw_invoices = top.get("invoices")
     invoices = (
-        InvoiceSource()
+        map_invoices(entity_map)
         if raw_invoices is None
-        else _invoices(raw_invoices, f"{origin}: [invoices]")
+        else _invoices(raw_invoices, f"{origin}: [invoices]", entity_map)
     )
     raw_rules = top.get("rule")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise ConfigError(f"{origin}: defines no rules; add at least one [[rule]] table")
-    rules = tuple(_rule(r, f"{origin}: [[rule]] #{i + 1}", names) for i, r in enumerate(raw_rules))
+    prices = tuple(dict.fromkeys(w.price_column for w in watch))
+    rules = tuple(
+        _rule(r, f"{origin}: [[rule]] #{i + 1}", names, prices) for i, r in enumerate(raw_rules)
+    )
+    for rule in rules:
+        if isinstance(rule, AfterInvoiceSent) and invoices is None:
+            raise ConfigError(
+                f"{origin}: rule {rule.name!r} needs an [invoices] table (the entity map has "
+                "no invoice table with booking and sent columns)"
+            )
     seen: set[str] = set()
     for rule in rules:
         if rule.name in seen:
@@ -389,11 +459,12 @@ def parse_rules(doc: Mapping[str, Any], origin: str) -> RuleSet:
     return RuleSet(watch=watch, invoices=invoices, rules=rules, origin=origin)
 
 
-def load_rules(path: str | Path | None) -> RuleSet:
+def load_rules(path: str | Path | None, entity_map: EntityMap | None = None) -> RuleSet:
     """The rule file when one is named, else the defaults: role, threshold, after invoice,
-    untrusted attribution."""
+    untrusted attribution;
+    both take their tables and columns from the entity map (the sample schema's by default)."""
     if path is None:
-        return DEFAULT_RULES
+        return DEFAULT_RULES if entity_map is None else default_rules(entity_map)
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"rule file {file} does not exist")
@@ -401,7 +472,7 @@ def load_rules(path: str | Path | None) -> RuleSet:
         doc = tomllib.loads(file.read_text(), parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    return parse_rules(doc, str(file))
+    return parse_rules(doc, str(file), entity_map)
 
 
 def describe(rules: RuleSet) -> list[str]:
@@ -410,9 +481,11 @@ def describe(rules: RuleSet) -> list[str]:
     for w in rules.watch:
         lines.append(f"watch {w.table}: booking = {w.booking_column}, price = {w.price_column}")
     inv = rules.invoices
-    lines.append(
-        f"invoices {inv.table}: booking = {inv.booking_column}, sent when {inv.sent_column} is set"
-    )
+    if inv is not None:
+        lines.append(
+            f"invoices {inv.table}: booking = {inv.booking_column}, "
+            f"sent when {inv.sent_column} is set"
+        )
     for rule in rules.rules:
         detail: list[str] = [f"fields {', '.join(rule.fields)}"]
         if isinstance(rule, RoleNotAllowed):

@@ -14,17 +14,11 @@ from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent, watch_events
 from bookaudit.consumers.alerts.rules import evaluate_batch
-from bookaudit.consumers.alerts.sink import (
-    KafkaOutput,
-    StdoutOutput,
-    WebhookOutput,
-    alerts_topic,
-)
+from bookaudit.consumers.alerts.sink import KafkaOutput, StdoutOutput, WebhookOutput
 from bookaudit.consumers.alerts.state import AlertStore, Pending, RecordedAlert
-from bookaudit.consumers.audit.job import decode_and_map
-from bookaudit.consumers.audit.writer import DeadLetter
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import DeadLetter, Record, decode_and_map
 from bookaudit.errors import TerminalError
+from bookaudit.kafka.alert import alerts_topic
 
 PROGRESS_INTERVAL_S = 5.0
 

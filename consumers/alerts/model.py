@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from bookaudit.cdc.decode import format_lsn, parse_lsn
-from bookaudit.cdc.transactions import ActorContext
 from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
-from bookaudit.consumers.audit.mapper import AuditEntry, FieldChange
+from bookaudit.consumers.records import AuditEntry, FieldChange
+from bookaudit.model import ActorContext, Position, format_position, parse_position
 
 _CENT = Decimal("0.01")
 
@@ -19,11 +18,11 @@ _CENT = Decimal("0.01")
 class ChangeEvent:
     """An update of a watched table that touched a field some rule watches.
 
-    (source, commit_lsn, sequence) is its identity, the same key audit.row_changes is unique on.
+    (source, commit_position, sequence) is its identity, the same key audit.row_changes is unique on.
     """
 
     source: str
-    commit_lsn: int
+    commit_position: Position
     sequence: int
     txid: int
     committed_at_ms: int
@@ -45,12 +44,12 @@ class ChangeEvent:
     @property
     def position(self) -> tuple[int, int]:
         """Commit order on the source: what "before" and "after" mean across topics."""
-        return (self.commit_lsn, self.sequence)
+        return (self.commit_position, self.sequence)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "commit_lsn": format_lsn(self.commit_lsn),
+            "commit_lsn": format_position(self.commit_position),
             "sequence": self.sequence,
             "txid": self.txid,
             "committed_at_ms": self.committed_at_ms,
@@ -70,7 +69,7 @@ class ChangeEvent:
     def from_json(cls, raw: dict[str, Any]) -> ChangeEvent:
         return cls(
             source=raw["source"],
-            commit_lsn=parse_lsn(raw["commit_lsn"]),
+            commit_position=parse_position(raw["commit_lsn"]),
             sequence=int(raw["sequence"]),
             txid=int(raw["txid"]),
             committed_at_ms=int(raw["committed_at_ms"]),
@@ -92,7 +91,7 @@ class InvoiceSent:
     """An invoice row change that shows the invoice as sent, committed at this position."""
 
     source: str
-    commit_lsn: int
+    commit_position: Position
     sequence: int
     committed_at_ms: int
     booking_id: str | None
@@ -100,12 +99,12 @@ class InvoiceSent:
 
     @property
     def position(self) -> tuple[int, int]:
-        return (self.commit_lsn, self.sequence)
+        return (self.commit_position, self.sequence)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "commit_lsn": format_lsn(self.commit_lsn),
+            "commit_lsn": format_position(self.commit_position),
             "sequence": self.sequence,
             "committed_at_ms": self.committed_at_ms,
             "booking_id": self.booking_id,
@@ -116,7 +115,7 @@ class InvoiceSent:
     def from_json(cls, raw: dict[str, Any]) -> InvoiceSent:
         return cls(
             source=raw["source"],
-            commit_lsn=parse_lsn(raw["commit_lsn"]),
+            commit_position=parse_position(raw["commit_lsn"]),
             sequence=int(raw["sequence"]),
             committed_at_ms=int(raw["committed_at_ms"]),
             booking_id=raw["booking_id"],
@@ -143,7 +142,7 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
         found.append(
             ChangeEvent(
                 source=entry.source,
-                commit_lsn=parse_lsn(entry.commit_lsn),
+                commit_position=entry.commit_position,
                 sequence=entry.sequence,
                 txid=entry.txid,
                 committed_at_ms=entry.committed_at_ms,
@@ -161,7 +160,8 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
         )
     invoices = rules.invoices
     if (
-        table == invoices.table
+        invoices is not None
+        and table == invoices.table
         and entry.after is not None
         and entry.after.get(invoices.sent_column) is not None
         and any(isinstance(r, AfterInvoiceSent) for r in rules.rules)
@@ -170,7 +170,7 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
         found.append(
             InvoiceSent(
                 source=entry.source,
-                commit_lsn=parse_lsn(entry.commit_lsn),
+                commit_position=entry.commit_position,
                 sequence=entry.sequence,
                 committed_at_ms=entry.committed_at_ms,
                 booking_id=entry.after.get(invoices.booking_column),
@@ -215,56 +215,11 @@ class Alert:
     def alert_id(self) -> str:
         """Deterministic, so a replay or a restart produces the same id and dedupes on it."""
         e = self.event
-        return f"{e.source}:{format_lsn(e.commit_lsn)}:{e.sequence}:{self.rule}"
+        return f"{e.source}:{format_position(e.commit_position)}:{e.sequence}:{self.rule}"
 
     @property
     def change_pct(self) -> Decimal | None:
         return change_percent(self.event.old_price, self.event.new_price)
-
-
-# The order of alert.avsc, which JSON outputs keep (jsonb storage sorts keys its own way).
-DOCUMENT_KEYS = (
-    "alert_id",
-    "rule",
-    "kind",
-    "severity",
-    "message",
-    "booking_id",
-    "table",
-    "changes",
-    "old_price",
-    "new_price",
-    "change_pct",
-    "actor",
-    "actor_id",
-    "actor_role",
-    "actor_origin",
-    "approval_ref",
-    "reason",
-    "application",
-    "db_user",
-    "txid",
-    "committed_at_ms",
-    "committed_at",
-    "audit_entry",
-    "recorded_at_ms",
-)
-_CHANGE_KEYS = ("field", "old", "new")
-_ENTRY_KEYS = ("source", "commit_lsn", "sequence", "kafka_topic", "kafka_partition", "kafka_offset")
-
-
-def in_schema_order(document: dict[str, Any]) -> dict[str, Any]:
-    """The document with its keys (and nested keys) in alert.avsc order; unknown keys last."""
-
-    def ordered(raw: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-        return {k: raw[k] for k in keys if k in raw} | raw
-
-    doc = ordered(document, DOCUMENT_KEYS)
-    if isinstance(doc.get("changes"), list):
-        doc["changes"] = [ordered(c, _CHANGE_KEYS) for c in doc["changes"]]
-    if isinstance(doc.get("audit_entry"), dict):
-        doc["audit_entry"] = ordered(doc["audit_entry"], _ENTRY_KEYS)
-    return doc
 
 
 def _iso(ms: int) -> str:
@@ -301,7 +256,7 @@ def alert_document(alert: Alert) -> dict[str, Any]:
         "committed_at": _iso(e.committed_at_ms),
         "audit_entry": {
             "source": e.source,
-            "commit_lsn": format_lsn(e.commit_lsn),
+            "commit_lsn": format_position(e.commit_position),
             "sequence": e.sequence,
             "kafka_topic": e.kafka_topic,
             "kafka_partition": e.kafka_partition,

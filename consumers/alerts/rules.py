@@ -26,7 +26,7 @@ from bookaudit.consumers.alerts.model import (
     change_percent,
     decimal_or_none,
 )
-from bookaudit.consumers.audit.mapper import FieldChange
+from bookaudit.consumers.records import FieldChange
 
 R = TypeVar("R", bound=Rule)
 
@@ -104,7 +104,7 @@ def _check_after_invoice(
         or invoice.booking_id != event.booking_id
         or invoice.source != event.source
         # Sent in the same transaction as the change is not "after": the two are one act.
-        or invoice.commit_lsn >= event.commit_lsn
+        or invoice.commit_position >= event.commit_position
     ):
         return None
     sent = datetime.fromtimestamp(invoice.committed_at_ms / 1000, tz=UTC)
@@ -147,7 +147,7 @@ def _check_repeated(
         if e.source == event.source
         and e.booking_id == event.booking_id
         and e.table == event.table
-        and e.actor.display == event.actor.display
+        and e.actor.identity == event.actor.identity
         and e.position < event.position
         and 0 <= event.committed_at_ms - e.committed_at_ms <= window_ms
         and e.changed & watched

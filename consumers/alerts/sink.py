@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -12,33 +13,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bookaudit import __version__
-from bookaudit._resources import read_text
-from bookaudit.cdc.envelope import KafkaRecord, decode, encode
-from bookaudit.cdc.produce import KafkaSink, ProducerSettings
 from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
-from bookaudit.errors import DecodeError, TransientError
+from bookaudit.errors import BookauditError, DecodeError, TransientError
+from bookaudit.kafka.alert import ALERT_SCHEMA_ID, decode_alert, encode_alert
+from bookaudit.kafka.producer import KafkaSink, ProducerSettings
+from bookaudit.kafka.serde import KafkaRecord
 
-ALERT_SCHEMA = fastavro.parse_schema(json.loads(read_text("schemas", "alert.avsc")))
-ALERT_SCHEMA_ID = b"bookaudit.Alert/1"
 # A recovered alert was produced after it was recorded; the slack covers clock steps between the
 # warehouse and the broker.
 _SCAN_SLACK_MS = 5_000
-
-
-def alerts_topic(prefix: str) -> str:
-    return f"{prefix}.alerts"
-
-
-def encode_alert(document: dict[str, Any]) -> bytes:
-    return encode(ALERT_SCHEMA, document)
-
-
-def decode_alert(data: bytes) -> dict[str, Any]:
-    return decode(ALERT_SCHEMA, data)
 
 
 def json_line(document: dict[str, Any]) -> str:
@@ -46,11 +32,16 @@ def json_line(document: dict[str, Any]) -> str:
 
 
 def display_url(url: str) -> str:
-    """scheme://host/path only: a webhook URL often carries a token in its query or user part."""
+    """scheme://host only, plus a fingerprint of the rest: a webhook URL often carries its token
+    in the user part, the query, or the path itself (Slack's /services/T…/B…/<token>)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    rest = url[url.find(parts.netloc) + len(parts.netloc) :] if parts.netloc else url
+    if rest in ("", "/"):
+        return f"{parts.scheme}://{host}{port}/"
+    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"{parts.scheme}://{host}{port}/<redacted {fingerprint}>"
 
 
 def backoff_delay(failures: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
@@ -186,7 +177,21 @@ class KafkaOutput:
 
 
 class WebhookError(TransientError):
-    """The webhook did not take the alert (not reachable, or not a 2xx answer)."""
+    """The webhook did not take the alert yet (not reachable, timed out, 5xx, 408 or 429)."""
+
+
+class WebhookRejected(BookauditError):
+    """The webhook refused this alert for good (a 4xx): retrying sends the same request again,
+    so the alert is parked (recorded with its status, shown by `alerts list`) and the queue goes
+    on."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# 4xx answers that mean "later", not "never".
+_RETRY_LATER = frozenset({408, 425, 429})
 
 
 def post_alert(url: str, document: dict[str, Any], timeout_s: float) -> int:
@@ -208,7 +213,10 @@ def post_alert(url: str, document: dict[str, Any], timeout_s: float) -> int:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         exc.close()
-        raise WebhookError(f"webhook {where} answered {exc.code} {exc.reason}") from None
+        text = f"webhook {where} answered {exc.code} {exc.reason}"
+        if 400 <= exc.code < 500 and exc.code not in _RETRY_LATER:
+            raise WebhookRejected(text, exc.code) from None
+        raise WebhookError(text) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WebhookError(f"webhook {where} unreachable: {reason}") from None
@@ -219,8 +227,9 @@ def post_alert(url: str, document: dict[str, Any], timeout_s: float) -> int:
 
 class WebhookOutput:
     """Delivers alerts to the webhook in order on its own thread, so an outage delays alerts but
-    never blocks the consumer. A failed POST is retried with backoff until it succeeds; the
-    outbox keeps undelivered alerts across restarts."""
+    never blocks the consumer. A failed POST (unreachable, timeout, 5xx) is retried with backoff
+    until it succeeds; a 4xx parks the alert and the queue goes on. The outbox keeps undelivered
+    alerts across restarts."""
 
     def __init__(
         self,
@@ -285,6 +294,15 @@ class WebhookOutput:
                     self._store.delivered(
                         "webhook", [Delivery(head.id, self.target, attempts, http_status=status)]
                     )
+                except WebhookRejected as exc:
+                    # Recorded like a delivery, with the refusal's status: `alerts list` shows
+                    # it as parked, and a restart does not send it again.
+                    status = exc.status
+                    self._log(
+                        f"alerts: {exc}; alert {head.document['alert_id']} parked "
+                        "(see `bookaudit alerts list`), the queue goes on"
+                    )
+                    continue
                 except TransientError as exc:
                     failures += 1
                     delay = backoff_delay(failures, cap_s=self._max_backoff_s)

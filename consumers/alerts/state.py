@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 
-from bookaudit.cdc.decode import format_lsn
 from bookaudit.consumers.alerts.model import (
     Alert,
     ChangeEvent,
@@ -19,11 +18,12 @@ from bookaudit.consumers.alerts.model import (
     Watched,
     alert_document,
     decimal_or_none,
-    in_schema_order,
 )
 from bookaudit.consumers.alerts.rules import RuleContext
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.kafka.alert import in_schema_order
+from bookaudit.model import format_position
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -209,7 +209,7 @@ def _alert_row(alert: Alert) -> dict[str, Any]:
         "severity": alert.severity,
         "message": alert.message,
         "source": e.source,
-        "commit_lsn": format_lsn(e.commit_lsn),
+        "commit_lsn": format_position(e.commit_position),
         "sequence": e.sequence,
         "txid": e.txid,
         "committed_at_ms": e.committed_at_ms,
@@ -246,7 +246,7 @@ class BatchTransaction:
         rows = [
             {
                 "source": w.source,
-                "commit_lsn": format_lsn(w.commit_lsn),
+                "commit_lsn": format_position(w.commit_position),
                 "sequence": w.sequence,
                 "kind": "edit" if isinstance(w, ChangeEvent) else "invoice_sent",
                 "booking_id": w.booking_id,
@@ -272,7 +272,7 @@ class BatchTransaction:
                 {
                     "idx": i,
                     "source": c.source,
-                    "commit_lsn": format_lsn(c.commit_lsn),
+                    "commit_lsn": format_position(c.commit_position),
                     "sequence": c.sequence,
                     "booking_id": c.booking_id,
                     "actor": c.actor.display,
@@ -302,7 +302,7 @@ class BatchTransaction:
                 {
                     "idx": i,
                     "source": inv.source,
-                    "commit_lsn": format_lsn(inv.commit_lsn),
+                    "commit_lsn": format_position(inv.commit_position),
                     "booking_id": inv.booking_id,
                 }
                 for i, inv in wanted

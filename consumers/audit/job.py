@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.mapper import AuditEntry, to_audit_entry
-from bookaudit.consumers.audit.writer import DeadLetter, WarehouseWriter
-from bookaudit.consumers.decode import Record, decode_record
-from bookaudit.errors import PoisonMessageError
+from bookaudit.consumers.audit.writer import WarehouseWriter
+from bookaudit.consumers.records import decode_and_map
 
 PROGRESS_INTERVAL_S = 5.0
 
@@ -33,21 +31,8 @@ def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
 class WriterStats:
     records: int = 0
     written: int = 0
+    duplicates: int = 0
     dead_letters: int = 0
-
-
-def decode_and_map(records: list[Record]) -> tuple[list[AuditEntry], list[DeadLetter]]:
-    """Pure: a bad record becomes a dead letter value, never an exception out of the batch."""
-    entries: list[AuditEntry] = []
-    dead: list[DeadLetter] = []
-    for record in records:
-        try:
-            entries.append(to_audit_entry(decode_record(record)))
-        except PoisonMessageError as exc:
-            dead.append(DeadLetter(record, str(exc)))
-        except (KeyError, TypeError, ValueError) as exc:
-            dead.append(DeadLetter(record, f"cannot map envelope: {type(exc).__name__}: {exc}"))
-    return entries, dead
 
 
 class AuditWriter:
@@ -57,7 +42,11 @@ class AuditWriter:
         self.log = log
         self.stats = WriterStats()
         self.writer = WarehouseWriter(warehouse_dsn)
-        self.source = KafkaSource(settings)
+        try:
+            self.source = KafkaSource(settings)
+        except BaseException:
+            self.writer.close()
+            raise
         self._last_progress = time.monotonic()
 
     def step(self) -> int:
@@ -67,10 +56,11 @@ class AuditWriter:
         entries, dead = decode_and_map(records)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        self.writer.write(entries, dead)
+        inserted = self.writer.write(entries, dead)
         self.source.commit(records)
         self.stats.records += len(records)
-        self.stats.written += len(entries)
+        self.stats.written += inserted
+        self.stats.duplicates += len(entries) - inserted
         self.stats.dead_letters += len(dead)
         return len(records)
 
@@ -80,7 +70,7 @@ class AuditWriter:
             self._last_progress = now
             self.log(
                 f"audit writer: {self.stats.records} records, {self.stats.written} entries, "
-                f"{self.stats.dead_letters} dead letters"
+                f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"
             )
 
     def run(self, exit_when_idle: bool = False) -> WriterStats:
@@ -95,6 +85,6 @@ class AuditWriter:
             self.writer.close()
         self.log(
             f"audit writer: done, {self.stats.written} entries, "
-            f"{self.stats.dead_letters} dead letters"
+            f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"
         )
         return self.stats

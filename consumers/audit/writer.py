@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import cast
 
 import psycopg
 
-from bookaudit.consumers.audit.mapper import AuditEntry
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries
 from bookaudit.errors import TerminalError, TransientError
+from bookaudit.model import format_position
 
 # One round trip per batch: the entries travel as one JSON array; ON CONFLICT skips replays, and
 # only rows inserted now get their field rows, so a replayed batch adds nothing.
@@ -60,18 +60,12 @@ ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: Record
-    error: str
-
-
 def _as_json(entry: AuditEntry) -> dict[str, object]:
     return {
         "source": entry.source,
-        "commit_lsn": entry.commit_lsn,
+        "commit_lsn": format_position(entry.commit_position),
         "sequence": entry.sequence,
-        "lsn": entry.lsn,
+        "lsn": format_position(entry.position),
         "txid": entry.txid,
         "committed_at_ms": entry.committed_at_ms,
         "schema_name": entry.schema_name,
@@ -100,17 +94,25 @@ class WarehouseWriter:
         except psycopg.OperationalError as exc:
             raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
 
-    def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> None:
-        """Commit the whole batch or nothing; the caller commits Kafka offsets only after this."""
+    def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
+        """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
+
+        Returns how many entries were new: the rest were copies of events already stored, or
+        already in this batch, and were dropped.
+        """
         if self._conn.closed:
             self._conn = self._connect()
+        unique = distinct_entries(entries)
+        inserted = 0
         try:
             with self._conn.transaction():
-                if entries:
-                    payload = json.dumps([_as_json(e) for e in entries])
+                if unique:
+                    payload = json.dumps([_as_json(e) for e in unique])
                     row = self._conn.execute(_INSERT, {"entries": payload}).fetchone()
                     assert row is not None
-                    self._conn.execute(_CHAIN, (row[0],))
+                    ids = cast(list[int], row[0])
+                    inserted = len(ids)
+                    self._conn.execute(_CHAIN, (ids,))
                 for letter in dead:
                     r = letter.record
                     self._conn.execute(
@@ -123,6 +125,7 @@ class WarehouseWriter:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
             ) from None
+        return inserted
 
     def close(self) -> None:
         self._conn.close()

@@ -5,27 +5,20 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 
-from bookaudit.config import Config, load_config
+from bookaudit._commands import config_from, log
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 
+if TYPE_CHECKING:
+    from bookaudit.warehouse.history import Filters
+
 T = TypeVar("T")
-
-
-def log(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _config(ctx: click.Context, /, **flags: Any) -> Config:
-    toml = ctx.find_root().params.get("config")
-    return load_config(flags=flags, toml_path=Path(toml) if toml else None)
 
 
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
@@ -98,9 +91,19 @@ def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[
 @click.option(
     "--config", type=click.Path(dir_okay=False), help="TOML file (default ./bookaudit.toml)"
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="threshold for library log lines (librdkafka's among them)",
+)
 @click.version_option(package_name="bookaudit")
-def main(config: str | None) -> None:
+def main(config: str | None, log_level: str) -> None:
     """Booking history and audit log: Postgres → Kafka → audit warehouse."""
+    from bookaudit.classify import setup_logging
+
+    setup_logging(log_level.upper())
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def source_install(
     an outbox with row triggers."""
     from bookaudit.source.install import TableName, apply, plan_install, render
 
-    cfg = _config(ctx, tables=tables, **flags)
+    cfg = config_from(ctx, tables=tables, **flags)
     cfg.require("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     assert cfg.source_dsn is not None
@@ -158,7 +161,7 @@ def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None
     """Drop the slot, the publication, the triggers and the bookaudit schema."""
     from bookaudit.source.install import apply, plan_uninstall, render
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("source_dsn")
     assert cfg.source_dsn is not None
     with _connect(cfg.source_dsn, "source") as conn:
@@ -186,10 +189,11 @@ def _connect(dsn: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
 @click.pass_context
 def capture(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
     """Stream the slot (or relay the outbox) to Kafka, releasing only what Kafka acknowledged."""
-    from bookaudit.cdc.capture import Capture, settings_from
+    from bookaudit.cdc.capture import Capture
     from bookaudit.cdc.relay import OutboxRelay
+    from bookaudit.cdc.settings import settings_from
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     settings = settings_from(cfg, exit_when_idle=exit_when_idle)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
@@ -209,15 +213,18 @@ def warehouse() -> None:
 @click.pass_context
 def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **flags: Any) -> None:
     """Create (or upgrade) the append-only audit schema."""
+    from bookaudit.entity_map import default_map
     from bookaudit.warehouse.schema import init_warehouse
 
     if warehouse_dsn_alias:
         flags["warehouse_dsn"] = warehouse_dsn_alias
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
-    init_warehouse(cfg.warehouse_dsn)
-    log("warehouse: audit schema ready")
+    own = cfg.entity_map != default_map()
+    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
+    log(f"warehouse: audit schema ready{mapped}")
 
 
 @warehouse.command("verify")
@@ -227,7 +234,7 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
     from bookaudit.warehouse.verify import verify_chain
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     report = verify_chain(cfg.warehouse_dsn)
@@ -254,7 +261,7 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     """Write audit entries with old and new values to the warehouse."""
     from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
-    settings, dsn = settings_from(_config(ctx, **flags))
+    settings, dsn = settings_from(config_from(ctx, **flags))
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,
@@ -279,8 +286,8 @@ def consume_alerts(
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
 
-    cfg = _config(ctx, **flags)
-    rules = load_rules(cfg.alerts_rules)
+    cfg = config_from(ctx, **flags)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = settings_from(cfg, rules)
 
     def out(line: str) -> None:
@@ -293,98 +300,302 @@ def consume_alerts(
     )
 
 
+# --- entity map -----------------------------------------------------------------------------
+
+
+@main.group("map")
+def map_() -> None:
+    """Check or apply the entity map ([map] in bookaudit.toml; the sample schema's by default)."""
+
+
+@map_.command("check")
+@_connection_options("source_dsn")
+@click.pass_context
+def map_check(ctx: click.Context, /, **flags: Any) -> None:
+    """Check every table, column and key the map names against the source; one line a mistake."""
+    from bookaudit.source.map_check import check_map, read_catalog
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("source_dsn")
+    assert cfg.source_dsn is not None
+    entity_map = cfg.entity_map
+    with _connect(cfg.source_dsn, "source") as conn:
+        problems = check_map(entity_map, read_catalog(conn, entity_map.tables))
+    for problem in problems:
+        click.echo(f"{entity_map.origin}: {problem}")
+    if problems:
+        sys.exit(1)
+    kinds = ", ".join(f"{e.kind} {e.table}" for e in entity_map.entities)
+    click.echo(f"map ok ({entity_map.origin}): {kinds}")
+
+
+@map_.command("apply")
+@_connection_options("warehouse_dsn")
+@click.option("--source", "source_name", help="the source this map is for (BOOKAUDIT_SOURCE_NAME)")
+@click.pass_context
+def map_apply(ctx: click.Context, /, **flags: Any) -> None:
+    """Store the map in the warehouse for one source: its views answer with it from now on."""
+    from bookaudit.warehouse._connect import warehouse as connect_warehouse
+    from bookaudit.warehouse.mapping import apply_map
+
+    cfg = config_from(ctx, **flags)
+    cfg.require("warehouse_dsn")
+    assert cfg.warehouse_dsn is not None
+    with connect_warehouse(cfg.warehouse_dsn) as conn:
+        apply_map(conn, cfg.source_name, cfg.entity_map)
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
+
+
 # --- read back ------------------------------------------------------------------------------
 
 
 @main.group()
 def history() -> None:
-    """Read audit history back."""
+    """Read audit history back: labelled timelines, as-of, diff and the booking history log."""
 
 
-def _print_report(report_name: str, rows: list[dict[str, Any]], fmt: str, empty: str) -> None:
-    from bookaudit.warehouse.history import render_json, render_table
-
-    if fmt == "json":
-        click.echo(render_json(rows))
-    elif rows:
-        click.echo(render_table(rows))
-    else:
-        log(f"{report_name}: {empty}")
-
-
-_format_option = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+_source_option = click.option(
+    "--source",
+    help="which source's rows (BOOKAUDIT_SOURCE); required when several feed the warehouse",
 )
 
 
+def _history_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every history command takes, in one place."""
+    options = [
+        click.option("--since", help="from this date or timestamp (read in --tz), inclusive"),
+        click.option("--until", help="up to this date (the whole day) or timestamp"),
+        click.option("--tz", help="time zone to read and show times in (default: this machine's)"),
+        click.option("--field", "fields", multiple=True, help="only entries changing FIELD"),
+        click.option("--actor", "actors", multiple=True, help="only entries by this actor or db role"),
+        click.option("--label", "labels", multiple=True, help="only entries whose label contains this"),
+        click.option(
+            "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+            show_default=True,
+        ),
+        _source_option,
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return _connection_options("warehouse_dsn")(fn)
+
+
+def _filters(opts: dict[str, Any], *, default_since: str | None = None) -> tuple[Filters, Any]:
+    from bookaudit.warehouse.history import Filters, parse_moment, parse_zone
+
+    zone = parse_zone(opts.pop("tz"))
+    since_text = opts.pop("since") or default_since
+    until_text = opts.pop("until")
+    since = parse_moment(since_text, zone, "--since") if since_text else None
+    if until_text:
+        until = parse_moment(until_text, zone, "--until", end_of_day=True)
+    elif default_since and since is not None:
+        until = parse_moment(since_text or "", zone, "--since", end_of_day=True)
+    else:
+        until = None
+    if since and until and until <= since:
+        raise ConfigError(f"--until {until_text} is not after --since {since_text}")
+    filters = Filters(
+        since=since,
+        until=until,
+        fields=tuple(opts.pop("fields")),
+        actors=tuple(opts.pop("actors")),
+        labels=tuple(opts.pop("labels")),
+        source=opts.pop("source"),
+        zone=zone,
+    )
+    return filters, zone
+
+
+def _emit(
+    fmt: str,
+    table: Callable[[], str],
+    export: list[dict[str, Any]],
+    keys: Sequence[str],
+    empty: str,
+) -> None:
+    """JSON and CSV print every row exactly; the table is for people. Nothing found: one line."""
+    from bookaudit.warehouse.history import render_csv, render_json
+
+    if not export:
+        log(empty)
+    if fmt == "json":
+        click.echo(render_json(export))
+    elif fmt == "csv":
+        click.echo(render_csv(export, keys))
+    elif export:
+        click.echo(table())
+
+
 def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
-    cfg = _config(ctx, **flags)
+    """The warehouse DSN; --source falls back to BOOKAUDIT_SOURCE and the TOML file."""
+    cfg = config_from(
+        ctx, warehouse_dsn=flags.pop("warehouse_dsn", None), source=flags.pop("source")
+    )
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
+    flags["source"] = cfg.source
     return cfg.warehouse_dsn
+
+
+def _timeline(
+    rows: list[dict[str, Any]],
+    zone: Any,
+    keys: Sequence[str],
+    fmt: str,
+    empty: str,
+    *,
+    with_booking: bool = False,
+) -> None:
+    from bookaudit.warehouse.history import entries, exported, render_table, timeline_table_rows
+
+    def table() -> str:
+        shown = timeline_table_rows(entries(rows), zone, with_booking=with_booking)
+        return render_table(shown, wide=("changes", "approval / reason"))
+
+    _emit(fmt, table, exported(rows, keys, zone), keys, empty)
 
 
 @history.command("booking")
 @click.argument("booking_id")
-@_connection_options("warehouse_dsn")
-@_format_option
+@click.option("--as-of", "as_of", help="show the booking and its related rows as they were then")
+@click.option("--diff", nargs=2, metavar="T1 T2", help="what changed between two moments")
+@_history_options
 @click.pass_context
-def history_booking(ctx: click.Context, /, booking_id: str, fmt: str, **flags: Any) -> None:
-    """A booking's entries, oldest first, with its invoices, payments, assignments and notes."""
-    from bookaudit.warehouse.history import BOOKING, run_report
+def history_booking(
+    ctx: click.Context, /, booking_id: str, as_of: str | None, diff: tuple[str, str] | None,
+    **opts: Any,
+) -> None:  # fmt: skip
+    """A booking's labelled timeline, oldest first, with its invoices, payments, assignments
+    and notes; or its state --as-of a moment, or the --diff between two."""
+    from bookaudit.warehouse import history as h
 
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING, {"id": booking_id})
-    _print_report("history", rows, fmt, f"no audit entries for booking {booking_id}")
+    dsn = _warehouse_dsn(ctx, opts)
+    fmt = opts.pop("fmt")
+    filters, zone = _filters(opts)
+    if as_of and diff:
+        raise ConfigError("--as-of and --diff cannot be combined: choose one")
+    if as_of:
+        at = h.parse_moment(as_of, zone, "--as-of")
+        state = h.as_of_rows(dsn, booking_id, at, filters.source)
+        shown = [{**r, "value": h.show_value(r["value"], zone)} for r in state]
+        _emit(
+            fmt,
+            lambda: h.render_table(
+                [{k: r[k] for k in ("table", "row", "field", "value")} for r in shown],
+                wide=("value",),
+            ),
+            h.exported(state, h.AS_OF_KEYS, zone),
+            h.AS_OF_KEYS,
+            f"booking {booking_id} did not exist at {h.show_time(at, zone)}",
+        )
+        return
+    if diff:
+        t1 = h.parse_moment(diff[0], zone, "--diff")
+        t2 = h.parse_moment(diff[1], zone, "--diff")
+        changed = h.diff_rows(dsn, booking_id, t1, t2, filters.source)
+
+        def table() -> str:
+            return h.render_table(
+                [
+                    {
+                        "table": r["table"], "row": r["row"], "field": r["field"],
+                        h.show_time(t1, zone): h.show_value(r["at_t1"], zone),
+                        h.show_time(t2, zone): h.show_value(r["at_t2"], zone),
+                        "changed by": r["changed_by"] or "",
+                    }
+                    for r in changed
+                ],
+                wide=(h.show_time(t1, zone), h.show_time(t2, zone)),
+            )  # fmt: skip
+
+        _emit(
+            fmt, table, h.exported(changed, h.DIFF_KEYS, zone), h.DIFF_KEYS,
+            f"booking {booking_id}: nothing changed between {diff[0]} and {diff[1]}",
+        )  # fmt: skip
+        return
+    rows = h.booking_rows(dsn, booking_id, filters)
+    keys = (*h.HISTORY_KEYS, *h.ENTRY_KEYS)
+    _timeline(rows, zone, keys, fmt, f"history: no audit entries for booking {booking_id}")
 
 
 @history.command("customer")
 @click.argument("customer_id")
-@_connection_options("warehouse_dsn")
-@_format_option
+@_history_options
 @click.pass_context
-def history_customer(ctx: click.Context, /, customer_id: str, fmt: str, **flags: Any) -> None:
+def history_customer(ctx: click.Context, /, customer_id: str, **opts: Any) -> None:
     """A customer's record and every booking of theirs, oldest first."""
-    from bookaudit.warehouse.history import CUSTOMER, run_report
+    from bookaudit.warehouse import history as h
 
-    rows = run_report(_warehouse_dsn(ctx, flags), CUSTOMER, {"id": customer_id})
-    _print_report("history", rows, fmt, f"no audit entries for customer {customer_id}")
-
-
-@history.command("log")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default today")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="last day (UTC), default --since")
-@_connection_options("warehouse_dsn")
-@_format_option
-@click.pass_context
-def history_log(
-    ctx: click.Context, /, since: datetime | None, until: datetime | None, fmt: str, **flags: Any
-) -> None:
-    """The booking history log: bookings created, modified and deleted, day by day."""
-    from bookaudit.warehouse.history import BOOKING_LOG, run_report
-
-    first = since.date() if since else datetime.now(UTC).date()
-    last = until.date() if until else first
-    if last < first:
-        raise ConfigError(f"--until {last} is before --since {first}")
-    rows = run_report(_warehouse_dsn(ctx, flags), BOOKING_LOG, {"since": first, "until": last})
-    _print_report("log", rows, fmt, f"no booking created or modified from {first} to {last}")
+    dsn = _warehouse_dsn(ctx, opts)
+    fmt = opts.pop("fmt")
+    filters, zone = _filters(opts)
+    rows = h.customer_rows(dsn, customer_id, filters)
+    keys = ("committed_at", "booking", *h.HISTORY_KEYS[1:], *h.ENTRY_KEYS)
+    _timeline(
+        rows, zone, keys, fmt, f"history: no audit entries for customer {customer_id}",
+        with_booking=True,
+    )  # fmt: skip
 
 
 @history.command("actor")
 @click.argument("name")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="first day (UTC), default all")
-@_connection_options("warehouse_dsn")
-@_format_option
+@_history_options
 @click.pass_context
-def history_actor(
-    ctx: click.Context, /, name: str, since: datetime | None, fmt: str, **flags: Any
-) -> None:
+def history_actor(ctx: click.Context, /, name: str, **opts: Any) -> None:
     """What one user or fieldworker changed (or a db role, for changes with no actor set)."""
-    from bookaudit.warehouse.history import ACTOR, run_report
+    from bookaudit.warehouse import history as h
 
-    start = since.replace(tzinfo=UTC) if since else datetime(1970, 1, 1, tzinfo=UTC)
-    rows = run_report(_warehouse_dsn(ctx, flags), ACTOR, {"who": name, "since": start})
-    _print_report("history", rows, fmt, f"no audit entries by {name}")
+    dsn = _warehouse_dsn(ctx, opts)
+    fmt = opts.pop("fmt")
+    filters, zone = _filters(opts)
+    rows = h.actor_rows(dsn, name, filters)
+    keys = (
+        "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
+        *h.ENTRY_KEYS,
+    )  # fmt: skip
+    _timeline(rows, zone, keys, fmt, f"history: no audit entries by {name}", with_booking=True)
+
+
+@history.command("log")
+@click.option(
+    "--per",
+    type=click.Choice(["entry", "booking", "actor"]),
+    help="JSON/CSV: the entries (default), the per-booking counts, or the per-actor totals",
+)
+@_history_options
+@click.pass_context
+def history_log(ctx: click.Context, /, per: str | None, **opts: Any) -> None:
+    """The Booking History Log: bookings created and modified in the period (default today),
+    with who and what, per-booking counts and per-actor totals."""
+    from bookaudit.warehouse import history as h
+
+    dsn = _warehouse_dsn(ctx, opts)
+    fmt = opts.pop("fmt")
+    today = datetime.now(h.parse_zone(opts["tz"])).date().isoformat()
+    filters, zone = _filters(opts, default_since=today)
+    rows = h.log_rows(dsn, filters)
+    period = h.describe_period(filters)
+    counts = h.booking_counts(rows)
+    totals = h.actor_totals(rows)
+    if fmt != "table" or per is not None:
+        if per == "booking":
+            keys: Sequence[str] = h.COUNT_KEYS
+            export = counts
+        elif per == "actor":
+            keys, export = h.TOTAL_KEYS, totals
+        else:
+            keys, export = h.LOG_KEYS, h.exported(rows, h.LOG_KEYS, zone)
+        fmt = "csv" if fmt == "csv" else "json" if fmt == "json" else "table"
+        _emit(
+            fmt, lambda: h.render_table(export), export, keys,
+            f"log: no booking created or modified {period}",
+        )  # fmt: skip
+        return
+    if not rows:
+        log(f"log: no booking created or modified {period}")
+        return
+    click.echo(h.render_log(rows, counts, totals, zone, period))
 
 
 @main.group()
@@ -394,6 +605,7 @@ def alerts() -> None:
 
 @alerts.command("list")
 @_connection_options("warehouse_dsn")
+@_source_option
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -415,11 +627,13 @@ def alerts_list(
     """Alerts in commit order, each with the audit entry it refers to."""
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
 
-    cfg = _config(ctx, **flags)
+    cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     start = None if since is None else since.replace(tzinfo=UTC)
-    rows = list_alerts(cfg.warehouse_dsn, since=start, booking=booking, rule=rule)
+    rows = list_alerts(
+        cfg.warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source
+    )
     if not rows and fmt == "table":
         log("no alerts")
         return
@@ -433,8 +647,8 @@ def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
     from bookaudit.consumers.alerts.config import describe, load_rules
 
-    cfg = _config(ctx, **flags)
-    click.echo("\n".join(describe(load_rules(cfg.alerts_rules))))
+    cfg = config_from(ctx, **flags)
+    click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))
 
 
 def _register_optional() -> None:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from bookaudit.entity_map import EntityMap, default_map, map_from_toml
 from bookaudit.errors import ConfigError
 
@@ -68,8 +71,22 @@ class Config:
 
 
 _INT_FIELDS = {"batch_size"}
+_DSN_FIELDS = {"source_dsn", "warehouse_dsn"}
 # A webhook URL often carries a token, so it is kept out of reprs like a DSN.
 _SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook"}
+
+
+def _check_dsn(name: str, raw: str, origin: str) -> None:
+    """Parse it now: libpq's own complaint quotes the text around the mistake, which may be the
+    password, so the message names the setting and never the value."""
+    try:
+        conninfo_to_dict(raw)
+    except psycopg.ProgrammingError:
+        raise ConfigError(
+            f"{origin}: {name} is not a valid connection string (expected key=value pairs or a "
+            "postgresql:// URL; a value with spaces needs single quotes); the value is not shown "
+            "because it may hold a password"
+        ) from None
 
 
 def _coerce(name: str, raw: Any, origin: str) -> Any:
@@ -88,6 +105,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
     if name == "alerts_webhook" and not re.match(r"^https?://[^/\s]+", raw):
         raise ConfigError(f"{origin}: alerts_webhook must be an http:// or https:// URL")
+    if name in _DSN_FIELDS:
+        _check_dsn(name, raw, origin)
     if name in _SECRET_FIELDS:
         return Secret(raw)
     if name in {"slot", "publication"} and not _IDENT.match(raw):

@@ -6,8 +6,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from bookaudit.cdc.decode import Begin, LogicalMessage, Message, decode_message, parse_lsn
-from bookaudit.cdc.transactions import CONTEXT_PREFIX, sign_context
+from bookaudit.cdc.decode import Begin, LogicalMessage, Message, decode_message
+from bookaudit.cdc.transactions import sign_context
+from bookaudit.model import CONTEXT_PREFIX, parse_lsn
 
 DATA = Path(__file__).parent / "data" / "pgoutput_session.json"
 # Stands in for a source's bookaudit.context_key in tests that assemble transactions.

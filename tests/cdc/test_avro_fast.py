@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from bookaudit.cdc._avro_fast import EnvelopeWriter, check_schema_shape
-from bookaudit.cdc.envelope import (
+from bookaudit.cdc.transactions import TransactionAssembler
+from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
+from bookaudit.kafka.serde import (
     ENVELOPE_SCHEMA,
     KEY_SCHEMA,
     SourceInfo,
@@ -17,7 +18,7 @@ from bookaudit.cdc.envelope import (
     envelope,
     row_key,
 )
-from bookaudit.cdc.transactions import RowChange, TransactionAssembler
+from bookaudit.model import RowChange
 from tests.cdc.fixtures import TEST_KEY, signed
 from tests.cdc.test_envelope import change
 from tests.cdc.test_transactions import resolve

@@ -20,8 +20,6 @@ from bookaudit.cdc.decode import (
     XLogData,
     decode_copy_data,
     decode_message,
-    format_lsn,
-    parse_lsn,
     standby_status,
 )
 from bookaudit.errors import DecodeError
@@ -124,9 +122,3 @@ def test_standby_status_reports_one_lsn_three_times() -> None:
         7,
         1,
     )
-
-
-def test_lsn_text_round_trip() -> None:
-    assert format_lsn(parse_lsn("16/B374D848")) == "16/B374D848"
-    with pytest.raises(DecodeError):
-        parse_lsn("nonsense")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bookaudit.cdc.envelope import (
+from bookaudit.kafka.serde import (
     ENVELOPE_SCHEMA,
     KEY_SCHEMA,
     SourceInfo,
@@ -12,7 +12,7 @@ from bookaudit.cdc.envelope import (
     envelope,
     to_kafka,
 )
-from bookaudit.cdc.transactions import ActorContext, RowChange, TableSchema
+from bookaudit.model import ActorContext, Lsn, RowChange, TableSchema
 
 TABLE = TableSchema(
     oid=1,
@@ -31,8 +31,8 @@ def change(op: str = "u") -> RowChange:
         before={"booking_id": "7", "line_no": "2", "price": "0.10", "memo": None},
         after={"booking_id": "7", "line_no": "2", "price": "12345678901.23", "memo": "ünïcode"},
         xid=901,
-        commit_lsn=0x1_0000_0000,
-        lsn=0xFFFF_FF00,
+        commit_position=Lsn(0x1_0000_0000),
+        position=Lsn(0xFFFF_FF00),
         sequence=4,
         data_collection_order=1,
         commit_unix_ms=1_795_000_000_123,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bookaudit.cdc.envelope import SourceInfo, envelope
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction, pairs_to_row
-from bookaudit.cdc.transactions import NO_CONTEXT, ActorContext, TableSchema
 from bookaudit.errors import DecodeError
+from bookaudit.kafka.serde import SourceInfo, envelope
+from bookaudit.model import NO_CONTEXT, ActorContext, CommitSeq, TableSchema
 
 BOOKINGS = TableSchema(
     oid=16400,
@@ -18,7 +18,7 @@ BOOKINGS = TableSchema(
     key=("id",),
 )
 NOTES = TableSchema(16500, "public", "notes", ("id", "body"), ("bigint", "text"), ("id",))
-COMMIT = OutboxCommit(commit_seq=0x1_0000_0042, txid=(3 << 32) | 901, changes=3,
+COMMIT = OutboxCommit(commit_seq=CommitSeq(0x1_0000_0042), txid=(3 << 32) | 901, changes=3,
                       committed_unix_ms=1_795_000_000_123)  # fmt: skip
 ALICE = ActorContext(origin="application", id="alice", role="admin")
 BOB = ActorContext(origin="application", id="bob")
@@ -49,9 +49,11 @@ def test_values_follow_column_order_and_keep_their_exact_text() -> None:
     assert list(change.after) == ["id", "price", "status"]
 
 
-def test_commit_seq_stands_in_for_the_commit_lsn_and_xid_is_32_bit() -> None:
+def test_commit_seq_is_the_position_and_xid_is_32_bit() -> None:
     change = OutboxTransaction(COMMIT).change(row(2), BOOKINGS)
-    assert (change.commit_lsn, change.lsn, change.sequence) == (COMMIT.commit_seq,) * 2 + (2,)
+    assert (change.commit_position, change.position, change.sequence) == (
+        COMMIT.commit_seq,
+    ) * 2 + (2,)
     assert change.xid == 901
     assert change.commit_unix_ms == COMMIT.committed_unix_ms
     env = envelope(change, SourceInfo("bookings", "db", mode="trigger"), now_ms=1)

@@ -6,17 +6,13 @@ import pytest
 
 from bookaudit.cdc.decode import Begin, Commit, Insert, LogicalMessage, Relation
 from bookaudit.cdc.transactions import (
-    CONTEXT_PREFIX,
     FORGED,
-    NO_CONTEXT,
-    ActorContext,
-    RowChange,
-    TableSchema,
     TransactionAssembler,
     TransactionEnd,
     sign_context,
 )
 from bookaudit.errors import DecodeError
+from bookaudit.model import CONTEXT_PREFIX, NO_CONTEXT, ActorContext, RowChange, TableSchema
 from tests.cdc.fixtures import TEST_KEY, decoded, signed
 
 
@@ -66,8 +62,8 @@ def test_sequence_numbers_restart_per_transaction_and_commit_lsn_is_shared() -> 
     changes = [o for o in outputs if isinstance(o, RowChange)]
     first_txn = changes[:2]
     assert [c.sequence for c in first_txn] == [0, 1]
-    assert first_txn[0].commit_lsn == first_txn[1].commit_lsn == ends[0].commit_lsn
-    assert first_txn[0].lsn < first_txn[1].lsn
+    assert first_txn[0].commit_position == first_txn[1].commit_position == ends[0].commit_lsn
+    assert first_txn[0].position < first_txn[1].position
 
 
 def test_unchanged_toast_is_filled_from_the_old_row() -> None:

@@ -8,12 +8,30 @@ import pytest
 
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import SCHEMAS, Schema
 
 
 @pytest.fixture(params=["logical", "trigger"])
 def pipeline(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
     """Every pipeline test runs in both capture modes: consumers must not tell them apart."""
     p = Pipeline(stack, mode=request.param).create()
+    yield p
+    p.drop()
+
+
+@pytest.fixture(params=SCHEMAS, ids=[s.name for s in SCHEMAS])
+def schema(request: pytest.FixtureRequest) -> Schema:
+    """The sample schema, and one that shares none of its names, read through its entity map."""
+    found: Schema = request.param
+    return found
+
+
+@pytest.fixture(params=["logical", "trigger"])
+def schema_pipeline(
+    stack: StackEnv, schema: Schema, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
+    """A pipeline on each schema in both capture modes."""
+    p = Pipeline(stack, mode=request.param, schema=schema).create()
     yield p
     p.drop()
 

@@ -17,19 +17,21 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bookaudit.cdc.capture import Capture, CaptureSettings, CaptureStats
+from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.cdc.transactions import CONTEXT_PREFIX
+from bookaudit.cdc.settings import CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
-from bookaudit.consumers.alerts.sink import alerts_topic
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
-from bookaudit.demo.day import AUDITED_TABLES, create_app_role, create_sample_schema
+from bookaudit.demo.day import create_app_role
+from bookaudit.kafka.alert import alerts_topic
+from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
+from tests.integration.schemas import SAMPLE, Schema
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -47,6 +49,10 @@ class Pipeline:
     mode: str = "logical"
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:10])
     logs: list[str] = field(default_factory=list)
+    schema: Schema = SAMPLE
+    source_name: str = "bookings"
+    # Another pipeline's warehouse, topics and groups to share (several sources, one warehouse).
+    shared_with: Pipeline | None = None
 
     @property
     def source_dsn(self) -> str:
@@ -63,6 +69,8 @@ class Pipeline:
 
     @property
     def warehouse_dsn(self) -> str:
+        if self.shared_with is not None:
+            return self.shared_with.warehouse_dsn
         return make_conninfo(self.stack.admin_dsn, dbname=f"{self.name}_wh")
 
     @property
@@ -71,15 +79,25 @@ class Pipeline:
 
     @property
     def prefix(self) -> str:
-        return self.name
+        return self.name if self.shared_with is None else self.shared_with.prefix
 
     @property
     def group_id(self) -> str:
-        return f"{self.name}-audit"
+        return f"{self.prefix}-audit"
 
     @property
     def alerts_group_id(self) -> str:
-        return f"{self.name}-alerts"
+        return f"{self.prefix}-alerts"
+
+    @property
+    def config_path(self) -> Path | None:
+        """A bookaudit.toml holding the schema's [map], when it has its own."""
+        if self.schema.map_toml is None:
+            return None
+        path = Path(tempfile.gettempdir()) / f"{self.name}-bookaudit.toml"
+        if not path.exists():
+            path.write_text(self.schema.map_toml)
+        return path
 
     @property
     def alerts_topic(self) -> str:
@@ -97,18 +115,25 @@ class Pipeline:
             "BOOKAUDIT_GROUP_ID": self.group_id,
             "BOOKAUDIT_MODE": self.mode,
             "BOOKAUDIT_ALERTS_GROUP_ID": self.alerts_group_id,
+            "BOOKAUDIT_SOURCE_NAME": self.source_name,
+            **({"BOOKAUDIT_CONFIG": str(self.config_path)} if self.config_path else {}),
         }
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def create(self, tables: Sequence[str] = AUDITED_TABLES) -> Pipeline:
+    def create(self, tables: Sequence[str] | None = None) -> Pipeline:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
-            admin.execute(f'CREATE DATABASE "{self.name}_wh"')
-        create_sample_schema(self.source_dsn)
-        create_app_role(self.source_dsn, self.app_role)
-        self.install(tables)
-        init_warehouse(self.warehouse_dsn)
+            if self.shared_with is None:
+                admin.execute(f'CREATE DATABASE "{self.name}_wh"')
+        self.schema.create(self.source_dsn)
+        schemas = sorted({TableName.parse(t).schema for t in self.schema.tables})
+        create_app_role(self.source_dsn, self.app_role, schemas)
+        self.install(self.schema.tables if tables is None else tables)
+        # A schema with its own map gets it under this pipeline's source name; a shared
+        # warehouse is initialised again (every file is idempotent), keeping the others' maps.
+        own = {self.source_name: self.schema.entity_map} if self.schema.map_toml else {}
+        init_warehouse(self.warehouse_dsn, own)
         # Create the slot now: changes committed before it exists are not in its stream.
         self.capture()
         return self
@@ -135,6 +160,8 @@ class Pipeline:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
+        if self.config_path is not None:
+            self.config_path.unlink(missing_ok=True)
 
     # --- running the stages -----------------------------------------------------------------
 
@@ -145,7 +172,7 @@ class Pipeline:
             slot=self.slot,
             publication="bookaudit",
             topic_prefix=self.prefix,
-            source_name="bookings",
+            source_name=self.source_name,
             exit_when_idle=True,
         )
 
@@ -186,7 +213,7 @@ class Pipeline:
         out: list[str] | None = None,
     ) -> AlertsStats:
         """Run the alerts consumer in-process until idle; JSON lines go to `out` when given."""
-        ruleset = load_rules(rules)
+        ruleset = load_rules(rules, self.schema.entity_map)
         settings = self.alerts_settings(ruleset, group_id)
         job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
         return job.run(exit_when_idle=True)
@@ -285,6 +312,11 @@ class Pipeline:
     def owner(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
         """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
+
+    def play_day(self) -> str:
+        """The schema's day, its application transactions written as the application role
+        and the evening's raw psql edit by the owner; returns the booking (or job) it is about."""
+        return self.schema.play_day(self.app_dsn, self.source_dsn)
 
     def warehouse(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.warehouse_dsn) as conn:

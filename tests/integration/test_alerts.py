@@ -12,8 +12,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
-from bookaudit.consumers.alerts.sink import decode_alert, encode_alert
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.records import Record
+from bookaudit.kafka.alert import decode_alert, encode_alert
 from tests.integration.harness import Pipeline
 
 
@@ -278,8 +278,10 @@ def test_alert_tables_are_append_only(pipeline: Pipeline) -> None:
 def test_demo_ends_with_the_alerts_for_the_raw_price_edit(pipeline: Pipeline) -> None:
     out = pipeline.cli("demo", "run").stdout
     history, _, tail = out.partition("Alerts for booking")
-    raw_edit = [line.split() for line in history.splitlines() if "via psql" in line]
-    assert [r[-4:-1] for r in raw_edit] == [["price", "189.50", "169.50"]]
+    raw_edit = [line for line in history.splitlines() if "via psql" in line]
+    # The labelled timeline's entry, the same change in the day's log, the log's actor total.
+    assert "Price changed" in raw_edit[0] and "price 189.50 → 169.50" in raw_edit[0]
+    assert len(raw_edit) == 3 and "Price changed" in raw_edit[1]
     lines = tail.splitlines()
     rows = [line.split() for line in lines if line.startswith("20")]
     assert [(r[2], r[3], r[5]) for r in rows] == [

@@ -140,7 +140,8 @@ def test_history_cli_prints_entries_oldest_first(pipeline: Pipeline) -> None:
     entries = json.loads(out)
     assert all(
         set(e) == {"committed_at", "actor", "actor_role", "action", "table", "field", "old",
-                   "new", "txid"}
+                   "new", "txid", "booking_id", "label", "change_id", "source", "approval_ref",
+                   "reason"}
         for e in entries
     )  # fmt: skip
     price = [(e["actor"], e["old"], e["new"]) for e in entries if e["field"] == "price"]

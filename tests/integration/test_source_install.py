@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from bookaudit.cdc.capture import CaptureSettings
 from bookaudit.cdc.relay import OutboxRelay
-from bookaudit.consumers.decode import Record, decode_record
+from bookaudit.cdc.settings import CaptureSettings
+from bookaudit.consumers.records import Record, decode_record
 from bookaudit.errors import SourceCheckError
 from bookaudit.source.install import TableName, apply, check_source, plan_install
 from devstack import StackEnv, _postgres
@@ -284,3 +284,25 @@ def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipelin
         assert config == ["search_path=pg_catalog, pg_temp"], name
     assert functions == [("set_actor",)]
     assert relations == []
+
+
+def test_application_role_that_owns_nothing_keeps_writing_after_install(
+    pipeline: Pipeline,
+) -> None:
+    """The app's role has table privileges only: it names its actor, its changes are audited,
+    and (trigger mode) it can neither read nor write the outbox itself."""
+    role = pipeline.app_role  # made by the harness with table privileges, named in --grant-to
+    with pipeline.source() as app:
+        app.execute("SELECT bookaudit.set_actor('olga', role => 'dispatcher')")
+        app.execute("INSERT INTO customers (name) VALUES ('Ada')")
+        app.commit()
+        app.execute("INSERT INTO customers (name) VALUES ('Bo')")  # no actor: the db role
+        app.commit()
+        if pipeline.mode == "trigger":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("DELETE FROM bookaudit.outbox")
+    pipeline.flow()
+    rows = pipeline.warehouse(
+        "SELECT after ->> 'name', actor, db_user FROM audit.row_changes ORDER BY commit_lsn"
+    )
+    assert rows == [("Ada", "olga", role), ("Bo", None, role)]

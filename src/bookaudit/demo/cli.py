@@ -20,10 +20,10 @@ def demo() -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Sample schema → install → the day → capture → audit writer → history."""
+    from bookaudit._commands import config_from, log
     from bookaudit.cdc.capture import Capture
-    from bookaudit.cdc.capture import settings_from as capture_settings_from
     from bookaudit.cdc.relay import OutboxRelay
-    from bookaudit.cli import _config, log
+    from bookaudit.cdc.settings import settings_from as capture_settings_from
     from bookaudit.consumers.audit.job import AuditWriter
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import (
@@ -34,10 +34,9 @@ def run(ctx: click.Context) -> None:
         play_day,
     )
     from bookaudit.source.install import TableName, apply, plan_install
-    from bookaudit.warehouse.history import booking_history, render_table
     from bookaudit.warehouse.schema import init_warehouse
 
-    cfg = _config(ctx)
+    cfg = config_from(ctx)
     cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
     assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
     import psycopg
@@ -64,24 +63,44 @@ def run(ctx: click.Context) -> None:
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
-    click.echo(f"\nHistory of booking {booking_id}:\n")
-    click.echo(render_table(booking_history(cfg.warehouse_dsn, str(booking_id))))
+    _print_history(cfg.warehouse_dsn, booking_id, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)
+    click.echo(
+        f"\nBrowse it: `bookaudit serve`, then http://127.0.0.1:8765/bookings/{booking_id} "
+        "(timeline, as-of, diff, evidence), /log (the day), /alerts"
+    )
+
+
+def _print_history(dsn: str, booking_id: int, source: str) -> None:
+    """The booking's labelled timeline and the day's Booking History Log with its counts."""
+    from bookaudit.warehouse import history as h
+
+    zone = h.local_zone()
+    rows = h.booking_rows(dsn, str(booking_id), h.Filters(source=source, zone=zone))
+    click.echo(f"\nTimeline of booking {booking_id}:\n")
+    shown = h.timeline_table_rows(h.entries(rows), zone)
+    click.echo(h.render_table(shown, wide=("changes", "approval / reason")))
+    day = h.day_filters(zone, source)
+    log_rows = h.log_rows(dsn, day)
+    click.echo("\n" + h.render_log(
+        log_rows, h.booking_counts(log_rows), h.actor_totals(log_rows), zone,
+        h.describe_period(day),
+    ))  # fmt: skip
 
 
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
-    from bookaudit.cli import log
+    from bookaudit._commands import log
     from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn
-    rules = load_rules(cfg.alerts_rules)
+    rules = load_rules(cfg.alerts_rules, cfg.entity_map)
     settings = replace(settings_from(cfg, rules), webhook_url=None)  # the demo stays local
     AlertsJob(settings, rules, log).run(exit_when_idle=True)
-    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id))
+    alerts = list_alerts(cfg.warehouse_dsn, booking=str(booking_id), source=cfg.source_name)
     click.echo(f"\nAlerts for booking {booking_id}:\n")
     click.echo(render_alerts_table(alerts) if alerts else "(none)")

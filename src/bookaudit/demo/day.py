@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -21,8 +21,10 @@ def create_sample_schema(dsn: str) -> None:
         conn.execute(read_text("demo", "schema.sql").encode())
 
 
-def create_app_role(owner_dsn: str, role: str, password: str | None = None) -> str:
-    """A login that may read and write the sample tables and owns nothing; returns its DSN.
+def create_app_role(
+    owner_dsn: str, role: str, schemas: Sequence[str] = ("public",), password: str | None = None
+) -> str:
+    """A login that may read and write the tables of `schemas` and owns nothing; returns its DSN.
 
     Idempotent, and safe when two runs race to create the same (cluster-wide) role.
     """
@@ -41,12 +43,17 @@ def create_app_role(owner_dsn: str, role: str, password: str | None = None) -> s
                 )
             )
         ident = sql.Identifier(role)
-        conn.execute(
-            sql.SQL(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
-            ).format(ident)
-        )
-        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+        for schema in schemas:
+            name = sql.Identifier(schema)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(name, ident))
+            conn.execute(
+                sql.SQL(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}"
+                ).format(name, ident)
+            )
+            conn.execute(
+                sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(name, ident)
+            )
     if password is None:
         return make_conninfo(owner_dsn, user=role)
     return make_conninfo(owner_dsn, user=role, password=password)

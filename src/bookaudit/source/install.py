@@ -12,12 +12,9 @@ from psycopg import sql
 from bookaudit._resources import read_text
 from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
+from bookaudit.model import OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
-# Named to sort first: AFTER triggers fire in name order, and the outbox row must be written
-# before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
-# other rows, so that the outbox order is the order in which the WAL records the changes.
-OUTBOX_TRIGGER = "0_bookaudit_outbox"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
 SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
 

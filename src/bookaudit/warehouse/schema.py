@@ -1,15 +1,22 @@
-"""Creates or upgrades the audit schema in the warehouse database."""
+"""Creates or upgrades the audit schema in the warehouse database, with its entity maps."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import psycopg
 
 from bookaudit._resources import list_files, read_text
+from bookaudit.entity_map import EntityMap, default_map
 from bookaudit.errors import TerminalError
+from bookaudit.warehouse.mapping import DEFAULT_SOURCE, apply_map
 
 
-def init_warehouse(dsn: str) -> None:
-    """Run every sql/warehouse/*.sql in name order, in one transaction; each file is idempotent."""
+def init_warehouse(dsn: str, maps: Mapping[str, EntityMap] | None = None) -> None:
+    """Run every sql/warehouse/*.sql in name order, in one transaction; each file is idempotent.
+
+    The sample schema's map becomes the default ('*') for sources with no map of their own;
+    `maps` gives sources their own (source name → map)."""
     try:
         with psycopg.connect(dsn) as conn:
             for name in list_files("sql", "warehouse", suffix=".sql"):
@@ -24,5 +31,8 @@ def init_warehouse(dsn: str) -> None:
                     raise TerminalError(
                         f"warehouse init: {name} failed: {exc.diag.message_primary}"
                     ) from None
+            apply_map(conn, DEFAULT_SOURCE, default_map())
+            for source, entity_map in (maps or {}).items():
+                apply_map(conn, source, entity_map)
     except psycopg.OperationalError as exc:
         raise TerminalError(f"cannot connect to the warehouse: {str(exc).strip()}") from None

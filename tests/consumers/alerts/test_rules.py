@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 
-from bookaudit.cdc.transactions import ActorContext
 from bookaudit.consumers.alerts.config import (
     DEFAULT_RULES,
     AfterInvoiceSent,
@@ -32,11 +31,13 @@ from bookaudit.consumers.alerts.rules import (
     evaluate_batch,
     evaluate_invoice,
 )
-from bookaudit.consumers.audit.mapper import FieldChange
+from bookaudit.consumers.records import FieldChange
+from bookaudit.model import ActorContext, Lsn
 
 # Thursday 2026-11-26 10:00 in Amsterdam (09:00 UTC).
 THURSDAY_10_AMS = int(datetime(2026, 11, 26, 9, 0, tzinfo=UTC).timestamp() * 1000)
 MINUTE = 60_000
+PRICE = ("price",)  # a rule's fields, as a rule file's default gives them for the sample map
 
 
 def change(
@@ -54,7 +55,7 @@ def change(
 ) -> ChangeEvent:
     return ChangeEvent(
         source="bookings",
-        commit_lsn=lsn,
+        commit_position=Lsn(lsn),
         sequence=sequence,
         txid=700 + lsn,
         committed_at_ms=at_ms,
@@ -79,18 +80,22 @@ def change(
 
 
 def invoice(lsn: int, booking: str = "42") -> InvoiceSent:
-    return InvoiceSent("bookings", lsn, 0, THURSDAY_10_AMS - MINUTE, booking, "9")
+    return InvoiceSent("bookings", Lsn(lsn), 0, THURSDAY_10_AMS - MINUTE, booking, "9")
 
 
 def rules(*rule: Rule) -> RuleSet:
-    return RuleSet((WatchedTable("public.bookings"),), InvoiceSource(), rule)
+    return RuleSet(
+        (WatchedTable("public.bookings", "id", "price"),),
+        InvoiceSource("public.invoices", "booking_id", "sent_at"),
+        rule,
+    )
 
 
 def fired(rule: Rule, event: ChangeEvent, ctx: RuleContext = NO_CONTEXT) -> bool:
     return apply_rule(rule, event, ctx) is not None
 
 
-ROLE = RoleNotAllowed(name="role", allowed_roles=frozenset({"admin"}))
+ROLE = RoleNotAllowed(fields=PRICE, name="role", allowed_roles=frozenset({"admin"}))
 
 
 def test_role_not_allowed_fires_for_other_roles_and_for_no_role() -> None:
@@ -106,7 +111,9 @@ def test_an_approval_reference_approves_unless_the_rule_says_otherwise() -> None
 
 
 def test_exempt_roles_hold_back_any_rule() -> None:
-    rule = Threshold(name="t", min_percent=Decimal("1"), exempt_roles=frozenset({"cfo"}))
+    rule = Threshold(
+        fields=PRICE, name="t", min_percent=Decimal("1"), exempt_roles=frozenset({"cfo"})
+    )
     assert fired(rule, change("100", "200", role="admin"))
     assert not fired(rule, change("100", "200", role="cfo"))
 
@@ -134,18 +141,18 @@ def test_only_watched_fields_on_watched_tables_count() -> None:
     ],
 )
 def test_threshold_compares_exact_decimals(old: str, new: str, expected: bool) -> None:
-    rule = Threshold(name="t", min_percent=Decimal("10"), min_absolute=Decimal("50"))
+    rule = Threshold(fields=PRICE, name="t", min_percent=Decimal("10"), min_absolute=Decimal("50"))
     assert fired(rule, change(old, new)) is expected
 
 
 def test_threshold_with_only_an_absolute_limit() -> None:
-    rule = Threshold(name="t", min_absolute=Decimal("0.10"))
+    rule = Threshold(fields=PRICE, name="t", min_absolute=Decimal("0.10"))
     assert not fired(rule, change("0.10", "0.20"))
     assert fired(rule, change("0.10", "0.21"))
 
 
 def test_after_invoice_needs_an_invoice_sent_in_an_earlier_transaction() -> None:
-    rule = AfterInvoiceSent(name="inv")
+    rule = AfterInvoiceSent(fields=PRICE, name="inv")
     event = change(lsn=0x500)
     assert not fired(rule, event)
     assert fired(rule, event, RuleContext(invoice_sent=invoice(0x400)))
@@ -156,10 +163,10 @@ def test_after_invoice_needs_an_invoice_sent_in_an_earlier_transaction() -> None
 
 
 def test_an_invoice_read_after_the_change_still_raises_the_alert_once() -> None:
-    ruleset = rules(AfterInvoiceSent(name="inv"), ROLE)
+    ruleset = rules(AfterInvoiceSent(fields=PRICE, name="inv"), ROLE)
     before, after = change(lsn=0x300), change(lsn=0x500)
     late = evaluate_invoice(invoice(0x400), [before, after], ruleset)
-    assert [(a.rule, a.event.commit_lsn) for a in late] == [("inv", 0x500)]
+    assert [(a.rule, a.event.commit_position) for a in late] == [("inv", 0x500)]
     # Seen both ways in one batch, it is still one alert.
     both = evaluate_batch(
         [after], [RuleContext(invoice_sent=invoice(0x400))], [invoice(0x400)], [[after]], ruleset
@@ -174,7 +181,7 @@ def test_by_fieldworker() -> None:
 
 
 def test_outside_business_hours_uses_the_commit_time_in_the_zone() -> None:
-    rule = OutsideBusinessHours(name="h", timezone="Europe/Amsterdam")
+    rule = OutsideBusinessHours(fields=PRICE, name="h", timezone="Europe/Amsterdam")
     assert not fired(rule, change(at_ms=THURSDAY_10_AMS))
     assert fired(rule, change(at_ms=THURSDAY_10_AMS + 8 * 60 * MINUTE))  # 18:00 is closed
     assert not fired(rule, change(at_ms=THURSDAY_10_AMS + 8 * 60 * MINUTE - 1))
@@ -185,7 +192,7 @@ def test_outside_business_hours_uses_the_commit_time_in_the_zone() -> None:
 
 
 def test_repeated_edits_count_the_same_actor_on_the_same_booking_in_the_window() -> None:
-    rule = RepeatedEdits(name="rep", edits=3, window_minutes=10)
+    rule = RepeatedEdits(fields=PRICE, name="rep", edits=3, window_minutes=10)
     first = change(lsn=0x100, at_ms=THURSDAY_10_AMS)
     second = change(lsn=0x200, at_ms=THURSDAY_10_AMS + 4 * MINUTE)
     third = change(lsn=0x300, at_ms=THURSDAY_10_AMS + 10 * MINUTE)

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.cdc.transactions import ActorContext, RowChange, TableSchema
 from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import decode_batch
-from bookaudit.consumers.alerts.model import DOCUMENT_KEYS, alert_document, in_schema_order
+from bookaudit.consumers.alerts.model import alert_document
 from bookaudit.consumers.alerts.rules import NO_CONTEXT, evaluate
-from bookaudit.consumers.alerts.sink import (
-    backoff_delay,
-    decode_alert,
-    display_url,
-    encode_alert,
-    json_line,
-)
-from bookaudit.consumers.decode import Record
+from bookaudit.consumers.alerts.sink import backoff_delay, display_url, json_line
+from bookaudit.consumers.records import Record
+from bookaudit.kafka.alert import DOCUMENT_KEYS, decode_alert, encode_alert, in_schema_order
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import ActorContext, Lsn, RowChange, TableSchema
 
 BOOKINGS = TableSchema(
     oid=2,
@@ -54,8 +49,8 @@ def row_change(
         before=before,
         after=after,
         xid=900 + lsn,
-        commit_lsn=lsn,
-        lsn=lsn - 8,
+        commit_position=Lsn(lsn),
+        position=Lsn(lsn - 8),
         sequence=0,
         data_collection_order=0,
         commit_unix_ms=1_795_000_000_123,
@@ -153,4 +148,16 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 def test_webhook_url_is_shown_without_its_secrets() -> None:
     url = "https://bot:s3cret@hooks.example.com:8443/T0/B1?token=abc"
-    assert display_url(url) == "https://hooks.example.com:8443/T0/B1"
+    shown = display_url(url)
+    assert shown.startswith("https://hooks.example.com:8443/<redacted ")
+    assert "s3cret" not in shown and "abc" not in shown and "T0" not in shown
+
+
+def test_slack_style_token_in_the_path_is_redacted() -> None:
+    token = "xoxb4f9Q2Zt8LmN3pR7sV1wY"
+    url = f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{token}"
+    shown = display_url(url)
+    assert token not in shown and "T0123ABCD" not in shown
+    assert shown.startswith("https://hooks.slack.com/<redacted ")
+    # Two webhooks stay apart in the logs by their fingerprint.
+    assert display_url(url + "x") != shown

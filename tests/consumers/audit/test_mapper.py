@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from bookaudit.cdc.envelope import SourceInfo, to_kafka
-from bookaudit.consumers.audit.job import decode_and_map
-from bookaudit.consumers.audit.mapper import FieldChange, changed_fields
-from bookaudit.consumers.decode import Record
+from dataclasses import replace
+
+from bookaudit.consumers.records import (
+    AuditEntry,
+    FieldChange,
+    Record,
+    changed_fields,
+    decode_and_map,
+    distinct_entries,
+)
+from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.model import Lsn, format_position
 from tests.cdc.test_envelope import change
 
 ORDER = ["id", "price", "status"]
@@ -50,7 +58,30 @@ def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> No
     assert entry.action == "update"
     assert entry.actor["id"] == "alice"
     assert entry.row_key == {"booking_id": "7", "line_no": "2"}
-    assert entry.commit_lsn == "1/0"
+    assert entry.commit_position == 0x1_0000_0000
     assert [f.field for f in entry.fields] == ["price", "memo"]
     assert [d.record.offset for d in dead] == [11, 12]
     assert "ba.public.booking_lines[0]@11" in dead[0].error
+
+
+def test_distinct_entries_keeps_the_first_copy_in_identity_order() -> None:
+    def entry(lsn: int, sequence: int, offset: int) -> AuditEntry:
+        good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
+        [mapped], _ = decode_and_map(
+            [Record("ba.public.booking_lines", 0, offset, None, good.value)]
+        )
+        return replace(mapped, commit_position=Lsn(lsn), sequence=sequence)
+
+    late, early, early_copy, early_next = (
+        entry(2**32, 0, 1),
+        entry(16, 0, 2),
+        entry(16, 0, 3),
+        entry(16, 1, 4),
+    )
+    kept = distinct_entries([late, early, early_copy, early_next, late])
+    # 0/10 sorts before 1/0 as a position, not as text; the later copy of 0/10#0 is dropped.
+    assert [(format_position(e.commit_position), e.sequence, e.kafka_offset) for e in kept] == [
+        ("0/10", 0, 2),
+        ("0/10", 1, 4),
+        ("1/0", 0, 1),
+    ]

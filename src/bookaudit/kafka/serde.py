@@ -11,9 +11,9 @@ import fastavro
 
 from bookaudit import __version__
 from bookaudit._resources import read_text
-from bookaudit.cdc._avro_fast import EnvelopeWriter, check_schema_shape
-from bookaudit.cdc.transactions import RowChange
 from bookaudit.errors import DecodeError
+from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
+from bookaudit.model import RowChange
 
 SCHEMA_HEADER = "bookaudit.schema"
 ENVELOPE_SCHEMA_ID = b"bookaudit.Envelope/1"
@@ -63,8 +63,8 @@ def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, An
             "schema": table.schema,
             "table": table.name,
             "txId": change.xid,
-            "lsn": change.lsn,
-            "commit_lsn": change.commit_lsn,
+            "lsn": change.position,
+            "commit_lsn": change.commit_position,
             "sequence": change.sequence,
             "ts_ms": change.commit_unix_ms,
             "snapshot": "false",
@@ -73,7 +73,7 @@ def envelope(change: RowChange, source: SourceInfo, now_ms: int) -> dict[str, An
         "op": change.op,
         "ts_ms": now_ms,
         "transaction": {
-            "id": f"{change.xid}:{change.commit_lsn}",
+            "id": f"{change.xid}:{change.commit_position}",
             "total_order": change.sequence + 1,
             "data_collection_order": change.data_collection_order + 1,
         },

@@ -1,0 +1,43 @@
+"""What a capture run is given and what it reports, in either mode (slot or outbox relay)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bookaudit.config import Config
+
+PROGRESS_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    source_dsn: str
+    kafka_bootstrap: str
+    slot: str
+    publication: str
+    topic_prefix: str
+    source_name: str
+    exit_when_idle: bool = False
+    partitions: int = 3
+
+
+def settings_from(cfg: Config, *, exit_when_idle: bool) -> CaptureSettings:
+    """The capture's (and the relay's) settings from the one Config."""
+    cfg.require("source_dsn", "kafka_bootstrap")
+    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
+    return CaptureSettings(
+        source_dsn=cfg.source_dsn,
+        kafka_bootstrap=cfg.kafka_bootstrap,
+        slot=cfg.slot,
+        publication=cfg.publication,
+        topic_prefix=cfg.topic_prefix,
+        source_name=cfg.source_name,
+        exit_when_idle=exit_when_idle,
+    )
+
+
+@dataclass
+class CaptureStats:
+    changes: int = 0
+    transactions: int = 0
+    confirmed_lsn: int = 0

@@ -1,0 +1,1 @@
+"""The wire between the stages: the Avro envelope and alert serdes, and the Kafka producer."""

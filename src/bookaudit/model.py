@@ -1,0 +1,194 @@
+"""The concepts every stage shares: positions, the actor context, table schemas and row changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NewType
+
+from bookaudit.errors import DecodeError
+
+# --- names the source install and the capture agree on --------------------------------------
+
+# The prefix of the transactional logical message the context trigger emits.
+CONTEXT_PREFIX = "bookaudit.context"
+# Named to sort first: AFTER triggers fire in name order, and the outbox row must be written
+# before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
+# other rows, so that the outbox order is the order in which the WAL records the changes.
+OUTBOX_TRIGGER = "0_bookaudit_outbox"
+
+# --- positions --------------------------------------------------------------------------------
+
+Lsn = NewType("Lsn", int)
+"""A WAL location: where logical mode's changes and commits sit."""
+
+CommitSeq = NewType("CommitSeq", int)
+"""bookaudit.outbox_commits.commit_seq: trigger mode's commit number, which is not an LSN."""
+
+Position = Lsn | CommitSeq
+"""A place in one source's commit order. An int from decode to the warehouse; only SQL, JSON
+and the terminal see it formatted (`format_position`), as pg_lsn text in both modes so that
+one warehouse column orders both."""
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> Lsn:
+    try:
+        high, low = text.split("/")
+        return Lsn((int(high, 16) << 32) | int(low, 16))
+    except ValueError:
+        raise DecodeError(f"not an LSN: {text!r}") from None
+
+
+def format_position(position: Position) -> str:
+    """The pg_lsn text the warehouse stores for either kind of position."""
+    return format_lsn(position)
+
+
+def parse_position(text: str) -> Position:
+    return parse_lsn(text)
+
+
+# --- who acted --------------------------------------------------------------------------------
+
+
+def actor_label(actor_id: str | None, db_user: str | None, application: str | None) -> str:
+    """The application user, else the database role and client program.
+
+    The SQL twin is audit.actor_label (sql/warehouse/001_audit.sql); a contract test keeps them
+    equal."""
+    if actor_id:
+        return actor_id
+    via = f" via {application}" if application else ""
+    return f"{db_user or 'unknown'} (db role{via})"
+
+
+def actor_identity(actor_id: str | None, db_user: str | None) -> str:
+    """Who a change counts as when changes are grouped by person: the application user, else
+    the database role. The SQL twin is audit.actor_identity."""
+    return actor_id or db_user or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ActorContext:
+    """Who acted: the application's user when it said so, always the database session's facts."""
+
+    origin: str
+    id: str | None = None
+    role: str | None = None
+    reason: str | None = None
+    approval_ref: str | None = None
+    request_id: str | None = None
+    application: str | None = None
+    db_user: str | None = None
+    client_addr: str | None = None
+
+    @classmethod
+    def from_message(cls, content: bytes) -> ActorContext:
+        try:
+            doc = json.loads(content)
+        except ValueError as exc:
+            raise DecodeError(f"bookaudit.context message is not JSON: {exc}", content) from None
+        if not isinstance(doc, dict):
+            raise DecodeError("bookaudit.context message is not a JSON object", content)
+
+        def text(key: str) -> str | None:
+            value = doc.get(key)
+            return None if value in (None, "") else str(value)
+
+        return cls(
+            origin=text("origin") or "application",
+            id=text("actor"),
+            role=text("role"),
+            reason=text("reason"),
+            approval_ref=text("approval_ref"),
+            request_id=text("request_id"),
+            application=text("application"),
+            db_user=text("db_user"),
+            client_addr=text("client_addr"),
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ActorContext:
+        """From the envelope's `actor` record (or an audit row's actor columns)."""
+        return cls(
+            origin=str(raw.get("origin") or "missing"),
+            id=raw.get("id"),
+            role=raw.get("role"),
+            reason=raw.get("reason"),
+            approval_ref=raw.get("approval_ref"),
+            request_id=raw.get("request_id"),
+            application=raw.get("application"),
+            db_user=raw.get("db_user"),
+            client_addr=raw.get("client_addr"),
+        )
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The envelope's `actor` record."""
+        return {
+            "id": self.id,
+            "role": self.role,
+            "reason": self.reason,
+            "approval_ref": self.approval_ref,
+            "request_id": self.request_id,
+            "application": self.application,
+            "db_user": self.db_user,
+            "client_addr": self.client_addr,
+            "origin": self.origin,
+        }
+
+    @property
+    def display(self) -> str:
+        """The label people read (alerts, reports, audit views)."""
+        return actor_label(self.id, self.db_user, self.application)
+
+    @property
+    def identity(self) -> str:
+        """The person a change counts as: compare this, never the display label."""
+        return actor_identity(self.id, self.db_user)
+
+
+# Changes that reach the capture without a context (a table audited without the trigger, or
+# changes written before the install) still say so instead of pretending to know.
+NO_CONTEXT = ActorContext(origin="missing")
+
+# --- tables and row changes -------------------------------------------------------------------
+
+Row = dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A relation as the capture needs it: column names and types, and its real primary key."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One committed row change with everything the envelope needs.
+
+    `commit_position` orders transactions on their source and `sequence` orders changes inside
+    one; `position` is where the change itself sits (in trigger mode, its commit's number)."""
+
+    table: TableSchema
+    op: str  # c, u, d or t (truncate)
+    before: Row | None
+    after: Row | None
+    xid: int
+    commit_position: Position
+    position: Position
+    sequence: int
+    data_collection_order: int
+    commit_unix_ms: int
+    actor: ActorContext
+    unchanged_toast: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""The fault campaign: crashes and outages under a workload, then a reconciliation."""

@@ -1,0 +1,68 @@
+"""Any schema by configuration: the default alerts follow the entity map, and `map check`
+names each mistake of a map against the real source catalog, on both schemas."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.harness import Pipeline
+from tests.integration.schemas import JOBS_MAP
+
+
+def test_default_alerts_follow_the_entity_map(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    booking = p.play_day()
+    p.flow()
+    p.alerts()
+
+    listed = json.loads(p.cli("alerts", "list", "--format", "json").stdout)
+    assert [(a["rule"], a["booking_id"], a["old_price"], a["new_price"]) for a in listed] == [
+        ("price-by-unauthorised-role", booking, "189.50", "169.50"),
+        ("large-price-change-without-approval", booking, "189.50", "169.50"),
+        ("price-change-after-invoice-sent", booking, "189.50", "169.50"),
+    ]
+    assert all(a["audit_change"] is not None for a in listed)
+    shown = p.cli("alerts", "rules").stdout
+    assert f"watch {p.schema.entity_map.booking.table}: booking = " in shown
+
+
+def test_map_check_passes_on_a_fitting_map(schema_pipeline: Pipeline) -> None:
+    result = schema_pipeline.cli("map", "check")
+    assert result.stdout.startswith("map ok (")
+    assert f"booking {schema_pipeline.schema.entity_map.booking.table}" in result.stdout
+
+
+def test_map_check_names_each_mistake_in_one_line(pipeline: Pipeline) -> None:
+    """The jobs map against the sample database: wrong tables; then a near miss on the jobs
+    database itself: a column typo, a key that is not the primary key, an unaudited table."""
+    p = pipeline
+    config = p.spawn_log("map-check").with_suffix(".toml")
+    config.write_text(JOBS_MAP)
+    env_args = ("--config", str(config), "map", "check")
+    wrong = p.cli(*env_args, check=False)
+    assert wrong.returncode == 1
+    lines = wrong.stdout.splitlines()
+    assert lines[0] == f"{config}: [map.booking]: table ops.jobs does not exist in the source"
+    assert len(lines) == 5 and all("does not exist in the source" in line for line in lines)
+
+    with p.source() as conn:
+        conn.execute("CREATE SCHEMA ops")
+        conn.execute("CREATE TABLE ops.clients (client_no text PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE ops.jobs (id bigint PRIMARY KEY, job_no text UNIQUE, client_ref text, "
+            "window_from timestamptz, window_to timestamptz, state text, quoted_total numeric, "
+            "technician text, modified_at timestamptz)"
+        )
+    p.install(["ops.clients"])
+    near = JOBS_MAP.replace('technician"]', 'tech"]').split("[[map.related]]")[0]
+    config.write_text(near)
+    result = p.cli(*env_args, check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{config}: [map.booking]: assignment column 'tech' is not a column of ops.jobs",
+        f"{config}: [map.booking]: ops.jobs is not audited: add --table ops.jobs to "
+        "`bookaudit source install`",
+        f"{config}: [map.booking]: key 'job_no' is not the primary key of ops.jobs "
+        "(primary key: id)",
+    ]
+    config.unlink()

@@ -1,0 +1,386 @@
+"""The labelled timeline, as-of and diff against the source's real state, and the daily log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from devstack import StackEnv
+from tests.integration.harness import Pipeline
+
+RELATED = ("assignments", "notes", "invoices", "payments")
+State = dict[tuple[str, str], dict[str, str | None]]
+
+
+@pytest.fixture
+def logical(stack: StackEnv) -> Iterator[Pipeline]:
+    """Labels and filters read the warehouse only: one capture mode is enough for them."""
+    p = Pipeline(stack).create()
+    yield p
+    p.drop()
+
+
+def _as(conn: psycopg.Connection[Any], actor: str, role: str, **extra: str) -> None:
+    args = ", ".join(f"{k} => %({k})s" for k in extra)
+    conn.execute(
+        f"SELECT bookaudit.set_actor(%(a)s, role => %(r)s{', ' + args if args else ''})",
+        {"a": actor, "r": role, **extra},
+    )
+
+
+def _state(dsn: str, booking: int) -> State:
+    """The booking and its related rows as the source holds them now, each value in its
+    PostgreSQL text form (the form the pipeline carries)."""
+    state: State = {}
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        for table, column in [("bookings", "id"), *((t, "booking_id") for t in RELATED)]:
+            names = [
+                r["column_name"]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                )
+            ]
+            query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{}::text AS {}").format(sql.Identifier(n), sql.Identifier(n))
+                    for n in names
+                ),
+                sql.Identifier(table),
+                sql.Identifier(column),
+            )
+            for row in conn.execute(query, (booking,)):
+                state[(table, str(row["id"]))] = dict(row)
+    return state
+
+
+def _moment(dsn: str) -> datetime:
+    """A moment between two commits: the last one is before it, the next one well after."""
+    time.sleep(0.005)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    time.sleep(0.005)
+    return row[0]  # type: ignore[no-any-return]
+
+
+def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipeline) -> None:
+    dsn = pipeline.source_dsn
+    moments: list[tuple[datetime, State]] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        customer = conn.execute(
+            "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
+        ).fetchone()
+        assert customer is not None
+    before_any = _moment(dsn)
+
+    steps = [
+        ("dana", "dispatcher", "INSERT INTO bookings (id, customer_id, service, address, price) "
+         "VALUES (%(b)s, %(c)s, 'Boiler service', 'Main St 1', 120.00)"),
+        ("dana", "dispatcher", "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
+         "scheduled_end = '2026-11-27 10:00+00', status = 'scheduled' WHERE id = %(b)s; "
+         "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')"),
+        ("alice", "admin", "UPDATE bookings SET price = 149.90, updated_at = now() WHERE id = %(b)s"),
+        ("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s; "
+         "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'gus'); "
+         "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
+         "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s"),
+        ("gus", "fieldworker", "INSERT INTO notes (booking_id, author, body) "
+         "VALUES (%(b)s, 'gus', 'Gate code 4411')"),
+        ("olga", "billing", "INSERT INTO invoices (booking_id, number, amount) "
+         "VALUES (%(b)s, 'INV-' || %(b)s, 149.90)"),
+        ("olga", "billing", "UPDATE invoices SET status = 'sent', sent_at = now() "
+         "WHERE booking_id = %(b)s"),
+        ("olga", "billing", "INSERT INTO payments (booking_id, amount, method) "
+         "VALUES (%(b)s, 149.90, 'card')"),
+        ("gus", "fieldworker", "UPDATE notes SET body = 'Gate code 4412' WHERE booking_id = %(b)s"),
+        ("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s"),
+    ]  # fmt: skip
+    booking = 7001
+    for actor, role, statements in steps:
+        with psycopg.connect(dsn) as conn:
+            _as(conn, actor, role)
+            for statement in statements.split("; "):
+                conn.execute(statement, {"b": booking, "c": customer[0]})
+        moments.append((_moment(dsn), _state(dsn, booking)))
+    pipeline.flow()
+
+    with psycopg.connect(pipeline.warehouse_dsn, row_factory=dict_row) as wh:
+
+        def as_of(at: datetime) -> State:
+            rows = wh.execute(
+                "SELECT table_name, row_id, row_data FROM audit.booking_as_of(%s, %s)",
+                (str(booking), at),
+            ).fetchall()
+            return {(r["table_name"], r["row_id"]): r["row_data"] for r in rows}
+
+        assert as_of(before_any) == {}
+        for at, expected in moments:
+            assert as_of(at) == expected, f"as of {at}"
+
+        # The diff between the price change and the cancellation, field by field, with who.
+        (t1, s1), (t2, s2) = moments[2], moments[9]
+        diff = wh.execute(
+            "SELECT * FROM audit.booking_diff(%s, %s, %s)", (str(booking), t1, t2)
+        ).fetchall()
+        expected_fields = {
+            (table, row, f)
+            for table, row in s1.keys() | s2.keys()
+            for f in (s1.get((table, row)) or s2[(table, row)])
+            if f != "updated_at"
+            and (s1.get((table, row)) or {}).get(f) != (s2.get((table, row)) or {}).get(f)
+        }
+        assert {(d["table_name"], d["row_id"], d["field"]) for d in diff} == expected_fields
+        by_field = {(d["table_name"], d["field"]): d for d in diff}
+        status = by_field[("bookings", "status")]
+        assert (status["value_at_t1"], status["value_at_t2"], status["changed_by"]) == (
+            "scheduled", "cancelled", "dana",
+        )  # fmt: skip
+        assert by_field[("bookings", "scheduled_start")]["changed_by"] == "dana"
+        assert by_field[("notes", "body")]["value_at_t1"] is None
+        assert by_field[("notes", "body")]["value_at_t2"] == "Gate code 4412"
+        assert ("bookings", "price") not in by_field  # changed before t1, not between
+
+    # The CLI gives the same answers, with its times read in --tz.
+    at, expected = moments[3]
+    shown = json.loads(
+        pipeline.cli(
+            "history", "booking", str(booking), "--as-of", at.isoformat(), "--format", "json"
+        ).stdout
+    )
+    assert {(r["table"], r["row"], r["field"]): r["value"] for r in shown} == {
+        (t, row, f): v for (t, row), values in expected.items() for f, v in values.items()
+    }
+    moved = json.loads(
+        pipeline.cli(
+            "history", "booking", str(booking), "--diff", t1.isoformat(), t2.isoformat(),
+            "--format", "json",
+        ).stdout
+    )  # fmt: skip
+    assert {(d["table"], d["row"], d["field"]) for d in moved} == expected_fields
+    none = pipeline.cli("history", "booking", str(booking), "--as-of", before_any.isoformat())
+    assert none.stdout == "" and "did not exist" in none.stderr
+
+
+def _write_labelled_workload(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO customers (name) VALUES ('Bo') RETURNING id").fetchone()
+        assert row is not None
+    customer = row[0]
+    ids = {"main": 501, "gone": 502}
+
+    def tx(actor: str, role: str, *statements: str, **extra: str) -> None:
+        with psycopg.connect(dsn) as conn:
+            _as(conn, actor, role, **extra)
+            for s in statements:
+                conn.execute(s, {"b": ids["main"], "g": ids["gone"], "c": customer})
+        time.sleep(0.003)
+
+    tx(
+        "dana",
+        "dispatcher",
+        "INSERT INTO bookings (id, customer_id, service, address, price) VALUES "
+        "(%(b)s, %(c)s, 'Annual HVAC', 'Dam 1', 149.00), (%(g)s, %(c)s, 'Leak', 'Dam 2', 80.00)",
+    )
+    tx(
+        "dana",
+        "dispatcher",
+        "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
+        "scheduled_end = '2026-11-27 10:00+00' WHERE id = %(b)s",
+    )
+    tx(
+        "dana",
+        "dispatcher",
+        "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
+        "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s",
+    )
+    tx(
+        "alice",
+        "admin",
+        "UPDATE bookings SET price = 189.50 WHERE id = %(b)s",
+        approval_ref="APR-1042",
+        reason="second unit",
+    )
+    tx("finn", "fieldworker", "UPDATE bookings SET updated_at = now() WHERE id = %(b)s")
+    tx("dana", "dispatcher", "UPDATE bookings SET status = 'confirmed' WHERE id = %(b)s")
+    tx(
+        "dana",
+        "dispatcher",
+        "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')",
+    )
+    tx("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s")
+    tx(
+        "finn",
+        "fieldworker",
+        "INSERT INTO notes (booking_id, author, body) VALUES (%(b)s, 'finn', 'Dog in yard')",
+    )
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO invoices (booking_id, number, amount) VALUES (%(b)s, 'INV-501', 189.50)",
+    )
+    tx("olga", "billing", "UPDATE invoices SET sent_at = now() WHERE booking_id = %(b)s")
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, 189.50, 'card')",
+    )
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, -20.00, 'card')",
+    )
+    tx("dana", "dispatcher", "UPDATE bookings SET address = 'Dam 1A' WHERE id = %(b)s")
+    tx("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s")
+    tx("dana", "dispatcher", "DELETE FROM bookings WHERE id = %(g)s")
+    with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
+        conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
+    return {**ids, "customer": customer}
+
+
+def _json(p: Pipeline, *args: str) -> Any:
+    return json.loads(p.cli("history", *args, "--format", "json").stdout)
+
+
+def _labels(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[int, str] = {}
+    for r in rows:
+        seen.setdefault(r["change_id"], r["label"])
+    return list(seen.values())
+
+
+def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
+    p = logical
+    ids = _write_labelled_workload(p.source_dsn)
+    p.flow()
+    main = str(ids["main"])
+
+    history = _json(p, "booking", main)
+    assert _labels(history) == [
+        "Booking created",
+        "Scheduled",
+        "Rescheduled",
+        "Price changed",
+        "Status changed",
+        "Assigned to finn",
+        "Unassigned finn",
+        "Note added",
+        "Invoice created",
+        "Invoice sent",
+        "Payment recorded",
+        "Refund recorded",
+        "Updated",
+        "Cancelled",
+        "Price changed",
+    ]
+    # updated_at is noise: hidden from the timeline, still in the warehouse.
+    assert all(r["field"] != "updated_at" for r in history)
+    with psycopg.connect(p.warehouse_dsn) as wh:
+        kept = wh.execute(
+            "SELECT count(*) FROM audit.field_changes WHERE field = 'updated_at'"
+        ).fetchone()
+        assert kept is not None and kept[0] >= 1
+    price = [r for r in history if r["label"] == "Price changed"]
+    assert [(r["actor"], r["old"], r["new"], r["approval_ref"]) for r in price] == [
+        ("alice", "149.00", "189.50", "APR-1042"),
+        ("postgres (db role via psql)", "189.50", "99.00", None),
+    ]
+    assert {r["booking_id"] for r in history} == {main} and {r["source"] for r in history} == {
+        "bookings"
+    }
+    assert _labels(_json(p, "booking", str(ids["gone"]))) == ["Booking created", "Deleted"]
+
+    # The table reads like the office's history page: label, who, old → new, approval.
+    table = p.cli("history", "booking", main, "--tz", "Europe/Amsterdam").stdout
+    line = next(x for x in table.splitlines() if "Rescheduled" in x)
+    assert "dana (dispatcher)" in line
+    assert "scheduled_start 27 Nov 2026 09:00 → 28 Nov 2026 15:00" in line
+    assert "approval APR-1042; second unit" in next(x for x in table.splitlines() if "alice" in x)
+    utc = p.cli("history", "booking", main, "--tz", "UTC").stdout
+    assert "27 Nov 2026 08:00 → 28 Nov 2026 14:00" in utc
+
+    # Filters: label, actor, field, time window, source.
+    assert _labels(_json(p, "booking", main, "--label", "price")) == ["Price changed"] * 2
+    assert _labels(_json(p, "booking", main, "--label", "assigned")) == [
+        "Assigned to finn", "Unassigned finn",
+    ]  # fmt: skip
+    assert {r["actor"] for r in _json(p, "booking", main, "--actor", "olga")} == {"olga"}
+    assert _labels(_json(p, "booking", main, "--actor", "postgres")) == ["Price changed"]
+    assert {r["field"] for r in _json(p, "booking", main, "--field", "status")} == {"status"}
+    stamps = sorted({r["committed_at"] for r in history})
+    window = _json(p, "booking", main, "--since", stamps[1], "--until", stamps[2], "--tz", "UTC")
+    assert window and all(stamps[1] <= r["committed_at"] <= stamps[2] for r in window)
+    assert _json(p, "booking", main, "--source", "bookings") == history
+    wrong = p.cli("history", "booking", main, "--source", "other", check=False)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "'other'" in wrong.stderr
+
+    # CSV: today's keys plus booking_id, label, change_id, source; nothing found: a line, exit 0.
+    csv_out = p.cli("history", "booking", main, "--format", "csv").stdout.splitlines()
+    assert csv_out[0].split(",")[:13] == [
+        "committed_at", "actor", "actor_role", "action", "table", "field", "old", "new", "txid",
+        "booking_id", "label", "change_id", "source",
+    ]  # fmt: skip
+    assert len(csv_out) == len(history) + 1
+    empty = p.cli("history", "booking", "999999", "--format", "csv")
+    assert empty.returncode == 0 and "no audit entries for booking 999999" in empty.stderr
+    assert json.loads(p.cli("history", "actor", "nobody", "--format", "json").stdout) == []
+
+    # Customer and actor: the same entries, across bookings.
+    customer = _json(p, "customer", str(ids["customer"]))
+    assert {r["booking"] for r in customer} == {main, str(ids["gone"]), None}
+    olga = _json(p, "actor", "olga")
+    assert _labels(olga) == [
+        "Invoice created",
+        "Invoice sent",
+        "Payment recorded",
+        "Refund recorded",
+    ]
+
+    # The log: entries, per-booking counts and per-actor totals; the views agree.
+    log = _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC")
+    assert [r["event"] for r in log if r["label"] in ("Booking created", "Deleted")] == [
+        "created", "created", "deleted",
+    ]  # fmt: skip
+    counts = {
+        c["booking_id"]: c
+        for c in _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC", "--per", "booking")
+    }
+    assert {k: counts[main][k] for k in ("reschedules", "cancellations", "price_changes", "status_changes")} == {
+        "reschedules": 1, "cancellations": 1, "price_changes": 2, "status_changes": 2,
+    }  # fmt: skip
+    totals = {
+        t["actor"]: t
+        for t in _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC", "--per", "actor")
+    }
+    assert totals["dana"]["created"] == 2 and totals["dana"]["bookings"] == 2
+    assert totals["olga"]["entries"] == 4
+    with psycopg.connect(p.warehouse_dsn, row_factory=dict_row) as wh:
+        by_sql = wh.execute(
+            "SELECT count(*) FILTER (WHERE rescheduled) AS reschedules, "
+            "count(*) FILTER (WHERE cancelled) AS cancellations, "
+            "count(*) FILTER (WHERE price_changed) AS price_changes, "
+            "count(*) FILTER (WHERE status_changed) AS status_changes "
+            "FROM audit.booking_history_log WHERE booking_id = %s",
+            (main,),
+        ).fetchone()
+        assert by_sql is not None and by_sql == {k: counts[main][k] for k in by_sql}
+        per_actor = {
+            r["actor"]: r["count"]
+            for r in wh.execute(
+                "SELECT actor, count(*) FROM audit.booking_history_log GROUP BY actor"
+            )
+        }
+        assert per_actor == {a: t["entries"] for a, t in totals.items()}
+    printed = p.cli("history", "log", "--since", stamps[0][:10], "--tz", "UTC").stdout
+    assert "Per booking:" in printed and "Per actor:" in printed and "Cancelled" in printed
+    quiet = p.cli("history", "log", "--since", "2000-01-01")
+    assert quiet.stdout == "" and quiet.stderr.startswith("log: no booking")

@@ -30,6 +30,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.entity_map",
             "bookaudit.model",
             "bookaudit.kafka",
+            "bookaudit.terminal",
         ),
     ),
     ("source install", ("bookaudit.source", "bookaudit.actor")),

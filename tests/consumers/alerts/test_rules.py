@@ -234,7 +234,7 @@ def test_the_alert_id_is_the_change_identity_and_the_rule() -> None:
 
 
 def test_untrusted_attribution_fires_on_forged_or_missing_context_even_if_approved() -> None:
-    rule = UntrustedAttribution(name="untrusted", severity="critical")
+    rule = UntrustedAttribution(name="untrusted", severity="critical", fields=("price",))
     trusted = change(role="admin", actor="alice", approval_ref="APR-1")
     assert not fired(rule, trusted)
     assert not fired(rule, change(role=None, actor=None))  # db_session: the database vouches

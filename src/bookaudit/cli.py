@@ -231,19 +231,22 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
 @_connection_options("warehouse_dsn")
 @click.pass_context
 def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
-    """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
-    from bookaudit.warehouse.verify import verify_chain
+    """Recompute the hash chains (audit rows, alerts); exit 1 and list every tampered row if
+    either does not hold."""
+    from bookaudit.warehouse.verify import verify_alert_chain, verify_chain
 
     cfg = config_from(ctx, **flags)
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     report = verify_chain(cfg.warehouse_dsn)
-    for problem in report.problems:
+    alerts = verify_alert_chain(cfg.warehouse_dsn)
+    for problem in report.problems + alerts.problems:
         click.echo(f"TAMPERED: {problem}")
-    if not report.intact:
+    if not (report.intact and alerts.intact):
         sys.exit(1)
-    # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
+    # Recording the heads elsewhere also catches a cut-off tail, which no chain can see alone.
     click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+    click.echo(f"intact: {alerts.entries} alerts chained, head {alerts.head or '-'}")
 
 
 @main.group()

@@ -1,4 +1,5 @@
-"""Recomputes the warehouse's hash chain and reports every row that was changed, removed or added."""
+"""Recomputes the warehouse's hash chains (audit rows, alerts) and reports every row that was
+changed, removed or added."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ def verify_chain(dsn: str) -> ChainReport:
         )
         head = conn.execute(
             "SELECT position, encode(hash, 'hex') AS hash FROM audit.chain "
+            "ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+    if head is None:
+        return ChainReport(0, None, problems)
+    return ChainReport(int(head["position"]), str(head["hash"]), problems)
+
+
+def verify_alert_chain(dsn: str) -> ChainReport:
+    """The alerts' own chain: a deleted, edited or slipped-in alert is reported like a row."""
+    with warehouse(dsn) as conn:
+        problems = tuple(
+            str(r["problem"])
+            for r in conn.execute("SELECT problem FROM audit.verify_alert_chain()")
+        )
+        head = conn.execute(
+            "SELECT position, encode(hash, 'hex') AS hash FROM audit.alert_chain "
             "ORDER BY position DESC LIMIT 1"
         ).fetchone()
     if head is None:

@@ -313,6 +313,15 @@ class Pipeline:
         """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
 
+    def migrate(self, *statements: str) -> None:
+        """A schema migration, run by the owner; like a deploy script, it then grants the
+        application role its privileges on what the migration created."""
+        with self.owner() as conn:
+            for statement in statements:
+                conn.execute(statement)
+        schemas = sorted({TableName.parse(t).schema for t in self.schema.tables})
+        create_app_role(self.source_dsn, self.app_role, schemas)
+
     def play_day(self) -> str:
         """The schema's day, its application transactions written as the application role
         and the evening's raw psql edit by the owner; returns the booking (or job) it is about."""

@@ -45,7 +45,7 @@ def test_map_check_names_each_mistake_in_one_line(pipeline: Pipeline) -> None:
     assert lines[0] == f"{config}: [map.booking]: table ops.jobs does not exist in the source"
     assert len(lines) == 5 and all("does not exist in the source" in line for line in lines)
 
-    with p.source() as conn:
+    with p.owner() as conn:  # DDL: the schema's owner, not the application
         conn.execute("CREATE SCHEMA ops")
         conn.execute("CREATE TABLE ops.clients (client_no text PRIMARY KEY)")
         conn.execute(

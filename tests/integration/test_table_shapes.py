@@ -13,8 +13,7 @@ STAYS = (
 
 def test_generated_columns_are_left_out_in_both_modes(pipeline: Pipeline) -> None:
     """pgoutput sends no generated columns, so trigger mode leaves them out too."""
-    with pipeline.source() as conn:
-        conn.execute(STAYS)
+    pipeline.migrate(STAYS)
     pipeline.cli("source", "install", "--table", "stay_lines")
     with pipeline.source() as conn:
         conn.execute("INSERT INTO stay_lines (id, nights, rate) VALUES (1, 2, 80.50)")

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 
 from bookaudit.entity_map import BOOKING, CUSTOMER, Entity, EntityMap, TableRef
-from bookaudit.source.install import OUTBOX_TRIGGER, TRIGGER_NAME
+from bookaudit.model import OUTBOX_TRIGGER
+from bookaudit.source.install import TRIGGER_NAME
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def test_readme_rule_file_parses_into_every_rule_kind(tmp_path: Path) -> None:
         "by_fieldworker",
         "outside_business_hours",
         "repeated_edits",
+        "untrusted_attribution",
     }
     assert rules.topics_tables[-1] == "public.invoices"
     threshold = next(r for r in rules.rules if isinstance(r, Threshold))

@@ -425,7 +425,9 @@ def _emit(
     if fmt == "json":
         click.echo(render_json(export))
     elif fmt == "csv":
-        click.echo(render_csv(export, keys))
+        # color=True: click would otherwise strip ANSI sequences from the values when stdout is
+        # not a terminal, and CSV must keep every value exactly as written.
+        click.echo(render_csv(export, keys), color=True)
     elif export:
         click.echo(table())
 

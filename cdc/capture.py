@@ -8,16 +8,26 @@ from collections.abc import Callable
 import psycopg
 
 from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
+from bookaudit.cdc.gaps import (
+    SlotLostError,
+    accept_gap,
+    lost_slot_message,
+    read_confirmed,
+    record_confirmed,
+    slot_condition,
+)
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
 from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import RowChange, format_lsn, parse_lsn
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
+# How often the confirmed position is also written to bookaudit.capture_state (outside the slot).
+STATE_INTERVAL_S = 5.0
 READ_BATCH = 2000
 
 
@@ -38,10 +48,13 @@ class Capture:
         self._last_status = 0.0
         self._last_progress = time.monotonic()
         self._sent_lsn = -1
+        self._recorded = 0  # the ledger position last written to capture_state
+        self._last_record = 0.0
 
     def open(self) -> int | None:
         """Make sure the slot exists and start streaming; returns the idle target, if any."""
         self.sink.check()
+        self.check_slot()
         self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
         target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
         self.stream = ReplicationStream(self.settings.source_dsn)
@@ -50,6 +63,32 @@ class Capture:
             f"capture: streaming slot {self.settings.slot!r} to {self.settings.kafka_bootstrap}"
         )
         return target
+
+    def check_slot(self) -> None:
+        """A missing or invalidated slot stops the capture with what was lost, unless the user
+        accepted the gap; then it is recorded and a new slot starts from now."""
+        conn, slot = self.catalog.conn, self.settings.slot
+        condition = slot_condition(conn, slot)
+        confirmed = read_confirmed(conn, slot)
+        why = condition.lost
+        if why is None:
+            return
+        if not condition.exists and confirmed is None and not self.settings.accept_gap:
+            return  # never streamed: the first start creates the slot (ensure_slot)
+        if not self.settings.accept_gap:
+            now = parse_lsn(self.catalog.current_lsn())
+            raise SlotLostError(lost_slot_message(slot, why, confirmed, now))
+        self.log(accept_gap(conn, slot, why, confirmed))
+
+    def record_position(self, force: bool = False) -> None:
+        """Keep the confirmed position outside the slot, so a lost slot can say what was lost.
+        Written only when real transactions moved it, so an idle capture writes nothing."""
+        lsn = self.ledger.confirmed_lsn
+        now = time.monotonic()
+        if lsn > self._recorded and (force or now - self._last_record >= STATE_INTERVAL_S):
+            record_confirmed(self.catalog.conn, self.settings.slot, max(lsn, self._sent_lsn))
+            self._recorded = lsn
+            self._last_record = now
 
     def handle(self, data: bytes) -> None:
         frame = decode_copy_data(data)
@@ -89,6 +128,7 @@ class Capture:
             self._sent_lsn = lsn
             self._last_status = now
             self.stats.confirmed_lsn = lsn
+            self.record_position(force)
 
     def report_progress(self) -> None:
         now = time.monotonic()

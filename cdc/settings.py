@@ -19,20 +19,23 @@ class CaptureSettings:
     source_name: str
     exit_when_idle: bool = False
     partitions: int = 3
+    # Replace a lost slot and record the gap, instead of stopping (logical mode only).
+    accept_gap: bool = False
 
 
-def settings_from(cfg: Config, *, exit_when_idle: bool) -> CaptureSettings:
+def settings_from(
+    cfg: Config, *, exit_when_idle: bool, accept_gap: bool = False
+) -> CaptureSettings:
     """The capture's (and the relay's) settings from the one Config."""
-    cfg.require("source_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
     return CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
+        source_dsn=cfg.need("source_dsn"),
+        kafka_bootstrap=cfg.need("kafka_bootstrap"),
         slot=cfg.slot,
         publication=cfg.publication,
         topic_prefix=cfg.topic_prefix,
         source_name=cfg.source_name,
         exit_when_idle=exit_when_idle,
+        accept_gap=accept_gap,
     )
 
 

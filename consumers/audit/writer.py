@@ -1,57 +1,43 @@
-"""Warehouse edge of the audit writer: one idempotent transaction per batch."""
+"""Warehouse edge of the audit writer: one idempotent transaction per batch, rows in by COPY and
+one chain link per transaction."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
-from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries
-from bookaudit.errors import TerminalError, TransientError
-from bookaudit.model import format_position
+from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
+from bookaudit.classify import pg_connect_error
+from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
+from bookaudit.errors import BookauditError, TerminalError, TransientError
+from bookaudit.model import format_position, parse_position
 
-# One round trip per batch: the entries travel as one JSON array; ON CONFLICT skips replays, and
-# only rows inserted now get their field rows, so a replayed batch adds nothing.
-_INSERT = """
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(entries)s::jsonb) AS x(
-        source text, commit_lsn pg_lsn, sequence bigint, lsn pg_lsn, txid bigint,
-        committed_at_ms bigint, schema_name text, table_name text, action text, row_key jsonb,
-        before jsonb, after jsonb, actor jsonb, capture_mode text, kafka_topic text,
-        kafka_partition int, kafka_offset bigint, fields jsonb)
-),
-inserted AS (
-    INSERT INTO audit.row_changes (
-        source, commit_lsn, sequence, lsn, txid, committed_at, schema_name, table_name, action,
-        row_key, before, after, actor, actor_role, reason, approval_ref, request_id, application,
-        db_user, client_addr, actor_origin, capture_mode, kafka_topic, kafka_partition,
-        kafka_offset)
-    SELECT source, commit_lsn, sequence, lsn, txid, to_timestamp(committed_at_ms / 1000.0),
-           schema_name, table_name, action, row_key, before, after,
-           actor ->> 'id', actor ->> 'role', actor ->> 'reason', actor ->> 'approval_ref',
-           actor ->> 'request_id', actor ->> 'application', actor ->> 'db_user',
-           actor ->> 'client_addr', actor ->> 'origin', capture_mode, kafka_topic,
-           kafka_partition, kafka_offset
-    FROM input
-    ON CONFLICT (source, commit_lsn, sequence) DO NOTHING
-    RETURNING id, source, commit_lsn, sequence
-),
-fields AS (
-    INSERT INTO audit.field_changes (change_id, field, position, old_value, new_value)
-    SELECT i.id, f.field, f.position, f.old, f.new
-    FROM inserted i
-    JOIN input USING (source, commit_lsn, sequence)
-    CROSS JOIN LATERAL ROWS FROM (
-        jsonb_to_recordset(input.fields) AS (field text, old text, new text)
-    ) WITH ORDINALITY AS f(field, old, new, position)
-)
-SELECT coalesce(array_agg(id), '{}') FROM inserted
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# One round trip before the rows go in: which of the batch's events the warehouse already holds
+# (a replay, or a copy another writer stored), and a block of ids for the rest. Ids cannot come
+# from COPY itself, and the leaves hash them.
+_PREPARE = """
+SELECT array(SELECT nextval(pg_get_serial_sequence('audit.row_changes', 'id'))
+             FROM generate_series(1, %(n)s)),
+       array(SELECT ARRAY[r.source, r.commit_lsn::text, r.sequence::text]
+             FROM audit.row_changes r
+             JOIN unnest(%(sources)s::text[], %(commits)s::pg_lsn[], %(sequences)s::bigint[])
+                  AS k(source, commit_lsn, sequence)
+             USING (source, commit_lsn, sequence))
 """
 
-# A separate statement: rows written by the CTEs above are invisible to that statement itself.
-_CHAIN = "SELECT audit.chain_append(%s)"
+_COPY_ROWS = "COPY audit.row_changes ({}) FROM STDIN".format(", ".join(CHAINED_COLUMNS))
+_COPY_FIELDS = (
+    "COPY audit.field_changes (change_id, field, position, old_value, new_value) FROM STDIN"
+)
+_LINK = "SELECT audit.chain_link(%s, %s)"
 
 _DEAD_LETTER = """
 INSERT INTO audit.dead_letters (kafka_topic, kafka_partition, kafka_offset, key, value, error)
@@ -59,28 +45,67 @@ VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
 
+# A copy stored by another writer between our check and our COPY makes the COPY fail on the
+# unique key; the next attempt's check sees it. More attempts than this means something else.
+_ATTEMPTS = 5
 
-def _as_json(entry: AuditEntry) -> dict[str, object]:
-    return {
-        "source": entry.source,
-        "commit_lsn": format_position(entry.commit_position),
-        "sequence": entry.sequence,
-        "lsn": format_position(entry.position),
-        "txid": entry.txid,
-        "committed_at_ms": entry.committed_at_ms,
-        "schema_name": entry.schema_name,
-        "table_name": entry.table_name,
-        "action": entry.action,
-        "row_key": entry.row_key,
-        "before": entry.before,
-        "after": entry.after,
-        "actor": entry.actor,
-        "capture_mode": entry.capture_mode,
-        "kafka_topic": entry.kafka_topic,
-        "kafka_partition": entry.kafka_partition,
-        "kafka_offset": entry.kafka_offset,
-        "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in entry.fields],
-    }
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One audit.row_changes row as the chain hashes it, with its field rows."""
+
+    values: tuple[Any, ...]
+    fields: tuple[FieldRow, ...]
+
+
+def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> StoredRow:
+    """Pure: the values of CHAINED_COLUMNS for `entry`, in the chain's types (positions as ints,
+    timestamps as epoch microseconds, jsonb as dicts)."""
+    values = (
+        change_id,
+        entry.source,
+        entry.commit_position,
+        entry.sequence,
+        entry.position,
+        entry.txid,
+        entry.committed_at_ms * 1000,
+        entry.schema_name,
+        entry.table_name,
+        entry.action,
+        entry.row_key,
+        entry.before,
+        entry.after,
+        # The envelope's actor order, which CHAINED_COLUMNS follows (tests/test_contract.py).
+        *entry.actor.to_dict().values(),
+        entry.capture_mode,
+        entry.kafka_topic,
+        entry.kafka_partition,
+        entry.kafka_offset,
+        recorded_at_us,
+    )
+    fields = tuple((f.field, n, f.old, f.new) for n, f in enumerate(entry.fields, start=1))
+    return StoredRow(values, fields)
+
+
+def _copy_values(row: StoredRow) -> tuple[Any, ...]:
+    """The same values as COPY sends them: pg_lsn and jsonb as text, timestamps as datetimes."""
+    v = row.values
+    return (
+        *v[:2],
+        format_position(v[2]),
+        v[3],
+        format_position(v[4]),
+        v[5],
+        _EPOCH + timedelta(microseconds=v[6]),
+        *v[7:10],
+        *(None if d is None else json.dumps(d, ensure_ascii=False) for d in v[10:13]),
+        *v[13:26],
+        _EPOCH + timedelta(microseconds=v[26]),
+    )
+
+
+class EntryRejected(BookauditError):
+    """The warehouse refused a value of the batch (SQLSTATE class 22, data exception)."""
 
 
 class WarehouseWriter:
@@ -88,11 +113,12 @@ class WarehouseWriter:
         self._dsn = dsn
         self._conn = self._connect()
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
             return psycopg.connect(self._dsn, application_name="bookaudit-audit-writer")
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+            # Down or restarting: retry; up but refusing us (password, database): stop.
+            raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
     def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
@@ -103,21 +129,15 @@ class WarehouseWriter:
         if self._conn.closed:
             self._conn = self._connect()
         unique = distinct_entries(entries)
-        inserted = 0
         try:
-            with self._conn.transaction():
-                if unique:
-                    payload = json.dumps([_as_json(e) for e in unique])
-                    row = self._conn.execute(_INSERT, {"entries": payload}).fetchone()
-                    assert row is not None
-                    ids = cast(list[int], row[0])
-                    inserted = len(ids)
-                    self._conn.execute(_CHAIN, (ids,))
-                for letter in dead:
-                    r = letter.record
-                    self._conn.execute(
-                        _DEAD_LETTER, (r.topic, r.partition, r.offset, r.key, r.value, letter.error)
-                    )
+            for _ in range(_ATTEMPTS):
+                try:
+                    with self._conn.transaction():
+                        inserted = self._store(unique)
+                        self._dead_letters(dead)
+                    return inserted
+                except psycopg.errors.UniqueViolation:
+                    continue
         except psycopg.OperationalError as exc:
             self._conn.close()
             raise TransientError(f"warehouse write failed: {str(exc).strip()}") from None
@@ -125,7 +145,60 @@ class WarehouseWriter:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
             ) from None
-        return inserted
+        except psycopg.errors.DataError as exc:
+            # Class 22: a value the warehouse cannot hold (a NUL in text or jsonb). Retrying the
+            # batch fails the same way, so the caller finds the entry and dead-letters it.
+            raise EntryRejected(
+                f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+            ) from None
+        except psycopg.errors.UndefinedFunction:
+            raise TerminalError(
+                "the warehouse's audit schema is older than this writer: "
+                "run `bookaudit warehouse init` to upgrade it"
+            ) from None
+        raise TransientError(
+            f"warehouse write: another writer kept storing the same events ({_ATTEMPTS} attempts)"
+        )
+
+    def _store(self, unique: Sequence[AuditEntry]) -> int:
+        if not unique:
+            return 0
+        prepared = self._conn.execute(
+            _PREPARE,
+            {
+                "n": len(unique),
+                "sources": [e.source for e in unique],
+                "commits": [format_position(e.commit_position) for e in unique],
+                "sequences": [e.sequence for e in unique],
+            },
+        ).fetchone()
+        assert prepared is not None
+        ids: list[int] = prepared[0]
+        stored = {(s, parse_position(c), int(q)) for s, c, q in prepared[1]}
+        new = [e for e in unique if identity(e) not in stored]
+        if not new:
+            return 0
+        recorded_at_us = time.time_ns() // 1000
+        rows = [stored_row(e, i, recorded_at_us) for e, i in zip(new, ids, strict=False)]
+        cur = self._conn.cursor()
+        with cur.copy(_COPY_ROWS) as copy:
+            for row in rows:
+                copy.write_row(_copy_values(row))
+        with cur.copy(_COPY_FIELDS) as copy:
+            for row in rows:
+                change_id = row.values[0]
+                for field in row.fields:
+                    copy.write_row((change_id, *field))
+        leaves = b"".join(leaf(row.values, row.fields) for row in rows)
+        cur.execute(_LINK, ([row.values[0] for row in rows], leaves))
+        return len(rows)
+
+    def _dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        for letter in dead:
+            r = letter.record
+            self._conn.execute(
+                _DEAD_LETTER, (r.topic, r.partition, r.offset, r.key, r.value, letter.error)
+            )
 
     def close(self) -> None:
         self._conn.close()

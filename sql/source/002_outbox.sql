@@ -23,6 +23,24 @@ CREATE TABLE IF NOT EXISTS bookaudit.outbox (
 -- Installs made before the mark column existed.
 ALTER TABLE bookaudit.outbox ADD COLUMN IF NOT EXISTS context_mark uuid;
 
+-- The table's columns as this row was written (bookaudit.outbox_shapes); NULL in rows written
+-- before an install that had shapes, which the relay reads through the table as it is now.
+ALTER TABLE bookaudit.outbox ADD COLUMN IF NOT EXISTS shape integer;
+
+-- A table's stored columns, their types and its primary key, as one statement saw them. The relay
+-- reads a queued row through its own shape, so a column added, dropped, renamed or retyped after
+-- the row was written (with the relay running or stopped) changes nothing in what it says.
+-- Not unique: two transactions may record the same shape at once, and either copy serves.
+CREATE TABLE IF NOT EXISTS bookaudit.outbox_shapes (
+    shape    serial  PRIMARY KEY,
+    relid    oid     NOT NULL,
+    columns  text[]  NOT NULL,
+    types    oid[]   NOT NULL,
+    typmods  integer[] NOT NULL,
+    key      text[]  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_shapes_relid ON bookaudit.outbox_shapes (relid);
+
 -- One row per committed audited transaction, numbered in commit order (see register_commit).
 CREATE TABLE IF NOT EXISTS bookaudit.outbox_commits (
     commit_seq   bigint      PRIMARY KEY,
@@ -38,6 +56,51 @@ CREATE SEQUENCE IF NOT EXISTS bookaudit.commit_seq;
 SELECT setval('bookaudit.commit_seq',
               greatest((SELECT last_value FROM bookaudit.commit_seq),
                        (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint));
+
+-- The shape of a table now (generated columns left out, as pgoutput leaves them out): the one
+-- recorded already, else a new one. Run once per statement that writes rows (see outbox_row).
+CREATE OR REPLACE FUNCTION bookaudit._shape(rel oid) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_columns text[];
+    v_types oid[];
+    v_typmods integer[];
+    v_key text[];
+    v_shape integer;
+BEGIN
+    SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{{}}'),
+           coalesce(array_agg(atttypid ORDER BY attnum), '{{}}'),
+           coalesce(array_agg(atttypmod ORDER BY attnum), '{{}}')
+      INTO v_columns, v_types, v_typmods
+      FROM pg_attribute
+     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    SELECT coalesce(array_agg(a.attname::text ORDER BY k.n), '{{}}') INTO v_key
+      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = rel AND i.indisprimary;
+    SELECT s.shape INTO v_shape FROM bookaudit.outbox_shapes s
+     WHERE s.relid = rel AND s.columns = v_columns AND s.types = v_types
+       AND s.typmods = v_typmods AND s.key = v_key
+     LIMIT 1;
+    IF v_shape IS NULL THEN
+        INSERT INTO bookaudit.outbox_shapes (relid, columns, types, typmods, key)
+        VALUES (rel, v_columns, v_types, v_typmods, v_key) RETURNING shape INTO v_shape;
+    END IF;
+    RETURN v_shape;
+END
+$$;
+
+-- BEFORE ... FOR EACH STATEMENT on every audited table. A statement may follow an ALTER TABLE in
+-- the same transaction: forget the shape noted so far, and the statement's first row looks it up
+-- again. (The setting is only a cache: outbox_row trusts it only where it matches the shape the
+-- outbox itself holds for the table, so presetting it changes nothing.)
+CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('bookaudit._shape_' || TG_RELID, '', true);
+    RETURN NULL;
+END
+$$;
 
 -- A row's text must not depend on the writer's session: DateStyle 'SQL, DMY' would be misread
 -- later and extra_float_digits = 0 rounds floats. The relay reads this text back through the
@@ -62,6 +125,9 @@ DECLARE
     at integer;
     ctx integer;
     last_mark uuid;
+    last_table text;
+    last_shape integer;
+    shape integer := nullif(current_setting('bookaudit._shape_' || TG_RELID, true), '')::integer;
     carried jsonb;
     plain boolean := current_setting('DateStyle') LIKE 'ISO%'
                      AND current_setting('IntervalStyle') = 'postgres'
@@ -69,9 +135,21 @@ DECLARE
     old_row {hstore}.hstore;
     new_row {hstore}.hstore;
 BEGIN
-    SELECT o.seq + 1, o.context_seq, o.context_mark INTO at, ctx, last_mark
-    FROM bookaudit.outbox o WHERE o.txid = tx ORDER BY o.seq DESC LIMIT 1;
+    SELECT o.seq + 1, o.context_seq, o.context_mark, o.schema_name || '.' || o.table_name, o.shape
+      INTO at, ctx, last_mark, last_table, last_shape
+      FROM bookaudit.outbox o WHERE o.txid = tx ORDER BY o.seq DESC LIMIT 1;
     at := coalesce(at, 0);
+    -- The shape noted for this statement serves only while it is the one the last row of this
+    -- table holds; otherwise (first row, another table in between, or a preset setting) it is
+    -- looked up again.
+    IF TG_LEVEL = 'ROW' AND (shape IS NULL OR last_shape IS DISTINCT FROM shape
+                             OR last_table IS DISTINCT FROM TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
+    THEN
+        shape := bookaudit._shape(TG_RELID);
+        PERFORM set_config('bookaudit._shape_' || TG_RELID, shape::text, true);
+    ELSIF TG_LEVEL = 'STATEMENT' THEN
+        shape := NULL;
+    END IF;
     IF ctx IS NULL OR last_mark IS DISTINCT FROM mark THEN
         -- The first change of the transaction, or the context moved since the last one: this
         -- change carries the context, and the changes after it point here.
@@ -85,11 +163,11 @@ BEGIN
         new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
     INSERT INTO bookaudit.outbox (txid, seq, context_seq, schema_name, table_name, op, old_row,
-                                  new_row, context, context_mark)
+                                  new_row, context, context_mark, shape)
     VALUES (
         tx, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
         CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
-        old_row, new_row, carried, mark
+        old_row, new_row, carried, mark, shape
     );
     RETURN NULL;
 END
@@ -123,10 +201,9 @@ CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbo
     EXECUTE FUNCTION bookaudit.register_commit();
 
 -- The settings-based bookkeeping of earlier installs, which an application could preset.
-DROP FUNCTION IF EXISTS bookaudit.record_context();
 DROP FUNCTION IF EXISTS bookaudit._note_context();
 
-REVOKE ALL ON bookaudit.outbox, bookaudit.outbox_commits FROM PUBLIC;
+REVOKE ALL ON bookaudit.outbox, bookaudit.outbox_commits, bookaudit.outbox_shapes FROM PUBLIC;
 REVOKE ALL ON SEQUENCE bookaudit.commit_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION bookaudit._exact_text(anyelement), bookaudit.outbox_row(),
-    bookaudit.register_commit() FROM PUBLIC;
+    bookaudit.register_commit(), bookaudit._shape(oid), bookaudit.record_context() FROM PUBLIC;

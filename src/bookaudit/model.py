@@ -192,3 +192,76 @@ class RowChange:
     commit_unix_ms: int
     actor: ActorContext
     unchanged_toast: tuple[str, ...] = ()
+
+
+# --- the envelope -----------------------------------------------------------------------------
+
+OPS = ("c", "u", "d", "t", "r")
+MODES = ("logical", "trigger")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Where a capture's changes come from, as every envelope's `source` block names it."""
+
+    name: str
+    db: str
+    mode: str = "logical"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column as the envelope describes it: name, PostgreSQL type, part of the primary key."""
+
+    name: str
+    type: str
+    key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeSource:
+    """The envelope's `source` block. Avro keeps Debezium's names (`txId`, `lsn`, `commit_lsn`);
+    here they are `txid`, `position` and `commit_position`, a CommitSeq when mode is trigger."""
+
+    version: str
+    connector: str
+    name: str
+    db: str
+    schema: str
+    table: str
+    txid: int
+    position: Position
+    commit_position: Position
+    sequence: int
+    ts_ms: int
+    snapshot: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeTransaction:
+    """Debezium's `transaction` block: orders are counted from 1."""
+
+    id: str
+    total_order: int
+    data_collection_order: int
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One change event as a consumer reads it: typed, with the row's real primary key."""
+
+    before: Row | None
+    after: Row | None
+    source: EnvelopeSource
+    op: str
+    ts_ms: int
+    transaction: EnvelopeTransaction | None
+    actor: ActorContext
+    columns: tuple[Column, ...]
+    unchanged_toast: tuple[str, ...]
+
+    @property
+    def column_order(self) -> list[str]:
+        """The table's column order, else the row's own (an envelope may list no columns)."""
+        return [c.name for c in self.columns] or list((self.after or self.before or {}).keys())

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from bookaudit.consumers._kafka import to_record
 from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
 from bookaudit.consumers.records import Record
@@ -95,7 +96,7 @@ def topic_records(p: Pipeline, topic: str) -> list[Record]:
                 ends.pop(int(msg.partition() or 0), None)
                 continue
             part, offset = int(msg.partition() or 0), int(msg.offset() or 0)
-            records.append(Record(topic, part, offset, msg.key(), msg.value()))
+            records.append(to_record(msg))
             if offset + 1 >= ends.get(part, 0):
                 ends.pop(part, None)
         return records

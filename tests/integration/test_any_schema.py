@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import psycopg
+
+from devstack import StackEnv
 from tests.integration.harness import Pipeline
-from tests.integration.schemas import JOBS_MAP
+from tests.integration.schemas import JOBS, JOBS_MAP
 
 
 def test_default_alerts_follow_the_entity_map(schema_pipeline: Pipeline) -> None:
@@ -66,3 +69,36 @@ def test_map_check_names_each_mistake_in_one_line(pipeline: Pipeline) -> None:
         "(primary key: id)",
     ]
     config.unlink()
+
+
+def test_install_init_and_apply_take_the_map_from_bookaudit_toml(stack: StackEnv) -> None:
+    """With a [map] in bookaudit.toml, `source install` audits its tables, `warehouse init`
+    stores it for the configured source, and `map apply` for another."""
+    p = Pipeline(stack, schema=JOBS)
+    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{p.name}_src"')
+        admin.execute(f'CREATE DATABASE "{p.name}_wh"')
+    try:
+        JOBS.create(p.source_dsn)
+        installed = p.cli("source", "install")
+        assert (
+            "auditing ops.jobs, ops.clients, ops.job_notes, billing.invoices, billing.payments"
+            in (installed.stderr)
+        )
+        assert p.cli("map", "check").stdout.startswith("map ok (")
+        init = p.cli("warehouse", "init")
+        assert f"source 'bookings' uses {p.config_path}" in init.stderr
+        p.cli("map", "apply", "--source", "jobs-eu")
+        maps = p.warehouse("SELECT source, origin FROM audit.entity_maps ORDER BY source")
+        assert maps == [
+            ("*", "built-in sample map"),
+            ("bookings", str(p.config_path)),
+            ("jobs-eu", str(p.config_path)),
+        ]
+        booking = p.warehouse(
+            "SELECT table_name, key_column FROM audit.entity_tables "
+            "WHERE source = 'jobs-eu' AND kind = 'booking'"
+        )
+        assert booking == [("jobs", "job_no")]
+    finally:
+        p.drop()

@@ -9,16 +9,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import DeserializingConsumer
 
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings
-from bookaudit.consumers.records import Record, decode_record
 from bookaudit.errors import SourceCheckError
+from bookaudit.kafka.serde import EnvelopeDeserializer
+from bookaudit.model import Envelope
 from bookaudit.source.install import TableName, apply, check_source, plan_install
 from devstack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
@@ -195,36 +195,36 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
     )
     assert OutboxRelay(settings, lambda _m: None).run().changes == 2
 
-    consumer = Consumer(
+    # Any confluent-kafka consumer reads the events with bookaudit's deserializer.
+    consumer = DeserializingConsumer(
         {
             "bootstrap.servers": stack.kafka_bootstrap,
             "group.id": prefix,
             "auto.offset.reset": "earliest",
+            "value.deserializer": EnvelopeDeserializer(),
         }
     )
-    events: list[dict[str, Any]] = []
+    events: list[Envelope] = []
     try:
         consumer.subscribe([f"{prefix}.public.bookings"])
         deadline = time.monotonic() + 60
         while len(events) < 2 and time.monotonic() < deadline:
             msg = consumer.poll(1.0)
             if msg is not None and msg.error() is None:
-                record = Record(
-                    str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
-                    msg.key(), msg.value(),
-                )  # fmt: skip
-                events.append(decode_record(record).envelope)
+                envelope = msg.value()
+                assert isinstance(envelope, Envelope)
+                events.append(envelope)
     finally:
         consumer.close()
     seen = sorted(
         (
-            e["source"]["sequence"],
-            e["op"],
-            e["actor"]["id"],
-            e["actor"]["role"],
-            (e["before"] or {}).get("price"),
-            e["after"]["price"],
-            e["source"]["mode"],
+            e.source.sequence,
+            e.op,
+            e.actor.id,
+            e.actor.role,
+            (e.before or {}).get("price"),
+            (e.after or {}).get("price"),
+            e.source.mode,
         )
         for e in events
     )
@@ -277,7 +277,11 @@ def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipelin
             "     OR (c.relkind = 'S' AND has_sequence_privilege(%(r)s, c.oid, 'USAGE')))",
             {"r": pipeline.app_role},
         ).fetchall()
-    expected = ["emit_context"] if pipeline.mode == "logical" else ["outbox_row", "register_commit"]
+    expected = (
+        ["emit_context"]
+        if pipeline.mode == "logical"
+        else ["outbox_row", "record_context", "register_commit"]
+    )
     assert [t[0] for t in triggers] == expected
     for name, definer, config in triggers:
         assert definer, f"{name} must run as the install role"

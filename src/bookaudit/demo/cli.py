@@ -37,18 +37,18 @@ def run(ctx: click.Context) -> None:
     from bookaudit.warehouse.schema import init_warehouse
 
     cfg = config_from(ctx)
-    cfg.require("source_dsn", "warehouse_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn and cfg.warehouse_dsn and cfg.kafka_bootstrap
+    source_dsn, warehouse_dsn = cfg.need("source_dsn"), cfg.need("warehouse_dsn")
+    cfg.need("kafka_bootstrap")
     import psycopg
 
     log("demo: creating the sample bookings database")
-    create_sample_schema(cfg.source_dsn)
+    create_sample_schema(source_dsn)
     # The day is played by the application's own non-owner login, as in production.
-    app_dsn = create_app_role(cfg.source_dsn, DEMO_APP_ROLE, password=DEMO_APP_ROLE)
+    app_dsn = create_app_role(source_dsn, DEMO_APP_ROLE, password=DEMO_APP_ROLE)
     tables = [TableName.parse(t) for t in AUDITED_TABLES]
-    with psycopg.connect(cfg.source_dsn, autocommit=True) as conn:
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
         apply(conn, plan_install(conn, tables, cfg.publication, cfg.mode, [DEMO_APP_ROLE]))
-    init_warehouse(cfg.warehouse_dsn)
+    init_warehouse(warehouse_dsn)
     capture_settings = capture_settings_from(cfg, exit_when_idle=True)
     # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
@@ -56,14 +56,14 @@ def run(ctx: click.Context) -> None:
     runner(capture_settings, log).run()
 
     log("demo: playing the day")
-    booking_id = play_day(app_dsn, lambda m: log(f"  {m}"), psql_dsn=cfg.source_dsn)
+    booking_id = play_day(app_dsn, lambda m: log(f"  {m}"), psql_dsn=source_dsn)
 
     log("demo: capture → Kafka")
     runner(capture_settings, log).run()
     log("demo: Kafka → audit warehouse")
     AuditWriter(*writer_settings_from(cfg), log).run(exit_when_idle=True)
 
-    _print_history(cfg.warehouse_dsn, booking_id, cfg.source_name)
+    _print_history(warehouse_dsn, booking_id, cfg.source_name)
 
     log("\ndemo: Kafka → alerts")
     _raise_alerts(cfg, booking_id)

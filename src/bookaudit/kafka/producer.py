@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from bookaudit.classify import kafka_error, kafka_logger
 from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER, MAX_MESSAGE_BYTES, TOPIC_MAX_MESSAGE_BYTES, split
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA_ID, SCHEMA_HEADER, KafkaRecord
+from bookaudit.kafka.serde import KafkaRecord
 
 # How long to wait for the cluster to answer a metadata or topic request before retrying.
 ADMIN_TIMEOUT_S = 15.0
@@ -84,7 +84,6 @@ class KafkaSink:
         self,
         record: KafkaRecord,
         on_delivery: Callable[[Any, Any], None],
-        schema_id: bytes = ENVELOPE_SCHEMA_ID,
     ) -> None:
         """One event; one too big for a Kafka message goes as consecutive chunks (chunks.py),
         and `on_delivery` hears once, when every chunk is acknowledged or one failed."""
@@ -92,7 +91,7 @@ class KafkaSink:
         parts = split(record.value)
         callback = on_delivery if len(parts) == 1 else _all_of(len(parts), on_delivery)
         for chunk, value in parts:
-            headers: list[tuple[str, str | bytes | None]] = [(SCHEMA_HEADER, schema_id)]
+            headers: list[tuple[str, str | bytes | None]] = list(record.headers)
             if chunk is not None:
                 headers.append((CHUNK_HEADER, chunk.header()))
             self._produce(record.topic, record.key, value, headers, callback)

@@ -10,13 +10,44 @@ import psycopg
 from psycopg import sql
 
 from bookaudit._resources import read_text
-from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
-from bookaudit.model import OUTBOX_TRIGGER
+from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
 SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
+
+
+def _split_name(text: str) -> list[str] | None:
+    """Dot-separated parts, a part starting with `"` read as a quoted identifier."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if text[j + 1 : j + 2] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                buf.append(text[j])
+                j += 1
+            parts.append("".join(buf))
+        else:
+            j = text.find(".", i)
+            j = n if j < 0 else j
+            parts.append(text[i:j])
+        i = j
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
 
 
 @dataclass(frozen=True)
@@ -28,7 +59,15 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str) -> TableName:
-        parts = text.split(".")
+        """`table`, `schema.table`, or either part in double quotes as SQL writes it, for a name
+        holding a dot (`public."a.b"`, with `""` for a quote inside). Names are taken as written,
+        never case-folded."""
+        parts = _split_name(text)
+        if parts is None:
+            raise SourceCheckError(
+                f"--table {text!r}: an unterminated or misplaced double quote; write a name "
+                'with a dot as public."a.b", a quote inside quotes as ""'
+            )
         if len(parts) == 1 and parts[0]:
             return cls("public", parts[0])
         if len(parts) == 2 and all(parts):
@@ -40,6 +79,9 @@ class TableName:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"
+
+
+GAPS_TABLE = TableName("bookaudit", "capture_gaps")
 
 
 def check_source(
@@ -177,6 +219,7 @@ def _plan_hooks(
     statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
+    statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         statements.append(
@@ -186,11 +229,13 @@ def _plan_hooks(
             ).format(sql.Identifier(TRIGGER_NAME), table.ident())
         )
     pub = sql.Identifier(publication)
-    table_list = sql.SQL(", ").join(t.ident() for t in tables)
+    # Accepted gaps travel the pipeline like any change (sql/source/003_capture_state.sql).
+    published = [*tables, GAPS_TABLE]
+    table_list = sql.SQL(", ").join(t.ident() for t in published)
     if not _publication_exists(conn, publication):
         statements.append(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list))
     else:
-        missing = [t for t in tables if t not in _published(conn, publication)]
+        missing = [t for t in published if t not in _published(conn, publication)]
         if missing:
             statements.append(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
@@ -212,13 +257,7 @@ def _plan_outbox(
     conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableName]
 ) -> list[sql.Composable]:
     """Trigger mode: no publication, no slot, no REPLICA IDENTITY; an outbox and its triggers."""
-    statements: list[sql.Composable] = [
-        # Earlier installs noted the context with a statement trigger and settings an application
-        # could preset; the outbox row trigger now reads it from the outbox itself.
-        sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), table.ident())
-        for name, table in _bookaudit_triggers(conn)
-        if name == TRIGGER_NAME
-    ]
+    statements: list[sql.Composable] = []
     hstore = _hstore_schema(conn)
     if hstore is None:
         # Inside our schema, so that uninstall's DROP SCHEMA takes it away again.
@@ -228,6 +267,12 @@ def _plan_outbox(
         sql.SQL(read_text("sql", "source", "002_outbox.sql")).format(hstore=sql.Identifier(hstore))
     )
     for table in tables:
+        statements.append(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.record_context()"
+            ).format(sql.Identifier(TRIGGER_NAME), table.ident())
+        )
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "

@@ -1,0 +1,54 @@
+"""The fast envelope reader returns exactly what fastavro reads, and refuses what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from bookaudit.errors import DecodeError
+from bookaudit.kafka.serde import (
+    ENVELOPE_SCHEMA,
+    decode,
+    decode_envelope,
+    encode,
+    envelope_record,
+)
+from bookaudit.model import RowChange
+from tests.cdc.test_avro_fast import NOW_MS, SOURCE, _captured_changes, _variants
+
+
+def _bytes(change: RowChange) -> bytes:
+    return encode(ENVELOPE_SCHEMA, envelope_record(change, SOURCE, NOW_MS))
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_synthetic_envelopes_read_as_fastavro_reads_them(index: int) -> None:
+    data = _bytes(_variants()[index])
+    assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+def test_every_captured_change_reads_as_fastavro_reads_it() -> None:
+    for c in _captured_changes():
+        data = _bytes(c)
+        assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+def test_long_values_and_multi_byte_lengths() -> None:
+    env = envelope_record(_variants()[0], SOURCE, NOW_MS)
+    env["after"] = {f"c{i}": "x" * (i * 37) for i in range(70)}  # lengths past one varint byte
+    env["source"].update(txId=-(2**63), lsn=2**63 - 1, commit_lsn=300, sequence=-1)
+    data = encode(ENVELOPE_SCHEMA, env)
+    assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 40, -30, -1])
+def test_truncated_records_are_refused_by_both(cut: int) -> None:
+    data = _bytes(_variants()[0])[:cut]
+    with pytest.raises(DecodeError):
+        decode(ENVELOPE_SCHEMA, data)
+    with pytest.raises(DecodeError, match="not a bookaudit Avro record"):
+        decode_envelope(data)
+
+
+def test_a_bad_union_index_is_refused() -> None:
+    with pytest.raises(DecodeError, match="bad union index"):
+        decode_envelope(b"\x06garbage")

@@ -126,11 +126,15 @@ def test_a_preset_emitted_marker_cannot_suppress_the_context(pipeline: Pipeline)
 
 
 def test_preset_trigger_mode_settings_change_nothing(pipeline: Pipeline) -> None:
-    """Every setting earlier trigger-mode installs kept their state in, preset at once."""
+    """Every setting trigger mode ever kept its state or a cache in, preset at once."""
     [booking] = pipeline.seed()
     with pipeline.source(application_name="web") as conn:
         addr = _client_addr(conn)
+        relid = conn.execute("SELECT 'bookings'::regclass::oid").fetchone()
+        assert relid is not None
         for name, value in (
+            # A shape id the relay would read the row through instead of the table's own.
+            (f"bookaudit._shape_{relid[0]}", "1"),
             ("bookaudit._context", FORGED_CONTEXT),
             ("bookaudit._emitted", _mark("web")),
             ("bookaudit._context_seq", "0"),

@@ -44,3 +44,4 @@ class CaptureStats:
     changes: int = 0
     transactions: int = 0
     confirmed_lsn: int = 0
+    baseline: int = 0  # snapshot events of existing rows sent in this run

@@ -31,7 +31,9 @@ class Catalog:
     def dbname(self) -> str:
         return self.conn.info.dbname
 
-    def ensure_slot(self, slot: str, publication: str) -> None:
+    def check_slot(self, slot: str, publication: str) -> None:
+        """The slot `source install` created must be there: the capture never creates one, since
+        changes committed before a slot exists are not in its stream."""
         if (
             self.conn.execute(
                 "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
@@ -45,16 +47,11 @@ class Catalog:
             "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         ).fetchone()
         if row is None:
-            try:
-                self.conn.execute(
-                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
-                )
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise SourceCheckError(
-                    f"cannot create slot {slot!r}: {exc.diag.message_primary} "
-                    "(the capture role needs REPLICATION)"
-                ) from None
-        elif row[0] != "pgoutput" or row[1] != self.dbname:
+            raise SourceCheckError(
+                f"replication slot {slot!r} does not exist: run `bookaudit source install`, which "
+                "creates it and takes a new baseline (changes since a lost slot are a gap)"
+            )
+        if row[0] != "pgoutput" or row[1] != self.dbname:
             raise SourceCheckError(
                 f"slot {slot!r} exists for plugin {row[0]!r} in database {row[1]!r}; "
                 f"bookaudit needs pgoutput in {self.dbname!r}: choose another --slot"

@@ -94,7 +94,10 @@ class KafkaSource:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
-                "topic.metadata.refresh.interval.ms": 5000,
+                # A new table's topic is found at the next metadata refresh (the subscription is
+                # a pattern), so a short interval puts its first change in the warehouse within
+                # about a second; a metadata request is small.
+                "topic.metadata.refresh.interval.ms": 500,
                 "logger": kafka_logger(),
             }
         )

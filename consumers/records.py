@@ -56,7 +56,8 @@ def decode_record(record: Record) -> Decoded:
     return Decoded(record, envelope, key)
 
 
-ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
+# op r is a row as it existed when the audit started (the install's baseline), not an insert.
+ACTIONS = {"c": "insert", "r": "existing", "u": "update", "d": "delete", "t": "truncate"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,3 +144,30 @@ def test_one_format_option_for_every_read_command() -> None:
     }
     assert len(formats) >= 5
     assert set(formats.values()) == {("table", "json", "csv")}
+
+
+def test_retry_backoff_starts_again_after_a_long_healthy_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three quick failures back off 1, 2, 4 s; a failure after an hour of work waits 1 s again."""
+    import time
+
+    import bookaudit.cli as cli
+    from bookaudit.errors import TransientError
+
+    clock = [0.0]
+    slept: list[float] = []
+    runs = iter([0.0, 0.0, 0.0, 3600.0, None])  # how long each attempt works before it fails
+
+    def attempt() -> str:
+        worked = next(runs)
+        if worked is None:
+            return "done"
+        clock[0] += worked
+        raise TransientError("broker restarting")
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(cli, "log", lambda _m: None)
+    assert cli.with_retry(attempt, max_attempts=None) == "done"
+    assert slept == [1.0, 2.0, 4.0, 1.0]

@@ -25,20 +25,31 @@ T = TypeVar("T")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+RETRY_CAP_S = 30.0
+
+
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
-    """Transient failures retry with capped exponential backoff; terminal ones go straight up."""
+    """Transient failures retry with capped exponential backoff; terminal ones go straight up.
+
+    An attempt that ran longer than the cap before it failed meets a new outage, not the same
+    one: the backoff starts again at 1 s, or a long-lived process would wait the full cap after
+    every blip once it had seen a few.
+    """
     delay = 1.0
     tries = 0
     while True:
         tries += 1
+        started = time.monotonic()
         try:
             return attempt()
         except TransientError as exc:
             if max_attempts is not None and tries >= max_attempts:
                 raise
+            if time.monotonic() - started > RETRY_CAP_S:
+                delay, tries = 1.0, 1
             log(f"bookaudit: {exc} (retry {tries} in {delay:.0f}s)")
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RETRY_CAP_S)
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,8 +158,13 @@ def source() -> None:
 
 
 @source.command("install")
-@_connection_options("source_dsn", "publication", "mode")
+@_connection_options("source_dsn", "publication", "slot", "mode")
 @_setting("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@_setting(
+    "--snapshot",
+    type=click.Choice(["initial", "never"]),
+    help="initial: record the rows that exist now as a baseline (default); never: only changes",
+)
 @click.option(
     "--grant-to",
     "grant_to",
@@ -167,10 +183,12 @@ def source_install(
     dry_run: bool,
     **flags: Any,
 ) -> None:
-    """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
-    an outbox with row triggers."""
+    """Context API and triggers; a publication, REPLICA IDENTITY FULL and the replication slot,
+    or (--mode trigger) an outbox with row triggers. The audit is complete from the moment this
+    returns; existing rows are staged as a baseline for the capture."""
     from bookaudit.entity_map import default_map
-    from bookaudit.source.install import TableName, apply, plan_install, render
+    from bookaudit.source.audit_start import check_replication, install, planned_start
+    from bookaudit.source.install import TableName, plan_install, render
 
     cfg = config_from(ctx, tables=tables, **flags)
     source_dsn = cfg.need("source_dsn")
@@ -178,14 +196,32 @@ def source_install(
     if not names and cfg.entity_map != default_map():
         # A bookaudit.toml with its own [map] already says which tables make up the bookings.
         names = [TableName(t.schema, t.name) for t in cfg.entity_map.tables]
-    with _connect(source_dsn, "source") as conn:
-        statements = plan_install(conn, names, cfg.publication, cfg.mode, grant_to)
-        if dry_run:
-            click.echo(render(conn, statements))
-            return
-        apply(conn, statements, lambda m: log(f"  {m}"))
+    if dry_run:
+        with _connect(source_dsn, "source") as conn:
+            if cfg.mode == "logical":
+                check_replication(conn, cfg.slot)
+            click.echo(
+                render(conn, plan_install(conn, names, cfg.publication, cfg.mode, grant_to))
+            )
+            for line in planned_start(conn, cfg.slot, cfg.mode, cfg.snapshot):
+                click.echo(f"-- then {line}")
+        return
+    try:
+        started = install(
+            source_dsn,
+            names,
+            publication=cfg.publication,
+            slot=cfg.slot,
+            mode=cfg.mode,
+            snapshot=cfg.snapshot,
+            grant_to=grant_to,
+            progress=lambda m: log(f"  {m}"),
+        )
+    except psycopg.OperationalError as exc:
+        raise TerminalError(f"cannot connect to the source database: {str(exc).strip()}") from None
     where = "the outbox" if cfg.mode == "trigger" else f"publication {cfg.publication!r}"
     log(f"source: auditing {', '.join(map(str, names))} in {where} ({cfg.mode} mode)")
+    click.echo(f"source: {started.describe()}")
 
 
 @source.command("uninstall")

@@ -21,6 +21,7 @@ ENV_PREFIX = "BOOKAUDIT_"
 DEFAULT_TOML = "bookaudit.toml"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+SNAPSHOTS = ("initial", "never")
 
 
 class Secret(str):
@@ -55,6 +56,8 @@ class Config:
     alerts_webhook: Secret | None = None
     # logical: pgoutput over a replication slot; trigger: row triggers + outbox relay.
     mode: str = "logical"
+    # source install: initial records the existing rows as a baseline (op r); never skips it.
+    snapshot: str = "initial"
     # Which source's rows the read-side commands show; needed once several feed one warehouse.
     source: str | None = None
     # `bookaudit serve`: loopback by default; any other address needs a token or basic auth.
@@ -121,6 +124,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {name} {raw!r} must be a lower-case identifier (letters, digits, _)"
         )
+    if name == "snapshot" and raw not in SNAPSHOTS:
+        raise ConfigError(f"{origin}: snapshot {raw!r} must be one of {', '.join(SNAPSHOTS)}")
     if name == "mode" and raw not in MODES:
         raise ConfigError(f"{origin}: mode {raw!r} must be one of {', '.join(MODES)}")
     if name == "topic_prefix" and not _TOPIC.match(raw):

@@ -17,6 +17,9 @@ CONTEXT_PREFIX = "bookaudit.context"
 # before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
 # other rows, so that the outbox order is the order in which the WAL records the changes.
 OUTBOX_TRIGGER = "0_bookaudit_outbox"
+# The column of a staged baseline copy (bookaudit.baseline_<n>) that numbers its rows in key
+# order from 1; the install refuses a table that already has a column by this name.
+BASELINE_SEQ_COLUMN = "_bookaudit_baseline_seq"
 
 # --- positions --------------------------------------------------------------------------------
 
@@ -156,6 +159,12 @@ class ActorContext:
 # changes written before the install) still say so instead of pretending to know.
 NO_CONTEXT = ActorContext(origin="missing")
 
+# A baseline row (op r) was written by nobody the audit saw: it is the row as it stood when the
+# audit started. The label stands in the actor's place so that every reader shows it as such;
+# origin "baseline" is what tells it apart from an application user.
+BASELINE_LABEL = "(existing at install)"
+BASELINE = ActorContext(origin="baseline", id=BASELINE_LABEL)
+
 # --- tables and row changes -------------------------------------------------------------------
 
 Row = dict[str, str | None]
@@ -192,6 +201,9 @@ class RowChange:
     commit_unix_ms: int
     actor: ActorContext
     unchanged_toast: tuple[str, ...] = ()
+    # Debezium's source.snapshot: "false" for a streamed change; "true", or "last" on the final
+    # one, for a row recorded as it existed when the audit started (op "r").
+    snapshot: str = "false"
 
 
 # --- the envelope -----------------------------------------------------------------------------

@@ -7,8 +7,10 @@ import pytest
 from bookaudit.errors import DecodeError
 from bookaudit.kafka.serde import (
     ENVELOPE_SCHEMA,
+    KEY_SCHEMA,
     decode,
     decode_envelope,
+    decode_key,
     encode,
     envelope_record,
 )
@@ -52,3 +54,17 @@ def test_truncated_records_are_refused_by_both(cut: int) -> None:
 def test_a_bad_union_index_is_refused() -> None:
     with pytest.raises(DecodeError, match="bad union index"):
         decode_envelope(b"\x06garbage")
+
+
+def test_keys_read_as_fastavro_reads_them() -> None:
+    keys: list[dict[str, object]] = [
+        {"columns": []},
+        {"columns": [{"name": "id", "value": "42"}]},
+        {"columns": [{"name": "booking_id", "value": "7"}, {"name": "line", "value": None}]},
+        {"columns": [{"name": "ünï" * 30, "value": "x" * 300}]},
+    ]
+    for key in keys:
+        data = encode(KEY_SCHEMA, key)
+        assert decode_key(data) == decode(KEY_SCHEMA, data) == key
+    with pytest.raises(DecodeError, match=r"not a bookaudit Avro record \(key\)"):
+        decode_key(encode(KEY_SCHEMA, keys[1])[:-1])

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,8 +16,8 @@ from bookaudit.errors import SourceCheckError
 from bookaudit.kafka.serde import EnvelopeDeserializer
 from bookaudit.model import Envelope
 from bookaudit.source.install import TableName, apply, check_source, plan_install
-from devstack import StackEnv, _postgres
-from tests.integration.harness import Pipeline
+from devstack import StackEnv
+from tests.integration.harness import Pipeline, private_server
 
 
 def _state(p: Pipeline) -> tuple[object, ...]:
@@ -147,21 +143,8 @@ def test_non_owner_is_refused_for_lack_of_privileges(pipeline: Pipeline) -> None
 @pytest.fixture
 def replica_level_server() -> Iterator[str]:
     """A second real server with wal_level=replica, as many managed databases run."""
-    bin_dir = _postgres.newest_bin_dir()
-    assert bin_dir is not None, "PostgreSQL binaries are missing"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pg_dir = Path(tempfile.mkdtemp(prefix="ba-replica-"))
-    _postgres.init_cluster(bin_dir, pg_dir, port)
-    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
-        conf.write("wal_level = replica\n")
-    pid = _postgres.start(bin_dir, pg_dir, port)
-    try:
-        yield _postgres.dsn(port, "postgres")
-    finally:
-        _postgres.stop(bin_dir, pg_dir, pid)
-        shutil.rmtree(pg_dir, ignore_errors=True)
+    with private_server({"wal_level": "replica"}) as dsn:
+        yield dsn
 
 
 def test_wal_level_other_than_logical_is_refused(replica_level_server: str) -> None:

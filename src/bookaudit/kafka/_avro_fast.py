@@ -94,6 +94,10 @@ def _optional_string(text: str | None) -> bytes:
     return b"\x00" if text is None else b"\x02" + _string(text)
 
 
+# source.snapshot: "false" for every streamed change, "true"/"last" for baseline rows.
+_SNAPSHOT = {"false": _string("false"), "true": _string("true"), "last": _string("last")}
+
+
 class EnvelopeWriter:
     """Encodes a RowChange's envelope and key; caches map keys, each table's constant parts and
     the last actor (a transaction's changes share one)."""
@@ -128,7 +132,7 @@ class EnvelopeWriter:
         return b"".join(parts)
 
     def _table(self, source: SourceInfo, table: TableSchema) -> tuple[bytes, bytes, bytes]:
-        """The source block's strings before txId and after ts_ms, and the column list."""
+        """The source block's strings before txId and after snapshot, and the column list."""
         cached = self._tables.get((source, table))
         if cached is None:
             head = b"".join(
@@ -136,7 +140,7 @@ class EnvelopeWriter:
                 for text in (__version__, "bookaudit", source.name, source.db, table.schema,
                              table.name)
             )  # fmt: skip
-            tail = _string("false") + _string(source.mode)
+            tail = _string(source.mode)
             key_set = set(table.key)
             columns = b"\x00"
             if table.columns:
@@ -174,6 +178,7 @@ class EnvelopeWriter:
             _long(change.commit_position),
             _long(change.sequence),
             _long(change.commit_unix_ms),
+            _SNAPSHOT.get(change.snapshot) or _string(change.snapshot),
             tail,
             _string(change.op),
             _long(now_ms),

@@ -19,7 +19,7 @@ from bookaudit import __version__
 from bookaudit._resources import read_text
 from bookaudit.errors import DecodeError
 from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
-from bookaudit.kafka._avro_read import read_envelope
+from bookaudit.kafka._avro_read import read_envelope, read_key
 from bookaudit.model import (
     MODES,
     OPS,
@@ -169,13 +169,21 @@ class EnvelopeDeserializer(Deserializer):
         return envelope_from_record(decode_envelope(value), value)
 
 
+def decode_key(data: bytes) -> dict[str, Any]:
+    """decode(KEY_SCHEMA, data) by the fast reader."""
+    try:
+        return read_key(data)
+    except (IndexError, ValueError) as exc:
+        raise DecodeError(f"not a bookaudit Avro record (key): {exc}", data) from None
+
+
 class KeyDeserializer(Deserializer):
     """Key bytes → the row's primary key as {column: value}, in key order; None stays None."""
 
     def __call__(self, value: bytes | None, ctx: SerializationContext | None = None) -> Row | None:
         if value is None:
             return None
-        return {c["name"]: c["value"] for c in decode(KEY_SCHEMA, value)["columns"]}
+        return {c["name"]: c["value"] for c in decode_key(value)["columns"]}
 
 
 _REQUIRED_IMAGE = {"c": "after", "r": "after", "u": "after", "d": "before"}
@@ -239,7 +247,7 @@ def envelope_record(change: RowChange, source: SourceInfo, now_ms: int) -> dict[
             "commit_lsn": change.commit_position,
             "sequence": change.sequence,
             "ts_ms": change.commit_unix_ms,
-            "snapshot": "false",
+            "snapshot": change.snapshot,
             "mode": source.mode,
         },
         "op": change.op,

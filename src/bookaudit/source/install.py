@@ -216,7 +216,10 @@ def _plan_hooks(
             f"this database is audited in {current} mode: run `bookaudit source uninstall` "
             f"(after the capture drained it) before installing {mode} mode"
         )
-    statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
+    statements: list[sql.Composable] = [
+        sql.SQL(read_text("sql", "source", "001_context.sql")),
+        sql.SQL(read_text("sql", "source", "004_audit_start.sql")),
+    ]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
     statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))

@@ -200,9 +200,7 @@ def source_install(
         with _connect(source_dsn, "source") as conn:
             if cfg.mode == "logical":
                 check_replication(conn, cfg.slot)
-            click.echo(
-                render(conn, plan_install(conn, names, cfg.publication, cfg.mode, grant_to))
-            )
+            click.echo(render(conn, plan_install(conn, names, cfg.publication, cfg.mode, grant_to)))
             for line in planned_start(conn, cfg.slot, cfg.mode, cfg.snapshot):
                 click.echo(f"-- then {line}")
         return

@@ -6,7 +6,7 @@ import select
 import time
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
@@ -148,6 +148,19 @@ class Catalog:
         )
 
 
+_START = sql.SQL(
+    "START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+    "(proto_version '2', publication_names {publications}, messages 'true')"
+)
+
+
+def start_replication(slot: str, publication: str) -> bytes:
+    """The START_REPLICATION command: the slot as an identifier, and the publication as the
+    quoted identifier list pgoutput parses out of a string literal."""
+    names = sql.Identifier(publication).as_string()
+    return _START.format(slot=sql.Identifier(slot), publications=sql.Literal(names)).as_bytes()
+
+
 class ReplicationStream:
     """START_REPLICATION over libpq's copy protocol (psycopg 3 has no replication API)."""
 
@@ -162,13 +175,7 @@ class ReplicationStream:
             )
 
     def start(self, slot: str, publication: str) -> None:
-        # Identifiers inside replication commands cannot go through psycopg.sql (no server-side
-        # parse for them), and Config only admits [a-z0-9_] names, so quoting here is safe.
-        command = (
-            f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
-            f"(proto_version '2', publication_names '\"{publication}\"', messages 'true')"
-        )
-        self._pgconn.send_query(command.encode())
+        self._pgconn.send_query(start_replication(slot, publication))
         while True:
             result = self._pgconn.get_result()
             if result is None:

@@ -97,7 +97,10 @@ class KafkaSource:
                 # A new table's topic is found at the next metadata refresh (the subscription is
                 # a pattern), so a short interval puts its first change in the warehouse within
                 # about a second; a metadata request is small.
-                "topic.metadata.refresh.interval.ms": 500,
+                "topic.metadata.refresh.interval.ms": 250,
+                # A fetch that waits for data delays the next one, which is the first to ask for
+                # a partition assigned meanwhile (a new table's); an idle fetch costs little.
+                "fetch.wait.max.ms": 100,
                 "logger": kafka_logger(),
             }
         )

@@ -323,6 +323,11 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     # Recording the heads elsewhere also catches a cut-off tail, which no chain can see alone.
     click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
     click.echo(f"intact: {alerts.entries} alerts chained, head {alerts.head or '-'}")
+    if report.legacy:
+        click.echo(
+            f"note: {report.legacy} older audit rows are in audit.chain_v1, an earlier release's "
+            "per-row chain, which this verify does not recompute"
+        )
 
 
 @main.group()

@@ -12,19 +12,8 @@ from bookaudit.cdc.transactions import (
     sign_context,
 )
 from bookaudit.errors import DecodeError
-from bookaudit.model import CONTEXT_PREFIX, NO_CONTEXT, ActorContext, RowChange, TableSchema
-from tests.cdc.fixtures import TEST_KEY, decoded, signed
-
-
-def resolve(relation: Relation) -> TableSchema:
-    return TableSchema(
-        oid=relation.oid,
-        schema=relation.namespace,
-        name=relation.name,
-        columns=tuple(c.name for c in relation.columns),
-        types=tuple(str(c.type_oid) for c in relation.columns),
-        key=("id",),
-    )
+from bookaudit.model import CONTEXT_PREFIX, NO_CONTEXT, ActorContext, RowChange
+from tests.cdc.fixtures import TEST_KEY, decoded, resolve, signed
 
 
 def assemble() -> list[RowChange | TransactionEnd]:

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.model import (
+    Alert,
+    ChangeEvent,
+    InvoiceSent,
+    change_percent,
+    decimal_or_none,
+)
+from bookaudit.consumers.alerts.ruleset import (
     AfterInvoiceSent,
     ByFieldworker,
     OutsideBusinessHours,
@@ -18,13 +25,6 @@ from bookaudit.consumers.alerts.config import (
     RuleSet,
     Threshold,
     UntrustedAttribution,
-)
-from bookaudit.consumers.alerts.model import (
-    Alert,
-    ChangeEvent,
-    InvoiceSent,
-    change_percent,
-    decimal_or_none,
 )
 from bookaudit.consumers.records import FieldChange
 

@@ -48,6 +48,7 @@ test: lint stack-up
 
 bench: stack-up
 	$(WITH_STACK) $(BIN)/python -m bench.capture
+	$(WITH_STACK) $(BIN)/python -m bench.writer
 	$(WITH_STACK) $(BIN)/python -m bench.trigger_mode
 	$(WITH_STACK) $(BIN)/python -m bench.alerts
 

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bookaudit.cdc.baseline import BaselineSource, relay_baseline
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
@@ -22,8 +23,8 @@ from bookaudit.cdc.stream import Catalog
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, SourceInfo, TableSchema
 
 RELAY_BATCH = 5000
 ALL_ROWS = 2**31 - 1
@@ -101,8 +102,12 @@ def _rows_query(
             )
             if type_text is not None:
                 # format_type's own output: the server's spelling of a type (with its modifier),
-                # which no psycopg.sql composable expresses.
-                value = sql.SQL("({})::{}::text").format(value, sql.SQL(type_text))
+                # which no psycopg.sql composable expresses. format('%s') renders through the
+                # type's output function, as pgoutput does; a ::text cast would not (bool reads
+                # 'true', char(n) loses its padding).
+                value = sql.SQL(
+                    "CASE WHEN {v} IS NULL THEN NULL ELSE format('%%s', ({v})::{t}) END"
+                ).format(v=value, t=sql.SQL(type_text))
             values.extend((sql.Literal(name), value))
         return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE ARRAY[{v}]::text[] END").format(
             c=sql.Identifier(column), v=sql.SQL(", ").join(values)
@@ -381,6 +386,13 @@ class OutboxRelay:
     def run(self) -> CaptureStats:
         try:
             self.sink.check()
+            self.stats.baseline = relay_baseline(
+                BaselineSource(self.outbox.conn),
+                self.sink,
+                self.source,
+                self.settings.topic_prefix,
+                self.log,
+            )
             self.log(
                 f"relay: draining the outbox of {self.outbox.dbname!r} to "
                 f"{self.settings.kafka_bootstrap}"

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bookaudit.classify import kafka_error, kafka_logger
 from bookaudit.consumers.chunks import Reassembler
 from bookaudit.consumers.records import Record
 from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER
-from bookaudit.kafka.serde import topic_part
+from bookaudit.kafka.serde import Header, Headers, topic_part
 
 # How long the cluster may take to answer the first metadata request before it counts as down.
 # A busy broker can take tens of seconds; an unreachable one is only told apart by this timeout.
@@ -63,6 +63,24 @@ _MOVED_ON = frozenset(
 )
 
 
+def _headers(raw: Mapping[str, str | bytes | None] | Sequence[Header] | None) -> Headers:
+    if raw is None:
+        return ()
+    return tuple(raw.items()) if isinstance(raw, Mapping) else tuple(raw)
+
+
+def to_record(msg: Message) -> Record:
+    """The parts of a fetched message processing needs, headers included."""
+    return Record(
+        str(msg.topic()),
+        int(msg.partition() or 0),
+        int(msg.offset() or 0),
+        msg.key(),
+        msg.value(),
+        _headers(msg.headers()),
+    )
+
+
 class KafkaSource:
     """Wraps a consumer with manual offsets: offsets move only when `commit` is called."""
 
@@ -77,7 +95,13 @@ class KafkaSource:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
-                "topic.metadata.refresh.interval.ms": 5000,
+                # A new table's topic is found at the next metadata refresh (the subscription is
+                # a pattern), so a short interval puts its first change in the warehouse within
+                # about a second; a metadata request is small.
+                "topic.metadata.refresh.interval.ms": 250,
+                # A fetch that waits for data delays the next one, which is the first to ask for
+                # a partition assigned meanwhile (a new table's); an idle fetch costs little.
+                "fetch.wait.max.ms": 100,
                 "logger": kafka_logger(),
             }
         )
@@ -120,8 +144,7 @@ class KafkaSource:
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                record = Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
-                records.extend(self._chunks.feed(record, _chunk_header(msg)))
+                records.extend(self._chunks.feed(to_record(msg), _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:

@@ -8,23 +8,23 @@ from dataclasses import dataclass, field
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.writer import EntryRejected, WarehouseWriter
-from bookaudit.consumers.records import AuditEntry, DeadLetter, Record, decode_and_map
+from bookaudit.consumers.audit.lane import Batch, WarehouseLane
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
+from bookaudit.consumers.records import decode_and_map, distinct_entries
 
 PROGRESS_INTERVAL_S = 5.0
 
 
 def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
     """The writer's consumer settings and warehouse DSN from the one Config."""
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     consumer = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
+        bootstrap=cfg.need("kafka_bootstrap"),
         group_id=cfg.group_id,
         topic_prefix=cfg.topic_prefix,
         batch_size=cfg.batch_size,
     )
-    return consumer, cfg.warehouse_dsn
+    return consumer, warehouse_dsn
 
 
 @dataclass
@@ -67,62 +67,61 @@ class AuditWriter:
     ) -> None:
         self.log = log
         self.stats = WriterStats()
-        self.writer = WarehouseWriter(warehouse_dsn)
+        self.phases = Phases()
+        self.writer = WarehouseWriter(warehouse_dsn, self.phases)
+        self.ids = IdPool(warehouse_dsn)
         try:
             self.source = KafkaSource(settings)
         except BaseException:
             self.writer.close()
+            self.ids.close()
             raise
+        self.lane = WarehouseLane(self.writer)
         self._last_progress = time.monotonic()
         self._lags = LagWindow()
 
     def step(self) -> int:
+        """Take one batch from Kafka and hand it, prepared, to the warehouse lane."""
+        self.collect()
+        lap = self.phases.lap
+        started = time.perf_counter()
         records = self.source.poll()
         if not records:
             return 0
+        started = lap("poll Kafka", started)
         entries, dead = decode_and_map(records)
+        started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        try:
-            inserted = self.writer.write(entries, dead)
-        except EntryRejected:
-            inserted = self.write_one_by_one(records, entries, dead)
-        now_ms = time.time_ns() // 1_000_000
+        unique = distinct_entries(entries)
+        ids = self.ids.take(len(unique))
+        recorded_at_us = time.time_ns() // 1000
+        rows = [prepare_row(e, i, recorded_at_us) for e, i in zip(unique, ids, strict=True)]
+        started = lap("rows, canonical form and leaves (Python)", started)
         committed = [e.committed_at_ms for e in entries]
-        self._lags.add(committed, now_ms)
-        if committed:
-            self.stats.lag_ms_last = now_ms - min(committed)
-            self.stats.lag_ms_max = max(self.stats.lag_ms_max, self.stats.lag_ms_last)
-        # Asynchronous: a lost offset commit only means re-reading events the warehouse drops.
-        self.source.commit(records, asynchronous=True)
-        self.stats.records += len(records)
-        self.stats.written += inserted
-        self.stats.duplicates += len(entries) - inserted
-        self.stats.dead_letters += len(dead)
+        self.lane.submit(Batch(records, len(entries), committed, rows, dead))
+        lap("wait for the warehouse lane", started)
         return len(records)
 
-    def write_one_by_one(
-        self, records: Sequence[Record], entries: list[AuditEntry], dead: list[DeadLetter]
-    ) -> int:
-        """The warehouse refused a value somewhere in the batch: write each entry alone, so
-        only the refused ones become dead letters (with their raw record) and the rest go on."""
-        by_offset = {(r.topic, r.partition, r.offset): r for r in records}
-        inserted = 0
-        for entry in entries:
-            try:
-                inserted += self.writer.write([entry], [])
-            except EntryRejected as exc:
-                record = by_offset[(entry.kafka_topic, entry.kafka_partition, entry.kafka_offset)]
-                where = f"{record.topic}[{record.partition}]@{record.offset}"
-                letter = DeadLetter(record, f"{where}: the warehouse refused a value: {exc}")
+    def collect(self, wait: bool = False) -> None:
+        """Account for the batches the lane committed, and only then commit their offsets."""
+        for done in self.lane.finished(wait):
+            batch = done.batch
+            for letter in done.refused:
                 self.log(f"audit writer: dead-lettered {letter.error}")
-                dead.append(letter)
-        self.writer.write([], dead)
-        refused = {(d.record.topic, d.record.partition, d.record.offset) for d in dead}
-        entries[:] = [
-            e for e in entries if (e.kafka_topic, e.kafka_partition, e.kafka_offset) not in refused
-        ]
-        return inserted
+            self._lags.add(batch.committed_at_ms, done.committed_ms)
+            if batch.committed_at_ms:
+                self.stats.lag_ms_last = done.committed_ms - min(batch.committed_at_ms)
+                self.stats.lag_ms_max = max(self.stats.lag_ms_max, self.stats.lag_ms_last)
+            # Asynchronous: a lost offset commit only means re-reading events the warehouse
+            # drops.
+            started = time.perf_counter()
+            self.source.commit(batch.records, asynchronous=True)
+            self.phases.lap("commit offsets (Kafka)", started)
+            self.stats.records += len(batch.records)
+            self.stats.written += done.inserted
+            self.stats.duplicates += batch.entries - done.inserted - len(done.refused)
+            self.stats.dead_letters += len(batch.dead) + len(done.refused)
 
     def report_progress(self) -> None:
         now = time.monotonic()
@@ -139,12 +138,16 @@ class AuditWriter:
             while True:
                 got = self.step()
                 self.report_progress()
-                if exit_when_idle and got == 0 and self.source.at_end():
-                    self.source.commit_all()
-                    break
+                if exit_when_idle and got == 0:
+                    self.collect(wait=True)
+                    if self.source.at_end():
+                        self.source.commit_all()
+                        break
         finally:
+            self.lane.close()
             self.source.close()
             self.writer.close()
+            self.ids.close()
         self.log(
             f"audit writer: done, {self.stats.written} entries, "
             f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"

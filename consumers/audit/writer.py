@@ -1,39 +1,46 @@
-"""Warehouse edge of the audit writer: one idempotent transaction per batch, rows in by COPY and
-one chain link per transaction."""
+"""Warehouse edge of the audit writer: rows prepared and hashed in Python, then one idempotent
+transaction per batch that COPYs them in and appends one chain link."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from bookaudit.chain import CHAINED_COLUMNS, FieldRow, leaf
+from bookaudit.chain import (
+    JSONB_COLUMNS,
+    JSONB_INDEX,
+    SCALAR_COLUMNS,
+    SCALAR_INDEX,
+    FieldRow,
+    dump_json,
+    leaf_of,
+)
 from bookaudit.classify import pg_connect_error
-from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries, identity
+from bookaudit.consumers.records import AuditEntry, DeadLetter, identity
 from bookaudit.errors import BookauditError, TerminalError, TransientError
-from bookaudit.model import format_position, parse_position
+from bookaudit.model import Position, format_position, parse_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# One round trip before the rows go in: which of the batch's events the warehouse already holds
-# (a replay, or a copy another writer stored), and a block of ids for the rest. Ids cannot come
-# from COPY itself, and the leaves hash them.
-_PREPARE = """
-SELECT array(SELECT nextval(pg_get_serial_sequence('audit.row_changes', 'id'))
-             FROM generate_series(1, %(n)s)),
-       array(SELECT ARRAY[r.source, r.commit_lsn::text, r.sequence::text]
-             FROM audit.row_changes r
-             JOIN unnest(%(sources)s::text[], %(commits)s::pg_lsn[], %(sequences)s::bigint[])
-                  AS k(source, commit_lsn, sequence)
-             USING (source, commit_lsn, sequence))
+# Which of a batch's events the warehouse already holds: a replay, or a copy another writer
+# stored. The rest go in by COPY, which has no ON CONFLICT (the unique key refuses a copy).
+_STORED = """
+SELECT r.source, r.commit_lsn::text, r.sequence
+FROM audit.row_changes r
+JOIN unnest(%s::text[], %s::pg_lsn[], %s::bigint[]) AS k(source, commit_lsn, sequence)
+USING (source, commit_lsn, sequence)
 """
-
-_COPY_ROWS = "COPY audit.row_changes ({}) FROM STDIN".format(", ".join(CHAINED_COLUMNS))
+_TAKE_IDS = """
+SELECT nextval(pg_get_serial_sequence('audit.row_changes', 'id')) FROM generate_series(1, %s)
+"""
+_COPY_ROWS = "COPY audit.row_changes ({}) FROM STDIN".format(
+    ", ".join((*SCALAR_COLUMNS, *JSONB_COLUMNS))
+)
 _COPY_FIELDS = (
     "COPY audit.field_changes (change_id, field, position, old_value, new_value) FROM STDIN"
 )
@@ -48,11 +55,40 @@ ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 # A copy stored by another writer between our check and our COPY makes the COPY fail on the
 # unique key; the next attempt's check sees it. More attempts than this means something else.
 _ATTEMPTS = 5
+# Ids are taken ahead in blocks, so preparing a batch costs no round trip most of the time.
+_ID_BLOCK = 2000
+
+
+@dataclass
+class Phases:
+    """Seconds spent in each step, summed over batches: the writer's profile, kept as it runs."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str, since: float) -> float:
+        """Add the time since `since` to `name`; returns now, the start of the next step."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+        return now
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRow:
+    """One audit row ready to store: its COPY values, its field rows and its chain leaf."""
+
+    key: tuple[str, Position, int]
+    # The Kafka record it came from (topic, partition, offset): where a refusal points.
+    where: tuple[str, int, int]
+    change_id: int
+    values: tuple[Any, ...]
+    fields: tuple[tuple[int, str, int, str | None, str | None], ...]
+    leaf: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:
-    """One audit.row_changes row as the chain hashes it, with its field rows."""
+    """One audit.row_changes row as the chain hashes it (and verify reads it back), with its
+    field rows."""
 
     values: tuple[Any, ...]
     fields: tuple[FieldRow, ...]
@@ -61,7 +97,6 @@ class StoredRow:
 def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> StoredRow:
     """Pure: the values of CHAINED_COLUMNS for `entry`, in the chain's types (positions as ints,
     timestamps as epoch microseconds, jsonb as dicts)."""
-    actor = entry.actor
     values = (
         change_id,
         entry.source,
@@ -76,15 +111,8 @@ def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> Stored
         entry.row_key,
         entry.before,
         entry.after,
-        actor.get("id"),
-        actor.get("role"),
-        actor.get("reason"),
-        actor.get("approval_ref"),
-        actor.get("request_id"),
-        actor.get("application"),
-        actor.get("db_user"),
-        actor.get("client_addr"),
-        actor.get("origin"),
+        # The envelope's actor order, which CHAINED_COLUMNS follows (tests/test_contract.py).
+        *entry.actor.to_dict().values(),
         entry.capture_mode,
         entry.kafka_topic,
         entry.kafka_partition,
@@ -95,21 +123,68 @@ def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> Stored
     return StoredRow(values, fields)
 
 
-def _copy_values(row: StoredRow) -> tuple[Any, ...]:
-    """The same values as COPY sends them: pg_lsn and jsonb as text, timestamps as datetimes."""
-    v = row.values
-    return (
-        *v[:2],
-        format_position(v[2]),
-        v[3],
-        format_position(v[4]),
-        v[5],
-        _EPOCH + timedelta(microseconds=v[6]),
-        *v[7:10],
-        *(None if d is None else json.dumps(d, ensure_ascii=False) for d in v[10:13]),
-        *v[13:26],
-        _EPOCH + timedelta(microseconds=v[26]),
+_POSITIONS = tuple(SCALAR_COLUMNS.index(c) for c in ("commit_lsn", "lsn"))
+_TIMES = tuple(SCALAR_COLUMNS.index(c) for c in ("committed_at", "recorded_at"))
+
+
+def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> PreparedRow:
+    """Pure: the row as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
+    chain hashes it, from one JSON encoding of each jsonb value."""
+    row = stored_row(entry, change_id, recorded_at_us)
+    scalars = [row.values[i] for i in SCALAR_INDEX]
+    texts = [dump_json(row.values[i]) for i in JSONB_INDEX]
+    copy_values: list[Any] = list(scalars)
+    for i in _POSITIONS:
+        copy_values[i] = format_position(scalars[i])
+    for i in _TIMES:
+        copy_values[i] = _EPOCH + timedelta(microseconds=scalars[i])
+    copy_values += [
+        None if row.values[i] is None else t for i, t in zip(JSONB_INDEX, texts, strict=True)
+    ]
+    return PreparedRow(
+        identity(entry),
+        (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset),
+        change_id,
+        tuple(copy_values),
+        tuple((change_id, *f) for f in row.fields),
+        leaf_of(scalars, row.fields, texts),
     )
+
+
+class IdPool:
+    """Ids for audit rows, taken from the warehouse's sequence a block at a time. Ids a writer
+    took and did not use (copies it dropped, a batch that failed) are simply never used."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._free: list[int] = []
+
+    def take(self, n: int) -> list[int]:
+        if len(self._free) < n:
+            self._free += self._reserve(max(n - len(self._free), _ID_BLOCK))
+        taken, self._free = self._free[:n], self._free[n:]
+        return taken
+
+    def _reserve(self, n: int) -> list[int]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._dsn, autocommit=True, application_name="bookaudit-audit-writer-ids"
+                )
+            return [int(r[0]) for r in self._conn.execute(_TAKE_IDS, (n,))]
+        except psycopg.errors.UndefinedTable:
+            raise TerminalError(
+                "the warehouse has no audit schema: run `bookaudit warehouse init` first"
+            ) from None
+        except psycopg.OperationalError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise TransientError(f"cannot take audit row ids: {str(exc).strip()}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 class EntryRejected(BookauditError):
@@ -117,9 +192,14 @@ class EntryRejected(BookauditError):
 
 
 class WarehouseWriter:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, phases: Phases | None = None) -> None:
         self._dsn = dsn
         self._conn = self._connect()
+        self.phases = phases or Phases()
+        # Copies are rare in a running stream (a replay, a re-send after a restart), so a batch
+        # goes straight in by COPY, and the unique key refuses it when it holds one; the check
+        # for stored copies runs first only from then on, until a batch has none.
+        self._expect_copies = True
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
@@ -128,23 +208,30 @@ class WarehouseWriter:
             # Down or restarting: retry; up but refusing us (password, database): stop.
             raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
-    def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
+    def write(self, rows: Sequence[PreparedRow], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
+        `rows` hold one copy per event (`distinct_entries`).
 
-        Returns how many entries were new: the rest were copies of events already stored, or
-        already in this batch, and were dropped.
+        Returns how many rows were new: the rest were copies of events already stored, and were
+        dropped.
         """
         if self._conn.closed:
             self._conn = self._connect()
-        unique = distinct_entries(entries)
         try:
             for _ in range(_ATTEMPTS):
                 try:
                     with self._conn.transaction():
-                        inserted = self._store(unique)
+                        inserted = self._store(rows, check=self._expect_copies)
                         self._dead_letters(dead)
+                        started = time.perf_counter()
+                    self.phases.lap("commit (SQL)", started)
+                    # A clean batch written straight in: the stream is past any replay.
+                    self._expect_copies = inserted < len(rows)
                     return inserted
                 except psycopg.errors.UniqueViolation:
+                    # The batch holds an event the warehouse has (a replay, a re-send, another
+                    # writer's copy): write it again, checking first.
+                    self._expect_copies = True
                     continue
         except psycopg.OperationalError as exc:
             self._conn.close()
@@ -168,38 +255,38 @@ class WarehouseWriter:
             f"warehouse write: another writer kept storing the same events ({_ATTEMPTS} attempts)"
         )
 
-    def _store(self, unique: Sequence[AuditEntry]) -> int:
-        if not unique:
+    def _store(self, rows: Sequence[PreparedRow], check: bool) -> int:
+        if not rows:
             return 0
-        prepared = self._conn.execute(
-            _PREPARE,
-            {
-                "n": len(unique),
-                "sources": [e.source for e in unique],
-                "commits": [format_position(e.commit_position) for e in unique],
-                "sequences": [e.sequence for e in unique],
-            },
-        ).fetchone()
-        assert prepared is not None
-        ids: list[int] = prepared[0]
-        stored = {(s, parse_position(c), int(q)) for s, c, q in prepared[1]}
-        new = [e for e in unique if identity(e) not in stored]
+        lap = self.phases.lap
+        started = time.perf_counter()
+        new = list(rows)
+        if check:
+            found = self._conn.execute(
+                _STORED,
+                (
+                    [r.key[0] for r in rows],
+                    [format_position(r.key[1]) for r in rows],
+                    [r.key[2] for r in rows],
+                ),
+            ).fetchall()
+            stored = {(s, parse_position(c), int(q)) for s, c, q in found}
+            new = [r for r in rows if r.key not in stored]
+            started = lap("check for stored copies (SQL)", started)
         if not new:
             return 0
-        recorded_at_us = time.time_ns() // 1000
-        rows = [stored_row(e, i, recorded_at_us) for e, i in zip(new, ids, strict=False)]
         cur = self._conn.cursor()
         with cur.copy(_COPY_ROWS) as copy:
-            for row in rows:
-                copy.write_row(_copy_values(row))
+            for row in new:
+                copy.write_row(row.values)
         with cur.copy(_COPY_FIELDS) as copy:
-            for row in rows:
-                change_id = row.values[0]
-                for field in row.fields:
-                    copy.write_row((change_id, *field))
-        leaves = b"".join(leaf(row.values, row.fields) for row in rows)
-        cur.execute(_LINK, ([row.values[0] for row in rows], leaves))
-        return len(rows)
+            for row in new:
+                for values in row.fields:
+                    copy.write_row(values)
+        started = lap("COPY rows and fields (SQL)", started)
+        cur.execute(_LINK, ([r.change_id for r in new], b"".join(r.leaf for r in new)))
+        lap("chain link (SQL)", started)
+        return len(new)
 
     def _dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         for letter in dead:

@@ -8,10 +8,19 @@ from dataclasses import replace
 import pytest
 
 from bookaudit.consumers.records import Record, decode_and_map
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, SourceInfo, decode, encode, to_kafka
-from tests.cdc.test_envelope import change
+from bookaudit.kafka.serde import (
+    ENVELOPE_SCHEMA,
+    ENVELOPE_SCHEMA_ID,
+    SCHEMA_HEADER,
+    decode,
+    encode,
+    to_kafka,
+)
+from bookaudit.model import SourceInfo
+from tests.cdc.fixtures import change
 
 TOPIC = "ba.public.booking_lines"
+HEADERS = ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)
 
 
 def good(op: str = "u") -> tuple[bytes | None, bytes]:
@@ -30,9 +39,9 @@ def dead_letter_of(key: bytes | None, value: bytes | None) -> str:
     """Map one bad record between two good ones; returns the dead letter's reason."""
     ok_key, ok_value = good()
     records = [
-        Record(TOPIC, 0, 1, ok_key, ok_value),
-        Record(TOPIC, 0, 2, key, value),
-        Record(TOPIC, 0, 3, ok_key, ok_value),
+        Record(TOPIC, 0, 1, ok_key, ok_value, HEADERS),
+        Record(TOPIC, 0, 2, key, value, HEADERS),
+        Record(TOPIC, 0, 3, ok_key, ok_value, HEADERS),
     ]
     entries, dead = decode_and_map(records)
     assert [e.kafka_offset for e in entries] == [1, 3], "the good records must go on"
@@ -81,7 +90,9 @@ def test_valid_record_of_impossible_shape(op: str, fields: dict[str, object], mi
 
 def test_cut_short_chunked_event() -> None:
     key, value = good()
-    record = Record(TOPIC, 0, 2, key, value[:10], error="incomplete chunked event (1 of 3 chunks)")
+    record = Record(
+        TOPIC, 0, 2, key, value[:10], HEADERS, error="incomplete chunked event (1 of 3 chunks)"
+    )
     entries, dead = decode_and_map([record, replace(record, offset=3, value=value, error=None)])
     assert [d.record.offset for d in dead] == [2] and len(entries) == 1
     assert "incomplete chunked event" in dead[0].error

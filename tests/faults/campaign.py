@@ -35,7 +35,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import devstack
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.errors import TerminalError
-from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.source.audit_start import install
+from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
 from tests.faults.plan import KINDS, Fault, Identity, Reconciliation, plan_faults, reconcile
@@ -63,7 +64,7 @@ class CampaignSettings:
 
 
 SHORT = {"faults": 8, "changes": 3_000, "rate": 60.0}
-LONG = {"faults": 60, "changes": 100_000, "rate": 300.0}
+LONG = {"faults": 60, "changes": 100_000, "rate": 120.0}
 
 
 @dataclass
@@ -255,8 +256,10 @@ class Campaign:
             create_sample_schema(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(SETUP.encode())
-                tables = [TableName("public", t) for t in AUDITED_TABLES]
-                apply(conn, plan_install(conn, tables, "bookaudit", mode))
+            tables = [TableName("public", t) for t in AUDITED_TABLES]
+            # As `source install` does it: hooks, then (logical mode) the slot.
+            install(dsn, tables, publication="bookaudit", slot=f"fc_{source}", mode=mode)
+            with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(grants(APP_ROLE).encode())
         init_warehouse(self.dsn(WAREHOUSE_DB))
         self.proxy = CuttableProxy(
@@ -327,7 +330,13 @@ class Campaign:
         if fault.kind.startswith("kill-"):
             self.supervisor.kill9(fault.kind.removeprefix("kill-"))
         elif fault.kind == "restart-kafka":
-            devstack.restart(self.settings.state_dir, "kafka", down_s=fault.down_s, progress=_mute)
+            devstack.restart(
+                self.settings.state_dir,
+                "kafka",
+                down_s=fault.down_s,
+                ready_timeout_s=self.settings.recovery_timeout_s,
+                progress=_mute,
+            )
         elif fault.kind == "restart-postgres":
             devstack.restart(
                 self.settings.state_dir, "postgres", down_s=fault.down_s, progress=_mute
@@ -497,6 +506,11 @@ def run_campaign(settings: CampaignSettings, say: Callable[[str], None]) -> Camp
     campaign = Campaign(settings, say)
     try:
         result = campaign.run()
+    except BaseException as exc:
+        say(
+            f"fault campaign aborted ({type(exc).__name__}: {str(exc)[:300]}); seed {settings.seed}"
+        )
+        raise
     finally:
         campaign.close()
     for line in result.report():

@@ -13,9 +13,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from bookaudit.kafka.serde import SourceInfo, to_kafka
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import SourceInfo
 from devstack import StackEnv
-from tests.cdc.test_envelope import change
+from tests.cdc.fixtures import change
 from tests.integration.harness import Pipeline, wait_for
 
 ODD = ("My Table", 'we"ird', "semi;colon.dot")
@@ -134,7 +135,7 @@ def test_a_value_the_warehouse_refuses_is_dead_lettered_and_the_batch_goes_on(
     nul = replace(change(), after={**(change().after or {}), "memo": "a\x00b"})
     bad = to_kafka(nul, SourceInfo("bookings", "db"), p.prefix, now_ms=1)
     producer = Producer({"bootstrap.servers": p.stack.kafka_bootstrap})
-    producer.produce(bad.topic, key=bad.key, value=bad.value)
+    producer.produce(bad.topic, key=bad.key, value=bad.value, headers=list(bad.headers))
     producer.flush(10)
     _insert(p, 0, 3)
     p.flow()

@@ -27,7 +27,7 @@ from bookaudit.errors import TerminalError, TransientError
 from bookaudit.kafka import producer
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
-from tests.integration.test_alerts_recovery import seed_bookings, unapproved_edits
+from tests.integration.workloads import seed_bookings, unapproved_edits
 
 TOKEN = "Xq7TOKENzz91secret"
 

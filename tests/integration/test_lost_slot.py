@@ -19,7 +19,8 @@ from bookaudit.cdc.gaps import SlotCondition, SlotLostError
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.config import Secret
 from bookaudit.model import parse_lsn
-from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.source.audit_start import install
+from bookaudit.source.install import TableName
 from bookaudit.web.app import create_app
 from bookaudit.web.serve import ServeSettings, reader_dsn
 from devstack import StackEnv, _postgres
@@ -119,7 +120,9 @@ def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
     dsn = small_wal_server
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE jobs (job_no int PRIMARY KEY, note text)")
-        apply(conn, plan_install(conn, [TableName.parse("jobs")], "bookaudit", "logical"))
+    install(
+        dsn, [TableName.parse("jobs")], publication="bookaudit", slot="audit_slot", mode="logical"
+    )
     prefix = "inval" + uuid.uuid4().hex[:8]
     settings = CaptureSettings(
         source_dsn=dsn,
@@ -131,7 +134,7 @@ def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
         exit_when_idle=True,
     )
     said: list[str] = []
-    Capture(settings, said.append).run()  # creates the slot
+    Capture(settings, said.append).run()  # streams from the slot the install created
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO jobs VALUES (1, 'kept')")
     Capture(settings, said.append).run()

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from bookaudit.chain import CHAINED_COLUMNS, GENESIS, canonical, leaf, link_hash
+from bookaudit.chain import (
+    CHAINED_COLUMNS,
+    GENESIS,
+    JSONB_COLUMNS,
+    SCALAR_COLUMNS,
+    canonical,
+    dump_json,
+    leaf,
+    leaf_of,
+    link_hash,
+)
 from bookaudit.warehouse.verify import LinkRow, check_links
 
 ROW: tuple[Any, ...] = (
@@ -17,15 +27,25 @@ ROW: tuple[Any, ...] = (
 FIELDS = (("price", 1, "0.10", "12.50"),)
 
 
-def test_canonical_form_lists_every_column_in_order_with_sorted_keys() -> None:
+def test_canonical_form_is_the_scalar_columns_then_the_three_jsonb_texts() -> None:
     assert len(ROW) == len(CHAINED_COLUMNS)
-    text = canonical(ROW, FIELDS).decode()
-    assert text.startswith('["bookaudit.row/2",7,"bookings",1099511627776,3,')
-    assert '{"id":"7","price":"0.10"}' in text
-    assert text.endswith(',1795000000200000,[["price",1,"0.10","12.50"]]]')
+    lines = canonical(ROW, FIELDS).decode().split("\n")
+    assert lines[0].startswith('["bookaudit.row/2",7,"bookings",1099511627776,3,')
+    assert lines[0].endswith(',1795000000200000,[["price",1,"0.10","12.50"]]]')
+    assert lines[1:] == ['{"id":"7"}', '{"id":"7","price":"0.10"}', '{"id":"7","price":"12.50"}']
     # jsonb hands keys back in its own order: the form must not depend on it.
     shuffled = (*ROW[:11], {"price": "0.10", "id": "7"}, *ROW[12:])
     assert canonical(shuffled, FIELDS) == canonical(ROW, FIELDS)
+
+
+def test_the_writers_form_from_stored_texts_equals_verifys_form() -> None:
+    scalars = [v for c, v in zip(CHAINED_COLUMNS, ROW, strict=True) if c in SCALAR_COLUMNS]
+    texts = [dump_json(ROW[CHAINED_COLUMNS.index(c)]) for c in JSONB_COLUMNS]
+    assert leaf_of(scalars, FIELDS, texts) == leaf(ROW, FIELDS)
+    odd = {"naïve ✓": 'line\nbreak\ttab \\ "quoted"', "z": None, "a": ""}
+    row = (*ROW[:12], odd, *ROW[13:])
+    texts = [dump_json(row[CHAINED_COLUMNS.index(c)]) for c in JSONB_COLUMNS]
+    assert leaf_of(scalars, FIELDS, texts) == leaf(row, FIELDS)
 
 
 def test_any_change_of_a_column_or_a_field_changes_the_leaf() -> None:

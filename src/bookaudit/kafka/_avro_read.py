@@ -55,18 +55,43 @@ def _opt_str(data: bytes, pos: int) -> tuple[str | None, int]:
 
 
 def _value_map(data: bytes, pos: int) -> tuple[dict[str, str | None], int]:
+    """A map of nullable strings: the before and after images. The one-byte length case, by
+    far the most common, is read inline: this loop runs for every column of every change."""
     out: dict[str, str | None] = {}
+    size = len(data)
     while True:
         count, pos = _long(data, pos)
         if count == 0:
             return out, pos
         if count < 0:
             count = -count
-            _, pos = _long(data, pos)  # block size in bytes
+            _, pos = _long(data, pos)
         for _ in range(count):
-            k, pos = _str(data, pos)
-            v, pos = _opt_str(data, pos)
-            out[k] = v
+            b = data[pos]
+            if b < 0x80 and not b & 1:
+                end = pos + 1 + (b >> 1)
+                if end > size:
+                    raise ValueError("string runs past the end of the record")
+                key = data[pos + 1 : end].decode()
+                pos = end
+            else:
+                key, pos = _str(data, pos)
+            b = data[pos]
+            if b == 0:
+                out[key] = None
+                pos += 1
+                continue
+            if b != 2:
+                raise ValueError(f"bad union index {b}")
+            b = data[pos + 1]
+            if b < 0x80 and not b & 1:
+                end = pos + 2 + (b >> 1)
+                if end > size:
+                    raise ValueError("string runs past the end of the record")
+                out[key] = data[pos + 2 : end].decode()
+                pos = end
+            else:
+                out[key], pos = _str(data, pos + 1)
 
 
 def _opt_map(data: bytes, pos: int) -> tuple[dict[str, str | None] | None, int]:
@@ -76,6 +101,41 @@ def _opt_map(data: bytes, pos: int) -> tuple[dict[str, str | None] | None, int]:
     if b != 2:
         raise ValueError(f"bad union index {b}")
     return _value_map(data, pos + 1)
+
+
+_TAIL_CACHE = 4096
+_TAILS: dict[bytes, tuple[tuple[dict[str, Any], ...], tuple[str, ...]]] = {}
+
+
+def _read_tail(data: bytes, pos: int) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+    columns: list[dict[str, Any]] = []
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            cname, pos = _str(data, pos)
+            ctype, pos = _str(data, pos)
+            key = data[pos]
+            if key > 1:
+                raise ValueError("bad boolean")
+            pos += 1
+            columns.append({"name": cname, "type": ctype, "key": key == 1})
+    toast: list[str] = []
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            t, pos = _str(data, pos)
+            toast.append(t)
+    return tuple(columns), tuple(toast)
 
 
 def read_envelope(data: bytes) -> dict[str, Any]:
@@ -120,33 +180,17 @@ def read_envelope(data: bytes) -> dict[str, Any]:
     a_db, pos = o(data, pos)
     a_addr, pos = o(data, pos)
     a_origin, pos = s(data, pos)
-    columns: list[dict[str, Any]] = []
-    while True:
-        count, pos = long_(data, pos)
-        if count == 0:
-            break
-        if count < 0:
-            count = -count
-            _, pos = long_(data, pos)
-        for _ in range(count):
-            cname, pos = s(data, pos)
-            ctype, pos = s(data, pos)
-            key = data[pos]
-            if key > 1:
-                raise ValueError("bad boolean")
-            pos += 1
-            columns.append({"name": cname, "type": ctype, "key": key == 1})
-    toast: list[str] = []
-    while True:
-        count, pos = long_(data, pos)
-        if count == 0:
-            break
-        if count < 0:
-            count = -count
-            _, pos = long_(data, pos)
-        for _ in range(count):
-            t, pos = s(data, pos)
-            toast.append(t)
+    # What follows (column list, unchanged TOAST names) is the same for every change of a table
+    # version, so it is parsed once per distinct tail.
+    tail = data[pos:]
+    parsed = _TAILS.get(tail)
+    if parsed is None:
+        parsed = _read_tail(data, pos)
+        if len(_TAILS) >= _TAIL_CACHE:
+            _TAILS.clear()
+        _TAILS[tail] = parsed
+    columns = list(parsed[0])  # the column dicts are shared between envelopes: read-only
+    toast = list(parsed[1])
     return {
         "before": before,
         "after": after,
@@ -182,3 +226,20 @@ def read_envelope(data: bytes) -> dict[str, Any]:
         "columns": columns,
         "unchanged_toast": toast,
     }
+
+
+def read_key(data: bytes) -> dict[str, Any]:
+    """The key record as fastavro reads it: {"columns": [{"name": ..., "value": ...}, ...]}."""
+    columns: list[dict[str, Any]] = []
+    pos = 0
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            return {"columns": columns}
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            name, pos = _str(data, pos)
+            value, pos = _opt_str(data, pos)
+            columns.append({"name": name, "value": value})

@@ -10,9 +10,8 @@ import psycopg
 from psycopg import sql
 
 from bookaudit._resources import read_text
-from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
-from bookaudit.model import OUTBOX_TRIGGER
+from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
@@ -186,7 +185,10 @@ def plan_install(
             f"this database is audited in {current} mode: run `bookaudit source uninstall` "
             f"(after the capture drained it) before installing {mode} mode"
         )
-    statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
+    statements: list[sql.Composable] = [
+        sql.SQL(read_text("sql", "source", "001_context.sql")),
+        sql.SQL(read_text("sql", "source", "004_audit_start.sql")),
+    ]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
     statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))

@@ -86,13 +86,12 @@ def check_read_only(dsn: str) -> None:
 
 
 def settings_from(cfg: Config, **overrides: Any) -> ServeSettings:
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     host = overrides.get("host") or cfg.serve_host
     port = int(overrides.get("port") or cfg.serve_port)
     check_binding(host, cfg.serve_token, cfg.serve_user, cfg.serve_password)
     return ServeSettings(
-        reader_dsn=Secret(reader_dsn(cfg.warehouse_dsn)),
+        reader_dsn=Secret(reader_dsn(warehouse_dsn)),
         host=host,
         port=port,
         source=cfg.source,

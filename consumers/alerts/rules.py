@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.model import (
+    Alert,
+    ChangeEvent,
+    InvoiceSent,
+    change_percent,
+    decimal_or_none,
+)
+from bookaudit.consumers.alerts.ruleset import (
     AfterInvoiceSent,
     ByFieldworker,
     OutsideBusinessHours,
@@ -17,13 +24,6 @@ from bookaudit.consumers.alerts.config import (
     Rule,
     RuleSet,
     Threshold,
-)
-from bookaudit.consumers.alerts.model import (
-    Alert,
-    ChangeEvent,
-    InvoiceSent,
-    change_percent,
-    decimal_or_none,
 )
 from bookaudit.consumers.records import FieldChange
 

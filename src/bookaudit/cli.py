@@ -348,8 +348,8 @@ def consume_alerts(
     ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
 ) -> None:
     """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
-    from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
+    from bookaudit.consumers.alerts.rulefile import load_rules
 
     cfg = config_from(ctx, **flags)
     rules = load_rules(cfg.alerts_rules, cfg.entity_map)
@@ -729,7 +729,7 @@ def alerts_list(
 @click.pass_context
 def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
-    from bookaudit.consumers.alerts.config import describe, load_rules
+    from bookaudit.consumers.alerts.rulefile import describe, load_rules
 
     cfg = config_from(ctx, **flags)
     click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))

@@ -25,8 +25,9 @@ from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
-from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
+from bookaudit.consumers.alerts.rulefile import load_rules
+from bookaudit.consumers.alerts.ruleset import RuleSet
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.kafka.alert import alerts_topic
 from bookaudit.model import CONTEXT_PREFIX

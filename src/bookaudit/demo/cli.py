@@ -234,8 +234,8 @@ def _print_log(dsn: str, source: str) -> None:
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
     from bookaudit._commands import log
-    from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
+    from bookaudit.consumers.alerts.rulefile import load_rules
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn

@@ -11,14 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from bookaudit.cli import main
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.rulefile import describe, load_rules
+from bookaudit.consumers.alerts.ruleset import (
     DEFAULT_RULES,
     OutsideBusinessHours,
     RepeatedEdits,
     RoleNotAllowed,
     Threshold,
-    describe,
-    load_rules,
 )
 from bookaudit.errors import ConfigError
 

@@ -8,7 +8,16 @@ from decimal import Decimal
 
 import pytest
 
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent
+from bookaudit.consumers.alerts.rules import (
+    NO_CONTEXT,
+    RuleContext,
+    apply_rule,
+    evaluate,
+    evaluate_batch,
+    evaluate_invoice,
+)
+from bookaudit.consumers.alerts.ruleset import (
     DEFAULT_RULES,
     AfterInvoiceSent,
     ByFieldworker,
@@ -20,15 +29,6 @@ from bookaudit.consumers.alerts.config import (
     RuleSet,
     Threshold,
     WatchedTable,
-)
-from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent
-from bookaudit.consumers.alerts.rules import (
-    NO_CONTEXT,
-    RuleContext,
-    apply_rule,
-    evaluate,
-    evaluate_batch,
-    evaluate_invoice,
 )
 from bookaudit.consumers.records import FieldChange
 from bookaudit.model import ActorContext, Lsn

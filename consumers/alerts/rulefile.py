@@ -25,6 +25,7 @@ from bookaudit.consumers.alerts.ruleset import (
     RoleNotAllowed,
     Rule,
     RuleSet,
+    UntrustedAttribution,
     Threshold,
     WatchedTable,
     default_rules,
@@ -177,7 +178,7 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...], prices: tuple[str, ...
         "severity": severity,
         "fields": s.texts("fields", prices),
         "tables": tables,
-        "approval_exempts": s.flag("approval_exempts", True),
+        "approval_exempts": s.flag("approval_exempts", cls is not UntrustedAttribution),
         "exempt_roles": frozenset(s.texts("exempt_roles", ())),
     }
     rule: Rule
@@ -192,6 +193,8 @@ def _rule(raw: Any, where: str, watched: tuple[str, ...], prices: tuple[str, ...
         rule = Threshold(**common, min_percent=percent, min_absolute=absolute)
     elif cls is AfterInvoiceSent:
         rule = AfterInvoiceSent(**common)
+    elif cls is UntrustedAttribution:
+        rule = UntrustedAttribution(**common)
     elif cls is ByFieldworker:
         rule = ByFieldworker(**common, roles=frozenset(s.texts("roles", ("fieldworker",))))
     elif cls is OutsideBusinessHours:

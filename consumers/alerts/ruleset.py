@@ -107,6 +107,16 @@ class RepeatedEdits(Rule):
     kind = "repeated_edits"
 
 
+@dataclass(frozen=True, kw_only=True)
+class UntrustedAttribution(Rule):
+    """A watched field changed where the source's attribution cannot be trusted: a forged
+    context message in its transaction, or no context at all (see README, threat model).
+    Whatever the untrusted context claimed, an approval reference does not excuse it."""
+
+    approval_exempts: bool = False
+    kind = "untrusted_attribution"
+
+
 RULE_KINDS: dict[str, type[Rule]] = {
     cls.kind: cls
     for cls in (
@@ -116,6 +126,7 @@ RULE_KINDS: dict[str, type[Rule]] = {
         ByFieldworker,
         OutsideBusinessHours,
         RepeatedEdits,
+        UntrustedAttribution,
     )
 }
 
@@ -176,7 +187,8 @@ def map_invoices(entity_map: EntityMap) -> InvoiceSource | None:
 
 def default_rules(entity_map: EntityMap) -> RuleSet:
     """Price changes on the map's booking table: by a role other than admin, by more than 10 %
-    or 50 without approval, and (when the map has an invoice table) after the invoice was sent."""
+    or 50 without approval, (when the map has an invoice table) after the invoice was sent, and
+    where the source cannot vouch for who made them (a forged or missing actor context)."""
     booking = str(entity_map.booking.table)
     watch = map_watch(entity_map, booking, f"{entity_map.origin}: default alert rules")
     fields = entity_map.booking.fields.price
@@ -197,6 +209,7 @@ def default_rules(entity_map: EntityMap) -> RuleSet:
                 name="price-change-after-invoice-sent", severity="critical", fields=fields
             ),
         )
+    rules += (UntrustedAttribution(name="untrusted-attribution", severity="critical", fields=fields),)
     return RuleSet(watch=(watch,), invoices=invoices, rules=rules, origin="built-in defaults")
 
 

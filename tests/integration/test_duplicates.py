@@ -16,11 +16,10 @@ from psycopg.conninfo import make_conninfo
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.consumers.audit.writer import WarehouseWriter, prepare_row
-from bookaudit.consumers.records import AuditEntry, FieldChange
-from bookaudit.model import ActorContext, Lsn
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
+from tests.consumers.fixtures import ENTRY
 from tests.integration.harness import Pipeline
 
 
@@ -192,16 +191,6 @@ def test_copies_on_other_partitions_read_by_two_writers_are_stored_once(
     assert sum(r.written for r in results) == 2 * bookings + customers
     # Every copy was dropped; records re-read after the rebalance were dropped as well.
     assert sum(r.duplicates for r in results) >= len(originals)
-
-
-ENTRY = AuditEntry(
-    source="bookings", commit_position=Lsn(2**40 + 5), sequence=3, position=Lsn(2**40 - 8),
-    txid=901, committed_at_ms=1_795_000_000_123, schema_name="public", table_name="bookings",
-    action="update", row_key={"id": "7"}, before={"id": "7", "price": "0.10"},
-    after={"id": "7", "price": "12.50"}, actor=ActorContext("application", id="alice"),
-    capture_mode="logical", kafka_topic="ba.public.bookings", kafka_partition=2,
-    kafka_offset=41, fields=(FieldChange("price", "0.10", "12.50"),),
-)  # fmt: skip
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ def test_readme_rule_file_parses_into_every_rule_kind(tmp_path: Path) -> None:
         "by_fieldworker",
         "outside_business_hours",
         "repeated_edits",
+        "untrusted_attribution",
     }
     assert rules.topics_tables[-1] == "public.invoices"
     threshold = next(r for r in rules.rules if isinstance(r, Threshold))
@@ -57,7 +58,9 @@ def test_readme_rule_file_parses_into_every_rule_kind(tmp_path: Path) -> None:
 def test_no_file_means_the_default_rules() -> None:
     rules = load_rules(None)
     assert rules is DEFAULT_RULES
-    assert [r.kind for r in rules.rules] == ["role_not_allowed", "threshold", "after_invoice_sent"]
+    assert [r.kind for r in rules.rules] == [
+        "role_not_allowed", "threshold", "after_invoice_sent", "untrusted_attribution",
+    ]  # fmt: skip
     assert rules.topics_tables == ("public.bookings", "public.invoices")
 
 

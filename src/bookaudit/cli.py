@@ -218,7 +218,7 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     own = cfg.entity_map != default_map()
-    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None, log)
     mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
     log(f"warehouse: audit schema ready{mapped}")
 
@@ -343,8 +343,9 @@ def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     cfg.require("warehouse_dsn")
     assert cfg.warehouse_dsn is not None
     with connect_warehouse(cfg.warehouse_dsn) as conn:
-        apply_map(conn, cfg.source_name, cfg.entity_map)
-    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
+        changed = apply_map(conn, cfg.source_name, cfg.entity_map, log)
+    same = "" if changed else " (unchanged)"
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}{same}")
 
 
 # --- read back ------------------------------------------------------------------------------

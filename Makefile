@@ -11,7 +11,7 @@ RUFF_PATHS := src/bookaudit cdc consumers schemas sql devstack tests bench
 # Every target that talks to services runs with the stack's BOOKAUDIT_* exports.
 WITH_STACK = eval "$$($(BIN)/python -m devstack env --dir $(STACK_DIR))" &&
 
-.PHONY: deps venv stack-up stack-down demo lint test unit bench clean
+.PHONY: deps venv stack-up stack-down demo lint test unit bench faults clean
 
 # System packages (PostgreSQL, Java 17, Maven, Chromium): installed as root by the script CI uses,
 # otherwise it prints the one command to run.
@@ -48,8 +48,14 @@ test: lint stack-up
 
 bench: stack-up
 	$(WITH_STACK) $(BIN)/python -m bench.capture
+	$(WITH_STACK) $(BIN)/python -m bench.writer
 	$(WITH_STACK) $(BIN)/python -m bench.trigger_mode
 	$(WITH_STACK) $(BIN)/python -m bench.alerts
+
+# The long fault campaign (>= 50 faults, >= 100k changes) on a stack of its own in .stack-faults:
+# it restarts Kafka and PostgreSQL. `make test` runs the short form (tests/faults). SEED=n replays.
+faults: venv
+	$(BIN)/python -m tests.faults.campaign --long --dir .stack-faults $(if $(SEED),--seed $(SEED))
 
 clean: stack-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

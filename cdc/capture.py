@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from bookaudit.cdc.baseline import BaselineSource, relay_baseline
 from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
 from bookaudit.cdc.gaps import (
     SlotLostError,
@@ -22,8 +23,8 @@ from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import RowChange, format_lsn, parse_lsn
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
 
 STATUS_INTERVAL_S = 1.0
 # How often the confirmed position is also written to bookaudit.capture_state (outside the slot).
@@ -52,10 +53,18 @@ class Capture:
         self._last_record = 0.0
 
     def open(self) -> int | None:
-        """Make sure the slot exists and start streaming; returns the idle target, if any."""
+        """Check the slot, send what is left of the baseline, then start streaming; returns the
+        idle target, if any."""
         self.sink.check()
         self.check_slot()
-        self.catalog.ensure_slot(self.settings.slot, self.settings.publication)
+        self.catalog.check_slot(self.settings.slot, self.settings.publication)
+        self.stats.baseline = relay_baseline(
+            BaselineSource(self.catalog.conn),
+            self.sink,
+            self.source,
+            self.settings.topic_prefix,
+            self.log,
+        )
         target = parse_lsn(self.catalog.current_lsn()) if self.settings.exit_when_idle else None
         self.stream = ReplicationStream(self.settings.source_dsn)
         self.stream.start(self.settings.slot, self.settings.publication)
@@ -66,15 +75,15 @@ class Capture:
 
     def check_slot(self) -> None:
         """A missing or invalidated slot stops the capture with what was lost, unless the user
-        accepted the gap; then it is recorded and a new slot starts from now."""
+        accepted the gap; then it is recorded and a new slot starts from now. The capture never
+        creates a slot on its own: `source install` does, so a missing one was lost, even
+        before the first capture."""
         conn, slot = self.catalog.conn, self.settings.slot
         condition = slot_condition(conn, slot)
         confirmed = read_confirmed(conn, slot)
         why = condition.lost
         if why is None:
             return
-        if not condition.exists and confirmed is None and not self.settings.accept_gap:
-            return  # never streamed: the first start creates the slot (ensure_slot)
         if not self.settings.accept_gap:
             now = parse_lsn(self.catalog.current_lsn())
             raise SlotLostError(lost_slot_message(slot, why, confirmed, now))

@@ -40,6 +40,7 @@ class OutboxRow:
     old: Sequence[str | None] | None
     new: Sequence[str | None] | None
     context: str | None = None  # the actor context JSON, on the first change it covers
+    shape: int | None = None  # the table's columns when written (bookaudit.outbox_shapes)
 
 
 def pairs_to_row(flat: Sequence[str | None] | None, table: TableSchema) -> Row | None:

@@ -8,12 +8,14 @@ warehouse drops those repeats on (source, commit_seq, sequence).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bookaudit.cdc.baseline import BaselineSource, relay_baseline
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction
 from bookaudit.cdc.produce import AckLedger
 from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, CaptureStats
@@ -21,8 +23,8 @@ from bookaudit.cdc.stream import Catalog
 from bookaudit.classify import kafka_error, pg_error
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, TableSchema
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import OUTBOX_TRIGGER, CommitSeq, SourceInfo, TableSchema
 
 RELAY_BATCH = 5000
 ALL_ROWS = 2**31 - 1
@@ -41,41 +43,104 @@ _RELEASE = (
 )
 
 
-def _rows_query(hstore: str, tables: Sequence[TableSchema]) -> sql.Composed:
+@dataclass(frozen=True)
+class Shape:
+    """A table's stored columns, their types and its key, as the statement that wrote a queued
+    row saw them (bookaudit.outbox_shapes). `types` is None for a type dropped since."""
+
+    relid: int
+    columns: tuple[str, ...]
+    types: tuple[str | None, ...]
+    key: tuple[str, ...]
+
+    def table(self, schema: str, name: str) -> TableSchema:
+        return TableSchema(
+            oid=self.relid,
+            schema=schema,
+            name=name,
+            columns=self.columns,
+            types=tuple(t or "text" for t in self.types),
+            key=self.key,
+        )
+
+
+_SHAPES = """
+SELECT s.shape, s.relid, s.columns, s.key,
+       ARRAY(SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_type WHERE oid = x.t)
+                         THEN format_type(x.t, x.m) END
+             FROM unnest(s.types, s.typmods) WITH ORDINALITY x(t, m, n) ORDER BY x.n)
+FROM bookaudit.outbox_shapes s WHERE s.shape = ANY(%s)
+"""
+
+
+def _rows_query(
+    hstore: str, tables: Sequence[TableSchema], shapes: Mapping[int, Shape]
+) -> sql.Composed:
     """Outbox rows of some transactions, each value re-rendered in this session.
 
     The trigger ran hstore(NEW) in the application's session, whose TimeZone or DateStyle may
-    be anything; logical decoding renders in a default session. Casting back through the table's
-    row type (populate_record) and out again makes the text what pgoutput would have sent.
-    Rows of a table not (yet) known come back raw and flagged, so they are never skipped.
+    be anything; logical decoding renders in a default session. Casting back through the column's
+    type and out again makes the text what pgoutput would have sent. The type is the one the row
+    was written with (its shape), not the table's type now: a numeric(10,2) value queued before
+    an ALTER TYPE to numeric(12,4) still reads 12.50. Rows written before shapes existed are read
+    through the table's row type as it is now. Rows of a shape or table not (yet) known come
+    back raw and flagged, so they are never skipped.
     """
     h = sql.Identifier(hstore)
 
-    def rendered(column: str, table: TableSchema) -> sql.Composed:
+    def by_table(column: str, table: TableSchema) -> sql.Composed:
         return sql.SQL(
             "CASE WHEN {c} IS NULL THEN NULL ELSE "
             "{h}.hstore_to_array({h}.hstore({h}.populate_record(NULL::{t}, {c}))) END"
         ).format(c=sql.Identifier(column), h=h, t=sql.Identifier(table.schema, table.name))
 
+    def by_shape(column: str, shape: Shape) -> sql.Composed:
+        values: list[sql.Composable] = []
+        for name, type_text in zip(shape.columns, shape.types, strict=True):
+            value = sql.SQL("{h}.fetchval({c}, {k})").format(
+                h=h, c=sql.Identifier(column), k=sql.Literal(name)
+            )
+            if type_text is not None:
+                # format_type's own output: the server's spelling of a type (with its modifier),
+                # which no psycopg.sql composable expresses. format('%s') renders through the
+                # type's output function, as pgoutput does; a ::text cast would not (bool reads
+                # 'true', char(n) loses its padding).
+                value = sql.SQL(
+                    "CASE WHEN {v} IS NULL THEN NULL ELSE format('%%s', ({v})::{t}) END"
+                ).format(v=value, t=sql.SQL(type_text))
+            values.extend((sql.Literal(name), value))
+        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE ARRAY[{v}]::text[] END").format(
+            c=sql.Identifier(column), v=sql.SQL(", ").join(values)
+        )
+
     head = "SELECT txid, seq, context_seq, schema_name, table_name, op::text, context::text, "
     where = "txid = ANY(%(txids)s) AND seq >= %(from_seq)s"
     branches = [
-        sql.SQL(head + "{old}, {new}, true FROM bookaudit.outbox "
-                "WHERE schema_name = {s} AND table_name = {n} AND " + where).format(
-            old=rendered("old_row", t), new=rendered("new_row", t),
+        sql.SQL(head + "{old}, {new}, true, shape FROM bookaudit.outbox "
+                "WHERE shape = {s} AND " + where).format(
+            old=by_shape("old_row", shape), new=by_shape("new_row", shape), s=sql.Literal(number),
+        )
+        for number, shape in shapes.items()
+    ]  # fmt: skip
+    branches += [
+        sql.SQL(head + "{old}, {new}, true, shape FROM bookaudit.outbox "
+                "WHERE shape IS NULL AND schema_name = {s} AND table_name = {n} AND " + where).format(
+            old=by_table("old_row", t), new=by_table("new_row", t),
             s=sql.Literal(t.schema), n=sql.Literal(t.name),
         )
         for t in tables
     ]  # fmt: skip
     branches.append(
         sql.SQL(
-            head + "{h}.hstore_to_array(old_row), {h}.hstore_to_array(new_row), false "
-            "FROM bookaudit.outbox WHERE NOT EXISTS (SELECT 1 FROM unnest({s}::text[], "
-            "{n}::text[]) k(s, n) WHERE k.s = schema_name AND k.n = table_name) AND " + where
+            head + "{h}.hstore_to_array(old_row), {h}.hstore_to_array(new_row), false, shape "
+            "FROM bookaudit.outbox WHERE CASE WHEN shape IS NULL THEN NOT EXISTS (SELECT 1 FROM "
+            "unnest({s}::text[], {n}::text[]) k(s, n) WHERE k.s = schema_name AND k.n = table_name)"
+            " ELSE shape <> ALL({known}::integer[]) END AND " + where
         ).format(
             h=h,
             s=sql.Literal([t.schema for t in tables]),
             n=sql.Literal([t.name for t in tables]),
+            known=sql.Literal(list(shapes)),
         )
     )
     return sql.SQL(" UNION ALL ").join(branches) + sql.SQL(" ORDER BY txid, seq LIMIT %(limit)s")
@@ -91,8 +156,13 @@ class OutboxSource:
             self._check_installed()
             self.hstore = self._hstore_schema()
             self.tables: dict[tuple[str, str], TableSchema] = {}
+            self.shapes: dict[int, Shape] = {}
+            self._shape_tables: dict[tuple[int, str, str], TableSchema] = {}
             self._query: sql.Composed | None = None
             self.refresh_tables()
+        except psycopg.Error as exc:
+            self.catalog.close()
+            raise pg_error("outbox relay: cannot read the outbox's setup", exc) from None
         except BaseException:
             self.catalog.close()
             raise
@@ -107,6 +177,14 @@ class OutboxSource:
             raise SourceCheckError(
                 "bookaudit.outbox does not exist: run `bookaudit source install --mode trigger` "
                 "first"
+            )
+        row = self.conn.execute(
+            "SELECT to_regclass('bookaudit.outbox_shapes') IS NOT NULL"
+        ).fetchone()
+        if not (row and row[0]):
+            raise SourceCheckError(
+                "bookaudit.outbox was installed by an older bookaudit (no outbox_shapes): rerun "
+                "`bookaudit source install --mode trigger` with your --table list"
             )
         locked = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", RELAY_LOCK).fetchone()
         if not (locked and locked[0]):
@@ -154,19 +232,47 @@ class OutboxSource:
         """Rows ordered by (txid, seq), values as pgoutput would render them."""
         while True:
             if self._query is None:
-                self._query = _rows_query(self.hstore, list(self.tables.values()))
+                self._query = _rows_query(self.hstore, list(self.tables.values()), self.shapes)
             fetched = self.conn.execute(
                 self._query, {"txids": list(txids), "from_seq": from_seq, "limit": limit}
             ).fetchall()
-            unknown = {(str(r[3]), str(r[4])) for r in fetched if not r[9]}
+            unknown = [r for r in fetched if not r[9]]
             if not unknown:
                 return [
                     OutboxRow(int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]),
-                              r[7], r[8], r[6])
+                              r[7], r[8], r[6], None if r[10] is None else int(r[10]))
                     for r in fetched
                 ]  # fmt: skip
-            for schema, name in sorted(unknown):  # audited since we started: learn, read again
+            # Written since we last looked (a new shape, or a table audited since we started):
+            # learn it, read again.
+            self.learn_shapes({int(r[10]) for r in unknown if r[10] is not None})
+            for schema, name in sorted({(str(r[3]), str(r[4])) for r in unknown if r[10] is None}):
                 self.learn(schema, name)
+
+    def learn_shapes(self, numbers: set[int]) -> None:
+        if not numbers:
+            return
+        for number, relid, columns, key, types in self.conn.execute(
+            _SHAPES, (sorted(numbers),)
+        ).fetchall():
+            self.shapes[int(number)] = Shape(int(relid), tuple(columns), tuple(types), tuple(key))
+        self._query = None
+        missing = numbers - self.shapes.keys()
+        if missing:
+            raise TerminalError(
+                f"outbox rows name shapes {sorted(missing)} that bookaudit.outbox_shapes lacks: "
+                "rerun `bookaudit source install --mode trigger`"
+            )
+
+    def table_of(self, row: OutboxRow) -> TableSchema:
+        """The table as the row was written: its shape, else (older rows) the table now."""
+        if row.shape is None:
+            return self.tables[(row.schema, row.table)]
+        key = (row.shape, row.schema, row.table)
+        table = self._shape_tables.get(key)
+        if table is None:
+            table = self._shape_tables[key] = self.shapes[row.shape].table(row.schema, row.table)
+        return table
 
     def release(self, commits: Sequence[OutboxCommit]) -> None:
         """Delete whole transactions, in one transaction, once Kafka acknowledged them."""
@@ -247,7 +353,7 @@ class OutboxRelay:
     def publish(self, mapper: OutboxTransaction, rows: Sequence[OutboxRow]) -> None:
         now_ms = time.time_ns() // 1_000_000
         for row in rows:
-            table = self.outbox.tables[(row.schema, row.table)]
+            table = self.outbox.table_of(row)
             record = to_kafka(
                 mapper.change(row, table), self.source, self.settings.topic_prefix, now_ms
             )
@@ -280,6 +386,13 @@ class OutboxRelay:
     def run(self) -> CaptureStats:
         try:
             self.sink.check()
+            self.stats.baseline = relay_baseline(
+                BaselineSource(self.outbox.conn),
+                self.sink,
+                self.source,
+                self.settings.topic_prefix,
+                self.log,
+            )
             self.log(
                 f"relay: draining the outbox of {self.outbox.dbname!r} to "
                 f"{self.settings.kafka_bootstrap}"

@@ -27,11 +27,9 @@ def settings_from(
     cfg: Config, *, exit_when_idle: bool, accept_gap: bool = False
 ) -> CaptureSettings:
     """The capture's (and the relay's) settings from the one Config."""
-    cfg.require("source_dsn", "kafka_bootstrap")
-    assert cfg.source_dsn is not None and cfg.kafka_bootstrap is not None
     return CaptureSettings(
-        source_dsn=cfg.source_dsn,
-        kafka_bootstrap=cfg.kafka_bootstrap,
+        source_dsn=cfg.need("source_dsn"),
+        kafka_bootstrap=cfg.need("kafka_bootstrap"),
         slot=cfg.slot,
         publication=cfg.publication,
         topic_prefix=cfg.topic_prefix,
@@ -46,3 +44,4 @@ class CaptureStats:
     changes: int = 0
     transactions: int = 0
     confirmed_lsn: int = 0
+    baseline: int = 0  # snapshot events of existing rows sent in this run

@@ -6,7 +6,7 @@ import select
 import time
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
@@ -31,7 +31,9 @@ class Catalog:
     def dbname(self) -> str:
         return self.conn.info.dbname
 
-    def ensure_slot(self, slot: str, publication: str) -> None:
+    def check_slot(self, slot: str, publication: str) -> None:
+        """The slot `source install` created must be there: the capture never creates one, since
+        changes committed before a slot exists are not in its stream."""
         if (
             self.conn.execute(
                 "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
@@ -45,16 +47,11 @@ class Catalog:
             "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         ).fetchone()
         if row is None:
-            try:
-                self.conn.execute(
-                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
-                )
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise SourceCheckError(
-                    f"cannot create slot {slot!r}: {exc.diag.message_primary} "
-                    "(the capture role needs REPLICATION)"
-                ) from None
-        elif row[0] != "pgoutput" or row[1] != self.dbname:
+            raise SourceCheckError(
+                f"replication slot {slot!r} does not exist: run `bookaudit source install`, which "
+                "creates it and takes a new baseline (changes since a lost slot are a gap)"
+            )
+        if row[0] != "pgoutput" or row[1] != self.dbname:
             raise SourceCheckError(
                 f"slot {slot!r} exists for plugin {row[0]!r} in database {row[1]!r}; "
                 f"bookaudit needs pgoutput in {self.dbname!r}: choose another --slot"
@@ -131,6 +128,19 @@ class Catalog:
         )
 
 
+_START = sql.SQL(
+    "START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+    "(proto_version '2', publication_names {publications}, messages 'true')"
+)
+
+
+def start_replication(slot: str, publication: str) -> bytes:
+    """The START_REPLICATION command: the slot as an identifier, and the publication as the
+    quoted identifier list pgoutput parses out of a string literal."""
+    names = sql.Identifier(publication).as_string()
+    return _START.format(slot=sql.Identifier(slot), publications=sql.Literal(names)).as_bytes()
+
+
 class ReplicationStream:
     """START_REPLICATION over libpq's copy protocol (psycopg 3 has no replication API)."""
 
@@ -145,13 +155,7 @@ class ReplicationStream:
             )
 
     def start(self, slot: str, publication: str) -> None:
-        # Identifiers inside replication commands cannot go through psycopg.sql (no server-side
-        # parse for them), and Config only admits [a-z0-9_] names, so quoting here is safe.
-        command = (
-            f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
-            f"(proto_version '2', publication_names '\"{publication}\"', messages 'true')"
-        )
-        self._pgconn.send_query(command.encode())
+        self._pgconn.send_query(start_replication(slot, publication))
         while True:
             result = self._pgconn.get_result()
             if result is None:

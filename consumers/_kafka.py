@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bookaudit.classify import kafka_error, kafka_logger
 from bookaudit.consumers.chunks import Reassembler
 from bookaudit.consumers.records import Record
 from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER
+from bookaudit.kafka.serde import Header, Headers, topic_part
 
 # How long the cluster may take to answer the first metadata request before it counts as down.
 CONNECT_TIMEOUT_S = 15.0
@@ -35,11 +36,17 @@ class ConsumerSettings:
     eager: bool = True
 
 
+def _topic_tail(table: str) -> str:
+    """`schema.table` as its topic names it (serde.topic_part)."""
+    schema, _, name = table.partition(".")
+    return f"{topic_part(schema)}.{topic_part(name)}"
+
+
 def change_topics_pattern(prefix: str, tables: Sequence[str] = ()) -> str:
     """`<prefix>.<schema>.<table>` only, so alert and other topics under the prefix stay out."""
     head = "^" + re.escape(prefix).replace("\\.", "[.]") + "[.]"
     if tables:
-        names = "|".join(re.escape(t).replace("\\.", "[.]") for t in tables)
+        names = "|".join(re.escape(_topic_tail(t)).replace("\\.", "[.]") for t in tables)
         return head + "(" + names + ")$"
     return head + "[^.]+[.][^.]+$"
 
@@ -53,6 +60,24 @@ _MOVED_ON = frozenset(
         KafkaError._ASSIGNMENT_LOST,
     }
 )
+
+
+def _headers(raw: Mapping[str, str | bytes | None] | Sequence[Header] | None) -> Headers:
+    if raw is None:
+        return ()
+    return tuple(raw.items()) if isinstance(raw, Mapping) else tuple(raw)
+
+
+def to_record(msg: Message) -> Record:
+    """The parts of a fetched message processing needs, headers included."""
+    return Record(
+        str(msg.topic()),
+        int(msg.partition() or 0),
+        int(msg.offset() or 0),
+        msg.key(),
+        msg.value(),
+        _headers(msg.headers()),
+    )
 
 
 class KafkaSource:
@@ -69,11 +94,18 @@ class KafkaSource:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": True,
                 "session.timeout.ms": 10000,
-                "topic.metadata.refresh.interval.ms": 5000,
+                # A new table's topic is found at the next metadata refresh (the subscription is
+                # a pattern), so a short interval puts its first change in the warehouse within
+                # about a second; a metadata request is small.
+                "topic.metadata.refresh.interval.ms": 250,
+                # A fetch that waits for data delays the next one, which is the first to ask for
+                # a partition assigned meanwhile (a new table's); an idle fetch costs little.
+                "fetch.wait.max.ms": 100,
                 "logger": kafka_logger(),
             }
         )
         self._at_end: set[tuple[str, int]] = set()
+        self._processed: dict[tuple[str, int], int] = {}
         self._chunks = Reassembler()
         try:
             # An unreachable cluster must fail here, not pass for an idle one later.
@@ -111,8 +143,7 @@ class KafkaSource:
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
                 self._at_end.discard((topic, partition))
-                record = Record(topic, partition, int(msg.offset() or 0), msg.key(), msg.value())
-                records.extend(self._chunks.feed(record, _chunk_header(msg)))
+                records.extend(self._chunks.feed(to_record(msg), _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add((topic, partition))
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -128,15 +159,27 @@ class KafkaSource:
             return time.monotonic() - self._started > grace_s
         return assignment <= self._at_end
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """Commit the next offset of each partition seen, synchronously."""
+    def commit(self, records: Sequence[Record], asynchronous: bool = False) -> None:
+        """Commit the next offset of each partition seen (synchronously unless asked)."""
         high: dict[tuple[str, int], int] = {}
         for r in records:
             high[(r.topic, r.partition)] = max(high.get((r.topic, r.partition), -1), r.offset)
+        for tp, offset in high.items():
+            self._processed[tp] = max(self._processed.get(tp, -1), offset)
+        self._commit(high, asynchronous)
+
+    def commit_all(self) -> None:
+        """Synchronously commit everything processed, after asynchronous commits."""
+        self._commit(self._processed, asynchronous=False)
+
+    def _commit(self, high: dict[tuple[str, int], int], asynchronous: bool) -> None:
         if not high:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in high.items()]
         try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                return
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             if exc.args[0].code() in _MOVED_ON:

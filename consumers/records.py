@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bookaudit.errors import DecodeError, PoisonMessageError
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, KEY_SCHEMA, decode
-from bookaudit.model import Position
+from bookaudit.kafka.serde import EnvelopeDeserializer, Headers, KeyDeserializer
+from bookaudit.model import ActorContext, Envelope, Position, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Headers = ()
     # Set when the consumer edge already knows the record is unusable (a cut-short chunked
     # event): it is dead-lettered with this reason.
     error: str | None = None
@@ -29,29 +31,33 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class Decoded:
     record: Record
-    envelope: dict[str, Any]
-    key: dict[str, Any] | None
+    envelope: Envelope
+    key: Row | None
+
+
+_VALUE = EnvelopeDeserializer()
+_KEY = KeyDeserializer()
 
 
 def decode_record(record: Record) -> Decoded:
+    """The typed envelope and key of one record; a record that is not one becomes a poison
+    message carrying the record, and nothing else does."""
     where = f"{record.topic}[{record.partition}]@{record.offset}"
     if record.error is not None:
         raise PoisonMessageError(f"{where}: {record.error}", record)
-    if record.value is None:
-        raise PoisonMessageError(
-            f"{where}: empty value (tombstone) is not a bookaudit event", record
-        )
     try:
-        envelope = decode(ENVELOPE_SCHEMA, record.value)
-        key = None if record.key is None else decode(KEY_SCHEMA, record.key)
+        envelope = _VALUE(
+            record.value,
+            SerializationContext(record.topic, MessageField.VALUE, list(record.headers)),
+        )
+        key = _KEY(record.key, SerializationContext(record.topic, MessageField.KEY))
     except DecodeError as exc:
         raise PoisonMessageError(f"{where}: {exc}", record) from None
-    if envelope.get("op") not in ("c", "u", "d", "t", "r"):
-        raise PoisonMessageError(f"{where}: unknown op {envelope.get('op')!r}", record)
     return Decoded(record, envelope, key)
 
 
-ACTIONS = {"c": "insert", "r": "insert", "u": "update", "d": "delete", "t": "truncate"}
+# op r is a row as it existed when the audit started (the install's baseline), not an insert.
+ACTIONS = {"c": "insert", "r": "existing", "u": "update", "d": "delete", "t": "truncate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +83,7 @@ class AuditEntry:
     row_key: dict[str, str | None] | None
     before: dict[str, str | None] | None
     after: dict[str, str | None] | None
-    actor: dict[str, str | None]
+    actor: ActorContext
     capture_mode: str
     kafka_topic: str
     kafka_partition: int
@@ -124,33 +130,27 @@ def distinct_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
 
 def to_audit_entry(decoded: Decoded) -> AuditEntry:
     env = decoded.envelope
-    src = env["source"]
-    before = env.get("before")
-    after = env.get("after")
-    columns: list[dict[str, Any]] = env.get("columns") or []
-    order = [c["name"] for c in columns] or list((after or before or {}).keys())
-    key = decoded.key
-    row_key = None if key is None else {c["name"]: c["value"] for c in key["columns"]}
+    src = env.source
     record = decoded.record
     return AuditEntry(
-        source=src["name"],
-        commit_position=src["commit_lsn"],
-        sequence=src["sequence"],
-        position=src["lsn"],
-        txid=src["txId"],
-        committed_at_ms=src["ts_ms"],
-        schema_name=src["schema"],
-        table_name=src["table"],
-        action=ACTIONS[env["op"]],
-        row_key=row_key,
-        before=before,
-        after=after,
-        actor=dict(env["actor"]),
-        capture_mode=src.get("mode", "logical"),
+        source=src.name,
+        commit_position=src.commit_position,
+        sequence=src.sequence,
+        position=src.position,
+        txid=src.txid,
+        committed_at_ms=src.ts_ms,
+        schema_name=src.schema,
+        table_name=src.table,
+        action=ACTIONS[env.op],
+        row_key=decoded.key,
+        before=env.before,
+        after=env.after,
+        actor=env.actor,
+        capture_mode=src.mode,
         kafka_topic=record.topic,
         kafka_partition=record.partition,
         kafka_offset=record.offset,
-        fields=changed_fields(before, after, order),
+        fields=changed_fields(env.before, env.after, env.column_order),
     )
 
 
@@ -160,15 +160,18 @@ class DeadLetter:
     error: str
 
 
-def decode_and_map(records: list[Record]) -> tuple[list[AuditEntry], list[DeadLetter]]:
-    """Pure: a bad record becomes a dead letter value, never an exception out of the batch."""
+def decode_and_map(records: Sequence[Record]) -> tuple[list[AuditEntry], list[DeadLetter]]:
+    """Pure: a record that does not decode becomes a dead letter value, never an exception out
+    of the batch. Mapping a decoded envelope has no such escape: a failure there is a bug in
+    bookaudit, and it stops the consumer before any offset moves rather than setting records
+    aside."""
     entries: list[AuditEntry] = []
     dead: list[DeadLetter] = []
     for record in records:
         try:
-            entries.append(to_audit_entry(decode_record(record)))
+            decoded = decode_record(record)
         except PoisonMessageError as exc:
             dead.append(DeadLetter(record, str(exc)))
-        except (KeyError, TypeError, ValueError) as exc:
-            dead.append(DeadLetter(record, f"cannot map envelope: {type(exc).__name__}: {exc}"))
+            continue
+        entries.append(to_audit_entry(decoded))
     return entries, dead

@@ -122,12 +122,14 @@ def restart(
     *,
     crash: bool = True,
     down_s: float = 0.0,
+    ready_timeout_s: float = 60.0,
     progress: Callable[[str], None] = print,
 ) -> float:
     """Stop one service of the running stack and start it again on the same port and data.
 
     `crash` stops it the hard way (kill -9 of the broker, an immediate shutdown of PostgreSQL,
-    which then runs crash recovery); otherwise cleanly. It stays down for `down_s` seconds.
+    which then runs crash recovery); otherwise cleanly. It stays down for `down_s` seconds; a
+    broker recovering its log on a busy machine may take longer than `ready_timeout_s` to serve.
     Returns how long it was unavailable, start-up included. Fault tests use this on a stack of
     their own: every client of the stack loses its connections.
     """
@@ -148,7 +150,7 @@ def restart(
             time.sleep(down_s)
             libs = _kafka.ensure_jars(progress)
             pid = _kafka.start(libs, kafka_dir, kafka_dir / "server.properties")
-            _kafka.wait_ready(pid, state.env.kafka_bootstrap, kafka_dir)
+            _kafka.wait_ready(pid, state.env.kafka_bootstrap, kafka_dir, ready_timeout_s)
             state = replace(state, kafka_pid=pid)
         else:
             pg_dir = _pg_dir(state_dir)

@@ -276,10 +276,12 @@ def _warm_up(bootstrap: str, timeout_s: float) -> str | None:
     return None
 
 
-def wait_ready(pid: int, bootstrap: str, kafka_dir: Path) -> None:
+def wait_ready(
+    pid: int, bootstrap: str, kafka_dir: Path, timeout_s: float = _READY_TIMEOUT_S
+) -> None:
     """Block until the broker answers list_topics; fail fast if it dies, with the log's tail."""
     log = kafka_dir / "kafka.log"
-    deadline = time.monotonic() + _READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while True:
         if not alive(pid, kafka_dir):
             raise TerminalError(f"kafka (pid {pid}) exited during startup; log: {tail(log)}")
@@ -290,8 +292,7 @@ def wait_ready(pid: int, bootstrap: str, kafka_dir: Path) -> None:
                 return
         if time.monotonic() > deadline:
             raise TerminalError(
-                f"kafka on {bootstrap} not ready after {_READY_TIMEOUT_S:.0f}s ({error}); "
-                f"log: {tail(log)}"
+                f"kafka on {bootstrap} not ready after {timeout_s:.0f}s ({error}); log: {tail(log)}"
             )
         time.sleep(0.5)
 
@@ -304,4 +305,4 @@ def stop(pid: int | None, kafka_dir: Path) -> None:
 
 def kill(pid: int, kafka_dir: Path) -> None:
     """kill -9 the broker, as a crash would stop it (fault tests); it recovers its log at start."""
-    terminate(pid, _marker(kafka_dir), 0.0, ())
+    terminate(pid, _marker(kafka_dir), 10.0, ())

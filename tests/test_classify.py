@@ -40,6 +40,7 @@ def test_postgres_errors_by_sqlstate() -> None:
     assert isinstance(pg_error("q", psycopg.errors.SerializationFailure()), TransientError)
     assert isinstance(pg_error("q", psycopg.errors.TooManyConnections()), TransientError)
     assert isinstance(pg_error("q", psycopg.errors.ObjectInUse()), TransientError)
+    assert isinstance(pg_error("q", psycopg.errors.ConfigurationLimitExceeded()), TerminalError)
     undefined = pg_error("q", psycopg.errors.UndefinedTable())
     assert isinstance(undefined, TerminalError)
     assert "42P01" in str(undefined)

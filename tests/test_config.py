@@ -53,7 +53,7 @@ def test_bad_toml_and_missing_file_are_named(tmp_path: Path) -> None:
 
 def test_require_names_the_env_var() -> None:
     with pytest.raises(ConfigError, match="BOOKAUDIT_KAFKA_BOOTSTRAP"):
-        load_config(env={}).require("kafka_bootstrap")
+        load_config(env={}).need("kafka_bootstrap")
 
 
 def test_mode_defaults_to_logical_and_is_validated() -> None:

@@ -128,3 +128,15 @@ def test_installed_wheel_runs_and_reads_each_data_file(wheel_venv: Path, databas
         "import bookaudit.kafka.serde as e, bookaudit.kafka.alert as s; "
         "assert e.ENVELOPE_SCHEMA and e.KEY_SCHEMA and s.ALERT_SCHEMA",
     )
+    # web/templates/*.html: `bookaudit serve`'s pages render from the installed package.
+    page = _run(
+        wheel_venv,
+        "python",
+        "-c",
+        "import sys; from bookaudit.config import Secret; from bookaudit.web.app import create_app; "
+        "from bookaudit.web.serve import ServeSettings, reader_dsn; "
+        "app = create_app(ServeSettings(Secret(reader_dsn(sys.argv[1])), '127.0.0.1', 0, None, "
+        "None, None, None)); print(app.test_client().get('/log').get_data(as_text=True))",
+        database,
+    )
+    assert "Booking History Log" in page and "No booking created or modified" in page

@@ -38,10 +38,9 @@ class AlertsSettings:
 
 def settings_from(cfg: Config, rules: RuleSet) -> AlertsSettings:
     """The job's settings from the one Config; the rules decide which topics it reads."""
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     consumer = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
+        bootstrap=cfg.need("kafka_bootstrap"),
         group_id=cfg.alerts_group_id,
         topic_prefix=cfg.topic_prefix,
         batch_size=cfg.batch_size,
@@ -53,7 +52,7 @@ def settings_from(cfg: Config, rules: RuleSet) -> AlertsSettings:
     )
     return AlertsSettings(
         consumer=consumer,
-        warehouse_dsn=cfg.warehouse_dsn,
+        warehouse_dsn=warehouse_dsn,
         topic=alerts_topic(cfg.topic_prefix),
         webhook_url=cfg.alerts_webhook,
     )

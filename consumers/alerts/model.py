@@ -148,7 +148,7 @@ def watch_events(entry: AuditEntry, rules: RuleSet) -> tuple[Watched, ...]:
                 committed_at_ms=entry.committed_at_ms,
                 table=table,
                 booking_id=row.get(watched.booking_column),
-                actor=ActorContext.from_dict(entry.actor),
+                actor=entry.actor,
                 changes=entry.fields,
                 price_column=watched.price_column,
                 old_price=before.get(watched.price_column),

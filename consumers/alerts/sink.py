@@ -16,11 +16,12 @@ from urllib.parse import urlsplit
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bookaudit import __version__
+from bookaudit.classify import kafka_logger
 from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
 from bookaudit.errors import BookauditError, DecodeError, TransientError
 from bookaudit.kafka.alert import ALERT_SCHEMA_ID, decode_alert, encode_alert
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
-from bookaudit.kafka.serde import KafkaRecord
+from bookaudit.kafka.serde import SCHEMA_HEADER, KafkaRecord
 
 # A recovered alert was produced after it was recorded; the slack covers clock steps between the
 # warehouse and the broker.
@@ -88,8 +89,10 @@ class KafkaOutput:
 
         for alert in alerts:
             key = alert.booking_id.encode() if alert.booking_id is not None else None
-            record = KafkaRecord(self.topic, key, encode_alert(alert.document))
-            self._sink.send(record, report(alert.id), schema_id=ALERT_SCHEMA_ID)
+            record = KafkaRecord(
+                self.topic, key, encode_alert(alert.document), ((SCHEMA_HEADER, ALERT_SCHEMA_ID),)
+            )
+            self._sink.send(record, report(alert.id))
         self._sink.flush()
         if errors or len(acked) != len(alerts):
             raise TransientError(f"Kafka refused an alert on {self.topic}: {errors[:1]}")
@@ -122,6 +125,7 @@ class KafkaOutput:
                 "group.id": "bookaudit-alerts-recovery",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                "logger": kafka_logger(),
             }
         )
         try:

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from bookaudit.classify import pg_connect_error, pg_error
 from bookaudit.consumers.alerts.model import (
     Alert,
     ChangeEvent,
@@ -344,9 +345,7 @@ class AlertStore:
             try:
                 self._conn = psycopg.connect(self._dsn, application_name=self._application_name)
             except psycopg.OperationalError as exc:
-                raise TransientError(
-                    f"cannot connect to the warehouse: {str(exc).strip()}"
-                ) from None
+                raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
         return self._conn
 
     @contextmanager
@@ -363,6 +362,8 @@ class AlertStore:
             ) from None
         except psycopg.errors.DeadlockDetected:
             raise TransientError("warehouse: deadlock with another alerts consumer") from None
+        except psycopg.Error as exc:
+            raise pg_error("warehouse", exc) from None
 
     @contextmanager
     def batch(self) -> Iterator[BatchTransaction]:

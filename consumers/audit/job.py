@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.writer import WarehouseWriter
-from bookaudit.consumers.records import decode_and_map
+from bookaudit.consumers.audit.lane import Batch, WarehouseLane
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
+from bookaudit.consumers.records import decode_and_map, distinct_entries
 
 PROGRESS_INTERVAL_S = 5.0
 
 
 def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
     """The writer's consumer settings and warehouse DSN from the one Config."""
-    cfg.require("warehouse_dsn", "kafka_bootstrap")
-    assert cfg.warehouse_dsn is not None and cfg.kafka_bootstrap is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     consumer = ConsumerSettings(
-        bootstrap=cfg.kafka_bootstrap,
+        bootstrap=cfg.need("kafka_bootstrap"),
         group_id=cfg.group_id,
         topic_prefix=cfg.topic_prefix,
         batch_size=cfg.batch_size,
     )
-    return consumer, cfg.warehouse_dsn
+    return consumer, warehouse_dsn
 
 
 @dataclass
@@ -33,6 +33,32 @@ class WriterStats:
     written: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    # Commit → warehouse lag: source commit time to this writer's warehouse commit, in ms, of
+    # the last batch and the largest seen (clocks of source and writer hosts must agree).
+    lag_ms_last: int = 0
+    lag_ms_max: int = 0
+
+
+@dataclass
+class LagWindow:
+    """The commit → warehouse lags of the entries written since the last progress line."""
+
+    lags_ms: list[int] = field(default_factory=list)
+
+    def add(self, committed_at_ms: Sequence[int], now_ms: int) -> None:
+        self.lags_ms.extend(now_ms - c for c in committed_at_ms)
+
+    def summary(self) -> str:
+        """`lag p50 12 ms, p99 40 ms, max 51 ms`, or `lag -` when nothing was written; resets."""
+        if not self.lags_ms:
+            return "lag -"
+        ordered = sorted(self.lags_ms)
+        self.lags_ms = []
+
+        def pct(q: float) -> int:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return f"lag p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {ordered[-1]} ms"
 
 
 class AuditWriter:
@@ -41,28 +67,61 @@ class AuditWriter:
     ) -> None:
         self.log = log
         self.stats = WriterStats()
-        self.writer = WarehouseWriter(warehouse_dsn)
+        self.phases = Phases()
+        self.writer = WarehouseWriter(warehouse_dsn, self.phases)
+        self.ids = IdPool(warehouse_dsn)
         try:
             self.source = KafkaSource(settings)
         except BaseException:
             self.writer.close()
+            self.ids.close()
             raise
+        self.lane = WarehouseLane(self.writer)
         self._last_progress = time.monotonic()
+        self._lags = LagWindow()
 
     def step(self) -> int:
+        """Take one batch from Kafka and hand it, prepared, to the warehouse lane."""
+        self.collect()
+        lap = self.phases.lap
+        started = time.perf_counter()
         records = self.source.poll()
         if not records:
             return 0
+        started = lap("poll Kafka", started)
         entries, dead = decode_and_map(records)
+        started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        inserted = self.writer.write(entries, dead)
-        self.source.commit(records)
-        self.stats.records += len(records)
-        self.stats.written += inserted
-        self.stats.duplicates += len(entries) - inserted
-        self.stats.dead_letters += len(dead)
+        unique = distinct_entries(entries)
+        ids = self.ids.take(len(unique))
+        recorded_at_us = time.time_ns() // 1000
+        rows = [prepare_row(e, i, recorded_at_us) for e, i in zip(unique, ids, strict=True)]
+        started = lap("rows, canonical form and leaves (Python)", started)
+        committed = [e.committed_at_ms for e in entries]
+        self.lane.submit(Batch(records, len(entries), committed, rows, dead))
+        lap("wait for the warehouse lane", started)
         return len(records)
+
+    def collect(self, wait: bool = False) -> None:
+        """Account for the batches the lane committed, and only then commit their offsets."""
+        for done in self.lane.finished(wait):
+            batch = done.batch
+            for letter in done.refused:
+                self.log(f"audit writer: dead-lettered {letter.error}")
+            self._lags.add(batch.committed_at_ms, done.committed_ms)
+            if batch.committed_at_ms:
+                self.stats.lag_ms_last = done.committed_ms - min(batch.committed_at_ms)
+                self.stats.lag_ms_max = max(self.stats.lag_ms_max, self.stats.lag_ms_last)
+            # Asynchronous: a lost offset commit only means re-reading events the warehouse
+            # drops.
+            started = time.perf_counter()
+            self.source.commit(batch.records, asynchronous=True)
+            self.phases.lap("commit offsets (Kafka)", started)
+            self.stats.records += len(batch.records)
+            self.stats.written += done.inserted
+            self.stats.duplicates += batch.entries - done.inserted - len(done.refused)
+            self.stats.dead_letters += len(batch.dead) + len(done.refused)
 
     def report_progress(self) -> None:
         now = time.monotonic()
@@ -70,7 +129,8 @@ class AuditWriter:
             self._last_progress = now
             self.log(
                 f"audit writer: {self.stats.records} records, {self.stats.written} entries, "
-                f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"
+                f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters, "
+                f"commit → warehouse {self._lags.summary()}"
             )
 
     def run(self, exit_when_idle: bool = False) -> WriterStats:
@@ -78,11 +138,16 @@ class AuditWriter:
             while True:
                 got = self.step()
                 self.report_progress()
-                if exit_when_idle and got == 0 and self.source.at_end():
-                    break
+                if exit_when_idle and got == 0:
+                    self.collect(wait=True)
+                    if self.source.at_end():
+                        self.source.commit_all()
+                        break
         finally:
+            self.lane.close()
             self.source.close()
             self.writer.close()
+            self.ids.close()
         self.log(
             f"audit writer: done, {self.stats.written} entries, "
             f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"

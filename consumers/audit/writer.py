@@ -1,57 +1,50 @@
-"""Warehouse edge of the audit writer: one idempotent transaction per batch."""
+"""Warehouse edge of the audit writer: rows prepared and hashed in Python, then one idempotent
+transaction per batch that COPYs them in and appends one chain link."""
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
-from bookaudit.consumers.records import AuditEntry, DeadLetter, distinct_entries
-from bookaudit.errors import TerminalError, TransientError
-from bookaudit.model import format_position
-
-# One round trip per batch: the entries travel as one JSON array; ON CONFLICT skips replays, and
-# only rows inserted now get their field rows, so a replayed batch adds nothing.
-_INSERT = """
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(entries)s::jsonb) AS x(
-        source text, commit_lsn pg_lsn, sequence bigint, lsn pg_lsn, txid bigint,
-        committed_at_ms bigint, schema_name text, table_name text, action text, row_key jsonb,
-        before jsonb, after jsonb, actor jsonb, capture_mode text, kafka_topic text,
-        kafka_partition int, kafka_offset bigint, fields jsonb)
-),
-inserted AS (
-    INSERT INTO audit.row_changes (
-        source, commit_lsn, sequence, lsn, txid, committed_at, schema_name, table_name, action,
-        row_key, before, after, actor, actor_role, reason, approval_ref, request_id, application,
-        db_user, client_addr, actor_origin, capture_mode, kafka_topic, kafka_partition,
-        kafka_offset)
-    SELECT source, commit_lsn, sequence, lsn, txid, to_timestamp(committed_at_ms / 1000.0),
-           schema_name, table_name, action, row_key, before, after,
-           actor ->> 'id', actor ->> 'role', actor ->> 'reason', actor ->> 'approval_ref',
-           actor ->> 'request_id', actor ->> 'application', actor ->> 'db_user',
-           actor ->> 'client_addr', actor ->> 'origin', capture_mode, kafka_topic,
-           kafka_partition, kafka_offset
-    FROM input
-    ON CONFLICT (source, commit_lsn, sequence) DO NOTHING
-    RETURNING id, source, commit_lsn, sequence
-),
-fields AS (
-    INSERT INTO audit.field_changes (change_id, field, position, old_value, new_value)
-    SELECT i.id, f.field, f.position, f.old, f.new
-    FROM inserted i
-    JOIN input USING (source, commit_lsn, sequence)
-    CROSS JOIN LATERAL ROWS FROM (
-        jsonb_to_recordset(input.fields) AS (field text, old text, new text)
-    ) WITH ORDINALITY AS f(field, old, new, position)
+from bookaudit.chain import (
+    JSONB_COLUMNS,
+    JSONB_INDEX,
+    SCALAR_COLUMNS,
+    SCALAR_INDEX,
+    FieldRow,
+    dump_json,
+    leaf_of,
 )
-SELECT coalesce(array_agg(id), '{}') FROM inserted
-"""
+from bookaudit.classify import pg_connect_error
+from bookaudit.consumers.records import AuditEntry, DeadLetter, identity
+from bookaudit.errors import BookauditError, TerminalError, TransientError
+from bookaudit.model import Position, format_position, parse_position
 
-# A separate statement: rows written by the CTEs above are invisible to that statement itself.
-_CHAIN = "SELECT audit.chain_append(%s)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Which of a batch's events the warehouse already holds: a replay, or a copy another writer
+# stored. The rest go in by COPY, which has no ON CONFLICT (the unique key refuses a copy).
+_STORED = """
+SELECT r.source, r.commit_lsn::text, r.sequence
+FROM audit.row_changes r
+JOIN unnest(%s::text[], %s::pg_lsn[], %s::bigint[]) AS k(source, commit_lsn, sequence)
+USING (source, commit_lsn, sequence)
+"""
+_TAKE_IDS = """
+SELECT nextval(pg_get_serial_sequence('audit.row_changes', 'id')) FROM generate_series(1, %s)
+"""
+_COPY_ROWS = "COPY audit.row_changes ({}) FROM STDIN".format(
+    ", ".join((*SCALAR_COLUMNS, *JSONB_COLUMNS))
+)
+_COPY_FIELDS = (
+    "COPY audit.field_changes (change_id, field, position, old_value, new_value) FROM STDIN"
+)
+_LINK = "SELECT audit.chain_link(%s, %s)"
 
 _DEAD_LETTER = """
 INSERT INTO audit.dead_letters (kafka_topic, kafka_partition, kafka_offset, key, value, error)
@@ -59,65 +52,187 @@ VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
 
+# A copy stored by another writer between our check and our COPY makes the COPY fail on the
+# unique key; the next attempt's check sees it. More attempts than this means something else.
+_ATTEMPTS = 5
+# Ids are taken ahead in blocks, so preparing a batch costs no round trip most of the time.
+_ID_BLOCK = 2000
 
-def _as_json(entry: AuditEntry) -> dict[str, object]:
-    return {
-        "source": entry.source,
-        "commit_lsn": format_position(entry.commit_position),
-        "sequence": entry.sequence,
-        "lsn": format_position(entry.position),
-        "txid": entry.txid,
-        "committed_at_ms": entry.committed_at_ms,
-        "schema_name": entry.schema_name,
-        "table_name": entry.table_name,
-        "action": entry.action,
-        "row_key": entry.row_key,
-        "before": entry.before,
-        "after": entry.after,
-        "actor": entry.actor,
-        "capture_mode": entry.capture_mode,
-        "kafka_topic": entry.kafka_topic,
-        "kafka_partition": entry.kafka_partition,
-        "kafka_offset": entry.kafka_offset,
-        "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in entry.fields],
-    }
+
+@dataclass
+class Phases:
+    """Seconds spent in each step, summed over batches: the writer's profile, kept as it runs."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str, since: float) -> float:
+        """Add the time since `since` to `name`; returns now, the start of the next step."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+        return now
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRow:
+    """One audit row ready to store: its COPY values, its field rows and its chain leaf."""
+
+    key: tuple[str, Position, int]
+    # The Kafka record it came from (topic, partition, offset): where a refusal points.
+    where: tuple[str, int, int]
+    change_id: int
+    values: tuple[Any, ...]
+    fields: tuple[tuple[int, str, int, str | None, str | None], ...]
+    leaf: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One audit.row_changes row as the chain hashes it (and verify reads it back), with its
+    field rows."""
+
+    values: tuple[Any, ...]
+    fields: tuple[FieldRow, ...]
+
+
+def stored_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> StoredRow:
+    """Pure: the values of CHAINED_COLUMNS for `entry`, in the chain's types (positions as ints,
+    timestamps as epoch microseconds, jsonb as dicts)."""
+    values = (
+        change_id,
+        entry.source,
+        entry.commit_position,
+        entry.sequence,
+        entry.position,
+        entry.txid,
+        entry.committed_at_ms * 1000,
+        entry.schema_name,
+        entry.table_name,
+        entry.action,
+        entry.row_key,
+        entry.before,
+        entry.after,
+        # The envelope's actor order, which CHAINED_COLUMNS follows (tests/test_contract.py).
+        *entry.actor.to_dict().values(),
+        entry.capture_mode,
+        entry.kafka_topic,
+        entry.kafka_partition,
+        entry.kafka_offset,
+        recorded_at_us,
+    )
+    fields = tuple((f.field, n, f.old, f.new) for n, f in enumerate(entry.fields, start=1))
+    return StoredRow(values, fields)
+
+
+_POSITIONS = tuple(SCALAR_COLUMNS.index(c) for c in ("commit_lsn", "lsn"))
+_TIMES = tuple(SCALAR_COLUMNS.index(c) for c in ("committed_at", "recorded_at"))
+
+
+def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> PreparedRow:
+    """Pure: the row as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
+    chain hashes it, from one JSON encoding of each jsonb value."""
+    row = stored_row(entry, change_id, recorded_at_us)
+    scalars = [row.values[i] for i in SCALAR_INDEX]
+    texts = [dump_json(row.values[i]) for i in JSONB_INDEX]
+    copy_values: list[Any] = list(scalars)
+    for i in _POSITIONS:
+        copy_values[i] = format_position(scalars[i])
+    for i in _TIMES:
+        copy_values[i] = _EPOCH + timedelta(microseconds=scalars[i])
+    copy_values += [
+        None if row.values[i] is None else t for i, t in zip(JSONB_INDEX, texts, strict=True)
+    ]
+    return PreparedRow(
+        identity(entry),
+        (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset),
+        change_id,
+        tuple(copy_values),
+        tuple((change_id, *f) for f in row.fields),
+        leaf_of(scalars, row.fields, texts),
+    )
+
+
+class IdPool:
+    """Ids for audit rows, taken from the warehouse's sequence a block at a time. Ids a writer
+    took and did not use (copies it dropped, a batch that failed) are simply never used."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._free: list[int] = []
+
+    def take(self, n: int) -> list[int]:
+        if len(self._free) < n:
+            self._free += self._reserve(max(n - len(self._free), _ID_BLOCK))
+        taken, self._free = self._free[:n], self._free[n:]
+        return taken
+
+    def _reserve(self, n: int) -> list[int]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._dsn, autocommit=True, application_name="bookaudit-audit-writer-ids"
+                )
+            return [int(r[0]) for r in self._conn.execute(_TAKE_IDS, (n,))]
+        except psycopg.errors.UndefinedTable:
+            raise TerminalError(
+                "the warehouse has no audit schema: run `bookaudit warehouse init` first"
+            ) from None
+        except psycopg.OperationalError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise TransientError(f"cannot take audit row ids: {str(exc).strip()}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class EntryRejected(BookauditError):
+    """The warehouse refused a value of the batch (SQLSTATE class 22, data exception)."""
 
 
 class WarehouseWriter:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, phases: Phases | None = None) -> None:
         self._dsn = dsn
         self._conn = self._connect()
+        self.phases = phases or Phases()
+        # Copies are rare in a running stream (a replay, a re-send after a restart), so a batch
+        # goes straight in by COPY, and the unique key refuses it when it holds one; the check
+        # for stored copies runs first only from then on, until a batch has none.
+        self._expect_copies = True
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
             return psycopg.connect(self._dsn, application_name="bookaudit-audit-writer")
         except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the warehouse: {str(exc).strip()}") from None
+            # Down or restarting: retry; up but refusing us (password, database): stop.
+            raise pg_connect_error("cannot connect to the warehouse", exc, self._dsn) from None
 
-    def write(self, entries: Sequence[AuditEntry], dead: Sequence[DeadLetter]) -> int:
+    def write(self, rows: Sequence[PreparedRow], dead: Sequence[DeadLetter]) -> int:
         """Commit the whole batch or nothing; the caller commits Kafka offsets only after this.
+        `rows` hold one copy per event (`distinct_entries`).
 
-        Returns how many entries were new: the rest were copies of events already stored, or
-        already in this batch, and were dropped.
+        Returns how many rows were new: the rest were copies of events already stored, and were
+        dropped.
         """
         if self._conn.closed:
             self._conn = self._connect()
-        unique = distinct_entries(entries)
-        inserted = 0
         try:
-            with self._conn.transaction():
-                if unique:
-                    payload = json.dumps([_as_json(e) for e in unique])
-                    row = self._conn.execute(_INSERT, {"entries": payload}).fetchone()
-                    assert row is not None
-                    ids = cast(list[int], row[0])
-                    inserted = len(ids)
-                    self._conn.execute(_CHAIN, (ids,))
-                for letter in dead:
-                    r = letter.record
-                    self._conn.execute(
-                        _DEAD_LETTER, (r.topic, r.partition, r.offset, r.key, r.value, letter.error)
-                    )
+            for _ in range(_ATTEMPTS):
+                try:
+                    with self._conn.transaction():
+                        inserted = self._store(rows, check=self._expect_copies)
+                        self._dead_letters(dead)
+                        started = time.perf_counter()
+                    self.phases.lap("commit (SQL)", started)
+                    # A clean batch written straight in: the stream is past any replay.
+                    self._expect_copies = inserted < len(rows)
+                    return inserted
+                except psycopg.errors.UniqueViolation:
+                    # The batch holds an event the warehouse has (a replay, a re-send, another
+                    # writer's copy): write it again, checking first.
+                    self._expect_copies = True
+                    continue
         except psycopg.OperationalError as exc:
             self._conn.close()
             raise TransientError(f"warehouse write failed: {str(exc).strip()}") from None
@@ -125,7 +240,60 @@ class WarehouseWriter:
             raise TerminalError(
                 "the warehouse has no audit schema: run `bookaudit warehouse init` first"
             ) from None
-        return inserted
+        except psycopg.errors.DataError as exc:
+            # Class 22: a value the warehouse cannot hold (a NUL in text or jsonb). Retrying the
+            # batch fails the same way, so the caller finds the entry and dead-letters it.
+            raise EntryRejected(
+                f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+            ) from None
+        except psycopg.errors.UndefinedFunction:
+            raise TerminalError(
+                "the warehouse's audit schema is older than this writer: "
+                "run `bookaudit warehouse init` to upgrade it"
+            ) from None
+        raise TransientError(
+            f"warehouse write: another writer kept storing the same events ({_ATTEMPTS} attempts)"
+        )
+
+    def _store(self, rows: Sequence[PreparedRow], check: bool) -> int:
+        if not rows:
+            return 0
+        lap = self.phases.lap
+        started = time.perf_counter()
+        new = list(rows)
+        if check:
+            found = self._conn.execute(
+                _STORED,
+                (
+                    [r.key[0] for r in rows],
+                    [format_position(r.key[1]) for r in rows],
+                    [r.key[2] for r in rows],
+                ),
+            ).fetchall()
+            stored = {(s, parse_position(c), int(q)) for s, c, q in found}
+            new = [r for r in rows if r.key not in stored]
+            started = lap("check for stored copies (SQL)", started)
+        if not new:
+            return 0
+        cur = self._conn.cursor()
+        with cur.copy(_COPY_ROWS) as copy:
+            for row in new:
+                copy.write_row(row.values)
+        with cur.copy(_COPY_FIELDS) as copy:
+            for row in new:
+                for values in row.fields:
+                    copy.write_row(values)
+        started = lap("COPY rows and fields (SQL)", started)
+        cur.execute(_LINK, ([r.change_id for r in new], b"".join(r.leaf for r in new)))
+        lap("chain link (SQL)", started)
+        return len(new)
+
+    def _dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        for letter in dead:
+            r = letter.record
+            self._conn.execute(
+                _DEAD_LETTER, (r.topic, r.partition, r.offset, r.key, r.value, letter.error)
+            )
 
     def close(self) -> None:
         self._conn.close()

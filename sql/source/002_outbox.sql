@@ -19,6 +19,23 @@ CREATE TABLE IF NOT EXISTS bookaudit.outbox (
     context     jsonb,              -- set where a context takes effect, NULL elsewhere
     PRIMARY KEY (txid, seq)
 );
+-- The table's columns as this row was written (bookaudit.outbox_shapes); NULL in rows written
+-- before an install that had shapes, which the relay reads through the table as it is now.
+ALTER TABLE bookaudit.outbox ADD COLUMN IF NOT EXISTS shape integer;
+
+-- A table's stored columns, their types and its primary key, as one statement saw them. The relay
+-- reads a queued row through its own shape, so a column added, dropped, renamed or retyped after
+-- the row was written (with the relay running or stopped) changes nothing in what it says.
+-- Not unique: two transactions may record the same shape at once, and either copy serves.
+CREATE TABLE IF NOT EXISTS bookaudit.outbox_shapes (
+    shape    serial  PRIMARY KEY,
+    relid    oid     NOT NULL,
+    columns  text[]  NOT NULL,
+    types    oid[]   NOT NULL,
+    typmods  integer[] NOT NULL,
+    key      text[]  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_shapes_relid ON bookaudit.outbox_shapes (relid);
 
 -- One row per committed audited transaction, numbered in commit order (see register_commit).
 CREATE TABLE IF NOT EXISTS bookaudit.outbox_commits (
@@ -51,11 +68,47 @@ BEGIN
 END
 $$;
 
+-- The shape of a table now (generated columns left out, as pgoutput leaves them out): the one
+-- recorded already, else a new one. Run once per statement that writes rows (see outbox_row).
+CREATE OR REPLACE FUNCTION bookaudit._shape(rel oid) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_columns text[];
+    v_types oid[];
+    v_typmods integer[];
+    v_key text[];
+    v_shape integer;
+BEGIN
+    SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{{}}'),
+           coalesce(array_agg(atttypid ORDER BY attnum), '{{}}'),
+           coalesce(array_agg(atttypmod ORDER BY attnum), '{{}}')
+      INTO v_columns, v_types, v_typmods
+      FROM pg_attribute
+     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    SELECT coalesce(array_agg(a.attname::text ORDER BY k.n), '{{}}') INTO v_key
+      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = rel AND i.indisprimary;
+    SELECT s.shape INTO v_shape FROM bookaudit.outbox_shapes s
+     WHERE s.relid = rel AND s.columns = v_columns AND s.types = v_types
+       AND s.typmods = v_typmods AND s.key = v_key
+     LIMIT 1;
+    IF v_shape IS NULL THEN
+        INSERT INTO bookaudit.outbox_shapes (relid, columns, types, typmods, key)
+        VALUES (rel, v_columns, v_types, v_typmods, v_key) RETURNING shape INTO v_shape;
+    END IF;
+    RETURN v_shape;
+END
+$$;
+
 -- BEFORE ... FOR EACH STATEMENT on every audited table: the trigger-mode twin of emit_context.
+-- A statement may follow an ALTER TABLE in the same transaction: forget the shape noted so far,
+-- and the statement's first row looks it up again.
 CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM bookaudit._note_context();
+    PERFORM set_config('bookaudit._shape_' || TG_RELID, '', true);
     RETURN NULL;
 END
 $$;
@@ -81,7 +134,12 @@ DECLARE
                      AND current_setting('extra_float_digits')::integer >= 1;
     old_row {hstore}.hstore;
     new_row {hstore}.hstore;
+    shape integer := nullif(current_setting('bookaudit._shape_' || TG_RELID, true), '')::integer;
 BEGIN
+    IF shape IS NULL AND TG_LEVEL = 'ROW' THEN
+        shape := bookaudit._shape(TG_RELID);
+        PERFORM set_config('bookaudit._shape_' || TG_RELID, shape::text, true);
+    END IF;
     IF ctx IS NULL THEN
         -- The context moved since the last change (or no statement trigger announced it, as for
         -- a table audited mid-transaction): this change carries it.
@@ -99,11 +157,11 @@ BEGIN
         new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
     INSERT INTO bookaudit.outbox
-        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row, context)
+        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row, context, shape)
     VALUES (
         pg_current_xact_id()::text::bigint, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
         CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
-        old_row, new_row, carried
+        old_row, new_row, carried, shape
     );
     PERFORM set_config('bookaudit._seq', (at + 1)::text, true);
     RETURN NULL;
@@ -140,4 +198,6 @@ CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbo
 -- owner with a fixed search_path, and no one else may attach them to a table of their own.
 ALTER FUNCTION bookaudit.outbox_row() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION bookaudit.register_commit() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE EXECUTE ON FUNCTION bookaudit.outbox_row(), bookaudit.register_commit() FROM PUBLIC;
+ALTER FUNCTION bookaudit._shape(oid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION bookaudit.outbox_row(), bookaudit.register_commit(), bookaudit._shape(oid)
+    FROM PUBLIC;

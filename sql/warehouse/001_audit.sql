@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS audit.row_changes (
     committed_at    timestamptz NOT NULL,
     schema_name     text        NOT NULL,
     table_name      text        NOT NULL,
-    action          text        NOT NULL CHECK (action IN ('insert', 'update', 'delete', 'truncate')),
+    action          text        NOT NULL,
     row_key         jsonb,
     before          jsonb,
     after           jsonb,
@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS audit.row_changes (
     -- The idempotency key: a replayed or duplicated event lands on this and is skipped.
     UNIQUE (source, commit_lsn, sequence)
 );
+
+-- 'existing': a row as it stood when the audit started (the install's baseline, Debezium op r).
+-- Replaced rather than declared inline so that `warehouse init` upgrades an older warehouse;
+-- NOT VALID because the rows already there cannot have changed (the table is append-only).
+ALTER TABLE audit.row_changes DROP CONSTRAINT IF EXISTS row_changes_action_check;
+ALTER TABLE audit.row_changes ADD CONSTRAINT row_changes_action_check
+    CHECK (action IN ('insert', 'update', 'delete', 'truncate', 'existing')) NOT VALID;
 
 CREATE INDEX IF NOT EXISTS row_changes_committed_at ON audit.row_changes (committed_at);
 CREATE INDEX IF NOT EXISTS row_changes_actor ON audit.row_changes (actor, committed_at);

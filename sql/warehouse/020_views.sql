@@ -145,9 +145,11 @@ $$;
 -- fields (such as updated_at) is left out here and kept in audit.row_changes.
 CREATE VIEW audit.timeline AS
 WITH entries AS (
-    SELECT r.*, c.kind, c.row_id, c.customer_column, b.booking_id,
+    SELECT r.*, c.kind, c.row_id, c.customer_column, c.booking_column, c.through_column,
+           b.booking_id,
            audit.label_spec(r.source, r.schema_name, r.table_name) AS spec,
-           r.action = 'snapshot' AS baseline,
+           -- A row as it stood when the audit started (the install's baseline, Debezium op r).
+           r.action = 'existing' AS baseline,
            coalesce(array(SELECT f.field FROM audit.field_changes f
                           WHERE f.change_id = r.id AND f.field <> ALL (m.ignore_fields)
                           ORDER BY f.position), '{}') AS fields
@@ -187,7 +189,10 @@ SELECT e.id AS change_id,
        e.client_addr,
        l.labels,
        audit.label_text(l.labels) AS label,
-       e.fields
+       e.fields,
+       -- The key and the booking link of the row: shown in a folded new row only as its place.
+       array(SELECT jsonb_object_keys(coalesce(e.row_key, '{}'))) || e.booking_column
+           || e.through_column AS link_fields
 FROM entries e
 CROSS JOIN LATERAL (
     SELECT audit.timeline_labels(e.kind, e.spec, e.action, e.baseline, e.before, e.after, e.fields)
@@ -209,7 +214,7 @@ SELECT t.source, t.booking_id, t.change_id, t.committed_at, t.commit_lsn, t.sequ
        t.schema_name, t.table_name, t.kind, t.action, t.row_key, t.row_id, t.label, t.labels,
        t.actor, t.app_actor, t.actor_role, t.actor_origin, t.reason, t.approval_ref,
        t.request_id, t.application, t.db_user, t.client_addr,
-       f.field, f.position, f.old_value, f.new_value
+       f.field, f.position, f.old_value, f.new_value, t.link_fields
 FROM audit.timeline t
 LEFT JOIN audit.field_changes f
        ON f.change_id = t.change_id AND f.field = ANY (t.fields)
@@ -225,7 +230,7 @@ SELECT cl.customer_id, cl.source, NULL AS booking_id, t.change_id, t.committed_a
        t.commit_lsn, t.sequence, t.txid, t.schema_name, t.table_name, t.kind, t.action,
        t.row_key, t.row_id, t.label, t.labels, t.actor, t.app_actor, t.actor_role,
        t.actor_origin, t.reason, t.approval_ref, t.request_id, t.application, t.db_user,
-       t.client_addr, f.field, f.position, f.old_value, f.new_value
+       t.client_addr, f.field, f.position, f.old_value, f.new_value, t.link_fields
 FROM audit.customer_links cl
 JOIN audit.timeline t ON t.change_id = cl.change_id
 LEFT JOIN audit.field_changes f ON f.change_id = t.change_id AND f.field = ANY (t.fields)
@@ -238,7 +243,8 @@ SELECT t.source,
        t.committed_at,
        (t.committed_at AT TIME ZONE 'UTC')::date AS day,
        t.booking_id,
-       CASE WHEN t.kind = 'booking' AND t.action = 'insert' AND NOT t.baseline THEN 'created'
+       CASE WHEN t.baseline THEN 'existing at install'
+            WHEN t.kind = 'booking' AND t.action = 'insert' THEN 'created'
             WHEN t.kind = 'booking' AND t.action = 'delete' THEN 'deleted'
             ELSE 'modified' END AS event,
        t.change_id, t.table_name, t.kind, t.action, t.label, t.labels,

@@ -41,10 +41,12 @@ KAFKA_TRANSIENT_CODES = frozenset(
 )
 
 # SQLSTATE classes and codes that a retry can outlive: the connection broke (08), the server is
-# short of resources (53), an operator stopped it (57P01-57P03), a conflict rolled us back (40),
-# or another process holds the object (55006, a replication slot in use).
+# short of resources (53, except 53400: a configured limit such as max_replication_slots, which
+# needs a person), an operator stopped it (57P01-57P03), a conflict rolled us back (40), or
+# another process holds the object (55006, a replication slot in use).
 _PG_TRANSIENT_CLASSES = ("08", "53", "40")
 _PG_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55006"})
+_PG_TERMINAL_CODES = frozenset({"53400"})
 
 KAFKA_LOGGER = "bookaudit.kafka"
 
@@ -77,6 +79,8 @@ def kafka_logger() -> logging.Logger:
 
 def pg_transient(sqlstate: str | None) -> bool:
     if sqlstate is None:
+        return False
+    if sqlstate in _PG_TERMINAL_CODES:
         return False
     return sqlstate.startswith(_PG_TRANSIENT_CLASSES) or sqlstate in _PG_TRANSIENT_CODES
 

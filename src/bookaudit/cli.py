@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,28 +14,42 @@ import click
 import psycopg
 
 from bookaudit._commands import config_from, log
+from bookaudit.config import ENV_PREFIX, Config
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
+from bookaudit.model import MODES
 
 if TYPE_CHECKING:
     from bookaudit.warehouse.history import Filters
 
 T = TypeVar("T")
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+RETRY_CAP_S = 30.0
 
 
 def with_retry(attempt: Callable[[], T], *, max_attempts: int | None) -> T:
-    """Transient failures retry with capped exponential backoff; terminal ones go straight up."""
+    """Transient failures retry with capped exponential backoff; terminal ones go straight up.
+
+    An attempt that ran longer than the cap before it failed meets a new outage, not the same
+    one: the backoff starts again at 1 s, or a long-lived process would wait the full cap after
+    every blip once it had seen a few.
+    """
     delay = 1.0
     tries = 0
     while True:
         tries += 1
+        started = time.monotonic()
         try:
             return attempt()
         except TransientError as exc:
             if max_attempts is not None and tries >= max_attempts:
                 raise
+            if time.monotonic() - started > RETRY_CAP_S:
+                delay, tries = 1.0, 1
             log(f"bookaudit: {exc} (retry {tries} in {delay:.0f}s)")
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RETRY_CAP_S)
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,27 +70,55 @@ class _Group(click.Group):
         return _handle_errors(super().invoke)(ctx)
 
 
+class _Setting(click.Option):
+    """An option that sets a Config field: its help names the field's env var (click's
+    show_envvar), but the Config reads the env, not click, so flags, env and the TOML file keep
+    one order of precedence and one set of checks."""
+
+    def __init__(self, *args: Any, setting: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = setting or self.name
+        if field not in SETTINGS:
+            raise TypeError(f"option {self.name!r} names no Config field")
+        self.envvar = ENV_PREFIX + field.upper()
+        self.show_envvar = True
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        return None
+
+
+SETTINGS = frozenset(f.name for f in fields(Config))
+
+
+def _setting(*decls: str, **kwargs: Any) -> Decorator:
+    """click.option for a Config field (see _Setting)."""
+    return click.option(*decls, cls=_Setting, **kwargs)
+
+
+# The one --format: tables for people, JSON and CSV with every value exact.
+_format_option: Decorator = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for people; json and csv print every value exactly",
+)
+
+
 def _connection_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     options = {
-        "source_dsn": click.option(
-            "--source-dsn", "--dsn", "source_dsn", help="bookings database (BOOKAUDIT_SOURCE_DSN)"
-        ),
-        "warehouse_dsn": click.option(
-            "--warehouse-dsn", help="audit warehouse (BOOKAUDIT_WAREHOUSE_DSN)"
-        ),
-        "kafka_bootstrap": click.option(
-            "--kafka-bootstrap", help="Kafka bootstrap servers (BOOKAUDIT_KAFKA_BOOTSTRAP)"
-        ),
-        "slot": click.option("--slot", help="replication slot (BOOKAUDIT_SLOT)"),
-        "publication": click.option("--publication", help="publication (BOOKAUDIT_PUBLICATION)"),
-        "topic_prefix": click.option(
-            "--topic-prefix", help="topic prefix (BOOKAUDIT_TOPIC_PREFIX)"
-        ),
-        "mode": click.option(
+        "source_dsn": _setting("--source-dsn", "--dsn", "source_dsn", help="bookings database"),
+        "warehouse_dsn": _setting("--warehouse-dsn", help="audit warehouse"),
+        "kafka_bootstrap": _setting("--kafka-bootstrap", help="Kafka bootstrap servers"),
+        "slot": _setting("--slot", help="replication slot"),
+        "publication": _setting("--publication", help="publication"),
+        "topic_prefix": _setting("--topic-prefix", help="topic prefix"),
+        "mode": _setting(
             "--mode",
-            type=click.Choice(["logical", "trigger"]),
+            type=click.Choice(MODES),
             help="logical decoding, or triggers + outbox where wal_level=logical is unavailable "
-            "(BOOKAUDIT_MODE, default logical)",
+            "(default logical)",
         ),
     }
 
@@ -115,33 +158,54 @@ def source() -> None:
 
 
 @source.command("install")
-@_connection_options("source_dsn", "publication", "mode")
-@click.option("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@_connection_options("source_dsn", "publication", "slot", "mode")
+@_setting("--table", "tables", multiple=True, help="schema.table to audit (repeatable)")
+@_setting(
+    "--snapshot",
+    type=click.Choice(["initial", "never"]),
+    help="initial: record the rows that exist now as a baseline (default); never: only changes",
+)
 @click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
 @click.pass_context
 def source_install(
     ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
 ) -> None:
-    """Context API and triggers; a publication and REPLICA IDENTITY FULL, or (--mode trigger)
-    an outbox with row triggers."""
+    """Context API and triggers; a publication, REPLICA IDENTITY FULL and the replication slot,
+    or (--mode trigger) an outbox with row triggers. The audit is complete from the moment this
+    returns; existing rows are staged as a baseline for the capture."""
     from bookaudit.entity_map import default_map
-    from bookaudit.source.install import TableName, apply, plan_install, render
+    from bookaudit.source.audit_start import check_replication, install, planned_start
+    from bookaudit.source.install import TableName, plan_install, render
 
     cfg = config_from(ctx, tables=tables, **flags)
-    cfg.require("source_dsn")
+    source_dsn = cfg.need("source_dsn")
     names = [TableName.parse(t) for t in cfg.tables]
     if not names and cfg.entity_map != default_map():
         # A bookaudit.toml with its own [map] already says which tables make up the bookings.
         names = [TableName(t.schema, t.name) for t in cfg.entity_map.tables]
-    assert cfg.source_dsn is not None
-    with _connect(cfg.source_dsn, "source") as conn:
-        statements = plan_install(conn, names, cfg.publication, cfg.mode)
-        if dry_run:
-            click.echo(render(conn, statements))
-            return
-        apply(conn, statements, lambda m: log(f"  {m}"))
+    if dry_run:
+        with _connect(source_dsn, "source") as conn:
+            if cfg.mode == "logical":
+                check_replication(conn, cfg.slot)
+            click.echo(render(conn, plan_install(conn, names, cfg.publication, cfg.mode)))
+            for line in planned_start(conn, cfg.slot, cfg.mode, cfg.snapshot):
+                click.echo(f"-- then {line}")
+        return
+    try:
+        started = install(
+            source_dsn,
+            names,
+            publication=cfg.publication,
+            slot=cfg.slot,
+            mode=cfg.mode,
+            snapshot=cfg.snapshot,
+            progress=lambda m: log(f"  {m}"),
+        )
+    except psycopg.OperationalError as exc:
+        raise TerminalError(f"cannot connect to the source database: {str(exc).strip()}") from None
     where = "the outbox" if cfg.mode == "trigger" else f"publication {cfg.publication!r}"
     log(f"source: auditing {', '.join(map(str, names))} in {where} ({cfg.mode} mode)")
+    click.echo(f"source: {started.describe()}")
 
 
 @source.command("uninstall")
@@ -153,9 +217,8 @@ def source_uninstall(ctx: click.Context, /, dry_run: bool, **flags: Any) -> None
     from bookaudit.source.install import apply, plan_uninstall, render
 
     cfg = config_from(ctx, **flags)
-    cfg.require("source_dsn")
-    assert cfg.source_dsn is not None
-    with _connect(cfg.source_dsn, "source") as conn:
+    source_dsn = cfg.need("source_dsn")
+    with _connect(source_dsn, "source") as conn:
         statements = plan_uninstall(conn, cfg.publication, cfg.slot)
         if dry_run:
             click.echo(render(conn, statements))
@@ -215,10 +278,9 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     if warehouse_dsn_alias:
         flags["warehouse_dsn"] = warehouse_dsn_alias
     cfg = config_from(ctx, **flags)
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     own = cfg.entity_map != default_map()
-    init_warehouse(cfg.warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None, log)
+    init_warehouse(warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None, log)
     mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
     log(f"warehouse: audit schema ready{mapped}")
 
@@ -231,20 +293,24 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.warehouse.verify import verify_chain
 
     cfg = config_from(ctx, **flags)
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     from bookaudit.warehouse.gaps import list_gaps
 
-    report = verify_chain(cfg.warehouse_dsn)
+    report = verify_chain(warehouse_dsn)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem}")
     # An accepted gap is not tampering (the chain holds), but the audit is not complete there.
-    for gap in list_gaps(cfg.warehouse_dsn):
+    for gap in list_gaps(warehouse_dsn):
         click.echo(f"GAP: {gap}")
     if not report.intact:
         sys.exit(1)
     # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
     click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+    if report.legacy:
+        click.echo(
+            f"note: {report.legacy} older audit rows are in audit.chain_v1, an earlier release's "
+            "per-row chain, which this verify does not recompute"
+        )
 
 
 @main.group()
@@ -254,8 +320,8 @@ def consume() -> None:
 
 @consume.command("audit")
 @_connection_options("warehouse_dsn", "kafka_bootstrap", "topic_prefix")
-@click.option("--group-id", help="consumer group (default bookaudit-audit)")
-@click.option("--batch-size", type=int, help="records per warehouse transaction")
+@_setting("--group-id", help="consumer group (default bookaudit-audit)")
+@_setting("--batch-size", type=int, help="records per warehouse transaction")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every partition is read to its end")
 @click.pass_context
 def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> None:
@@ -271,12 +337,10 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
 
 @consume.command("alerts")
 @_connection_options("warehouse_dsn", "kafka_bootstrap", "topic_prefix")
-@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
-@click.option(
-    "--webhook", "alerts_webhook", help="also POST each alert here (BOOKAUDIT_ALERTS_WEBHOOK)"
-)
-@click.option("--group-id", "alerts_group_id", help="consumer group (default bookaudit-alerts)")
-@click.option("--batch-size", type=int, help="records per warehouse transaction")
+@_setting("--rules", "alerts_rules", help="TOML rule file")
+@_setting("--webhook", "alerts_webhook", help="also POST each alert here")
+@_setting("--group-id", "alerts_group_id", help="consumer group (default bookaudit-alerts)")
+@_setting("--batch-size", type=int, help="records per warehouse transaction")
 @click.option("--no-stdout", is_flag=True, help="do not print alerts as JSON lines")
 @click.option("--exit-when-idle", is_flag=True, help="stop once every partition is read to its end")
 @click.pass_context
@@ -317,10 +381,9 @@ def map_check(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.source.map_check import check_map, read_catalog
 
     cfg = config_from(ctx, **flags)
-    cfg.require("source_dsn")
-    assert cfg.source_dsn is not None
+    source_dsn = cfg.need("source_dsn")
     entity_map = cfg.entity_map
-    with _connect(cfg.source_dsn, "source") as conn:
+    with _connect(source_dsn, "source") as conn:
         problems = check_map(entity_map, read_catalog(conn, entity_map.tables))
     for problem in problems:
         click.echo(f"{entity_map.origin}: {problem}")
@@ -332,7 +395,7 @@ def map_check(ctx: click.Context, /, **flags: Any) -> None:
 
 @map_.command("apply")
 @_connection_options("warehouse_dsn")
-@click.option("--source", "source_name", help="the source this map is for (BOOKAUDIT_SOURCE_NAME)")
+@_setting("--source", "source_name", help="the source this map is for")
 @click.pass_context
 def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     """Store the map in the warehouse for one source: its views answer with it from now on."""
@@ -340,9 +403,8 @@ def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     from bookaudit.warehouse.mapping import apply_map
 
     cfg = config_from(ctx, **flags)
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
-    with connect_warehouse(cfg.warehouse_dsn) as conn:
+    warehouse_dsn = cfg.need("warehouse_dsn")
+    with connect_warehouse(warehouse_dsn) as conn:
         changed = apply_map(conn, cfg.source_name, cfg.entity_map, log)
     same = "" if changed else " (unchanged)"
     log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}{same}")
@@ -356,25 +418,21 @@ def history() -> None:
     """Read audit history back: labelled timelines, as-of, diff and the booking history log."""
 
 
-_source_option = click.option(
-    "--source",
-    help="which source's rows (BOOKAUDIT_SOURCE); required when several feed the warehouse",
+_source_option = _setting(
+    "--source", help="which source's rows; required when several feed the warehouse"
 )
 
 
 def _history_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every history command takes, in one place."""
-    options = [
+    options: list[Decorator] = [
         click.option("--since", help="from this date or timestamp (read in --tz), inclusive"),
         click.option("--until", help="up to this date (the whole day) or timestamp"),
         click.option("--tz", help="time zone to read and show times in (default: this machine's)"),
         click.option("--field", "fields", multiple=True, help="only entries changing FIELD"),
         click.option("--actor", "actors", multiple=True, help="only entries by this actor or db role"),
         click.option("--label", "labels", multiple=True, help="only entries whose label contains this"),
-        click.option(
-            "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-            show_default=True,
-        ),
+        _format_option,
         _source_option,
     ]  # fmt: skip
     for option in reversed(options):
@@ -434,14 +492,13 @@ def _warehouse_dsn(ctx: click.Context, flags: dict[str, Any]) -> str:
     cfg = config_from(
         ctx, warehouse_dsn=flags.pop("warehouse_dsn", None), source=flags.pop("source")
     )
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     flags["source"] = cfg.source
     from bookaudit.warehouse.gaps import list_gaps
 
-    for gap in list_gaps(cfg.warehouse_dsn, cfg.source):
+    for gap in list_gaps(warehouse_dsn, cfg.source):
         log(f"history: note: audit gap: {gap}")
-    return cfg.warehouse_dsn
+    return warehouse_dsn
 
 
 def _timeline(
@@ -521,7 +578,7 @@ def history_booking(
         )  # fmt: skip
         return
     rows = h.booking_rows(dsn, booking_id, filters)
-    keys = (*h.HISTORY_KEYS, *h.ENTRY_KEYS)
+    keys = h.BOOKING_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries for booking {booking_id}")
 
 
@@ -537,7 +594,7 @@ def history_customer(ctx: click.Context, /, customer_id: str, **opts: Any) -> No
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.customer_rows(dsn, customer_id, filters)
-    keys = ("committed_at", "booking", *h.HISTORY_KEYS[1:], *h.ENTRY_KEYS)
+    keys = h.CUSTOMER_EXPORT_KEYS
     _timeline(
         rows, zone, keys, fmt, f"history: no audit entries for customer {customer_id}",
         with_booking=True,
@@ -556,10 +613,7 @@ def history_actor(ctx: click.Context, /, name: str, **opts: Any) -> None:
     fmt = opts.pop("fmt")
     filters, zone = _filters(opts)
     rows = h.actor_rows(dsn, name, filters)
-    keys = (
-        "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
-        *h.ENTRY_KEYS,
-    )  # fmt: skip
+    keys = h.ACTOR_EXPORT_KEYS
     _timeline(rows, zone, keys, fmt, f"history: no audit entries by {name}", with_booking=True)
 
 
@@ -604,6 +658,25 @@ def history_log(ctx: click.Context, /, per: str | None, **opts: Any) -> None:
     click.echo(h.render_log(rows, counts, totals, zone, period))
 
 
+@main.command()
+@_connection_options("warehouse_dsn")
+@_setting("--host", setting="serve_host", help="address to listen on (default 127.0.0.1)")
+@_setting("--port", setting="serve_port", type=int, help="port (default 8765)")
+@_source_option
+@click.pass_context
+def serve(ctx: click.Context, /, host: str | None, port: int | None, **flags: Any) -> None:
+    """The read-only web pages: timelines with as-of, diff and evidence, the log, alerts."""
+    import waitress
+
+    from bookaudit.web.app import create_app
+    from bookaudit.web.serve import READER_ROLE, check_read_only, settings_from
+
+    settings = settings_from(config_from(ctx, **flags), host=host, port=port)
+    check_read_only(settings.reader_dsn)
+    log(f"serve: {settings.url} (reading as {READER_ROLE}, read-only)")
+    waitress.serve(create_app(settings), host=settings.host, port=settings.port, threads=4)
+
+
 @main.group()
 def alerts() -> None:
     """Read recorded alerts back, and check a rule file."""
@@ -619,7 +692,7 @@ def alerts() -> None:
 )
 @click.option("--booking", help="only this booking's alerts")
 @click.option("--rule", help="only this rule's alerts")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@_format_option
 @click.pass_context
 def alerts_list(
     ctx: click.Context,
@@ -631,23 +704,29 @@ def alerts_list(
     **flags: Any,
 ) -> None:
     """Alerts in commit order, each with the audit entry it refers to."""
-    from bookaudit.warehouse.alerts import list_alerts, render_alerts_json, render_alerts_table
+    from bookaudit.warehouse.alerts import (
+        ALERT_KEYS,
+        list_alerts,
+        render_alerts_json,
+        render_alerts_table,
+    )
+    from bookaudit.warehouse.history import render_csv
 
     cfg = config_from(ctx, **flags)
-    cfg.require("warehouse_dsn")
-    assert cfg.warehouse_dsn is not None
+    warehouse_dsn = cfg.need("warehouse_dsn")
     start = None if since is None else since.replace(tzinfo=UTC)
-    rows = list_alerts(
-        cfg.warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source
-    )
+    rows = list_alerts(warehouse_dsn, since=start, booking=booking, rule=rule, source=cfg.source)
     if not rows and fmt == "table":
         log("no alerts")
+        return
+    if fmt == "csv":
+        click.echo(render_csv([{k: r[k] for k in ALERT_KEYS} for r in rows], ALERT_KEYS))
         return
     click.echo(render_alerts_json(rows) if fmt == "json" else render_alerts_table(rows))
 
 
 @alerts.command("rules")
-@click.option("--rules", "alerts_rules", help="TOML rule file (BOOKAUDIT_ALERTS_RULES)")
+@_setting("--rules", "alerts_rules", help="TOML rule file")
 @click.pass_context
 def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""

@@ -15,12 +15,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bookaudit.entity_map import EntityMap, default_map, map_from_toml
 from bookaudit.errors import ConfigError
+from bookaudit.model import MODES
 
 ENV_PREFIX = "BOOKAUDIT_"
 DEFAULT_TOML = "bookaudit.toml"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-MODES = ("logical", "trigger")
+SNAPSHOTS = ("initial", "never")
 
 
 class Secret(str):
@@ -55,25 +56,35 @@ class Config:
     alerts_webhook: Secret | None = None
     # logical: pgoutput over a replication slot; trigger: row triggers + outbox relay.
     mode: str = "logical"
+    # source install: initial records the existing rows as a baseline (op r); never skips it.
+    snapshot: str = "initial"
     # Which source's rows the read-side commands show; needed once several feed one warehouse.
     source: str | None = None
+    # `bookaudit serve`: loopback by default; any other address needs a token or basic auth.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8765
+    serve_token: Secret | None = None
+    serve_user: str | None = None
+    serve_password: Secret | None = None
     # Only from bookaudit.toml's [map]; the sample schema's map otherwise.
     entity_map: EntityMap = field(default_factory=default_map)
 
-    def require(self, *names: str) -> None:
-        """Fail with the env var a user should set, rather than deep inside a connection call."""
-        for name in names:
-            if not getattr(self, name):
-                raise ConfigError(
-                    f"{name} is not set: pass --{name.replace('_', '-')} "
-                    f"or set {ENV_PREFIX}{name.upper()}"
-                )
+    def need(self, name: str) -> str:
+        """The setting a command cannot run without; unset, it fails naming the flag and the env
+        var a user should set, rather than deep inside a connection call."""
+        value = getattr(self, name)
+        if not value:
+            raise ConfigError(
+                f"{name} is not set: pass --{name.replace('_', '-')} "
+                f"or set {ENV_PREFIX}{name.upper()}"
+            )
+        return str(value)
 
 
-_INT_FIELDS = {"batch_size"}
+_INT_FIELDS = {"batch_size", "serve_port"}
 _DSN_FIELDS = {"source_dsn", "warehouse_dsn"}
 # A webhook URL often carries a token, so it is kept out of reprs like a DSN.
-_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook"}
+_SECRET_FIELDS = {"source_dsn", "warehouse_dsn", "alerts_webhook", "serve_token", "serve_password"}
 
 
 def _check_dsn(name: str, raw: str, origin: str) -> None:
@@ -113,6 +124,8 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {name} {raw!r} must be a lower-case identifier (letters, digits, _)"
         )
+    if name == "snapshot" and raw not in SNAPSHOTS:
+        raise ConfigError(f"{origin}: snapshot {raw!r} must be one of {', '.join(SNAPSHOTS)}")
     if name == "mode" and raw not in MODES:
         raise ConfigError(f"{origin}: mode {raw!r} must be one of {', '.join(MODES)}")
     if name == "topic_prefix" and not _TOPIC.match(raw):

@@ -17,6 +17,9 @@ CONTEXT_PREFIX = "bookaudit.context"
 # before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
 # other rows, so that the outbox order is the order in which the WAL records the changes.
 OUTBOX_TRIGGER = "0_bookaudit_outbox"
+# The column of a staged baseline copy (bookaudit.baseline_<n>) that numbers its rows in key
+# order from 1; the install refuses a table that already has a column by this name.
+BASELINE_SEQ_COLUMN = "_bookaudit_baseline_seq"
 
 # --- positions --------------------------------------------------------------------------------
 
@@ -156,6 +159,12 @@ class ActorContext:
 # changes written before the install) still say so instead of pretending to know.
 NO_CONTEXT = ActorContext(origin="missing")
 
+# A baseline row (op r) was written by nobody the audit saw: it is the row as it stood when the
+# audit started. The label stands in the actor's place so that every reader shows it as such;
+# origin "baseline" is what tells it apart from an application user.
+BASELINE_LABEL = "(existing at install)"
+BASELINE = ActorContext(origin="baseline", id=BASELINE_LABEL)
+
 # --- tables and row changes -------------------------------------------------------------------
 
 Row = dict[str, str | None]
@@ -192,3 +201,79 @@ class RowChange:
     commit_unix_ms: int
     actor: ActorContext
     unchanged_toast: tuple[str, ...] = ()
+    # Debezium's source.snapshot: "false" for a streamed change; "true", or "last" on the final
+    # one, for a row recorded as it existed when the audit started (op "r").
+    snapshot: str = "false"
+
+
+# --- the envelope -----------------------------------------------------------------------------
+
+OPS = ("c", "u", "d", "t", "r")
+MODES = ("logical", "trigger")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Where a capture's changes come from, as every envelope's `source` block names it."""
+
+    name: str
+    db: str
+    mode: str = "logical"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column as the envelope describes it: name, PostgreSQL type, part of the primary key."""
+
+    name: str
+    type: str
+    key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeSource:
+    """The envelope's `source` block. Avro keeps Debezium's names (`txId`, `lsn`, `commit_lsn`);
+    here they are `txid`, `position` and `commit_position`, a CommitSeq when mode is trigger."""
+
+    version: str
+    connector: str
+    name: str
+    db: str
+    schema: str
+    table: str
+    txid: int
+    position: Position
+    commit_position: Position
+    sequence: int
+    ts_ms: int
+    snapshot: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeTransaction:
+    """Debezium's `transaction` block: orders are counted from 1."""
+
+    id: str
+    total_order: int
+    data_collection_order: int
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One change event as a consumer reads it: typed, with the row's real primary key."""
+
+    before: Row | None
+    after: Row | None
+    source: EnvelopeSource
+    op: str
+    ts_ms: int
+    transaction: EnvelopeTransaction | None
+    actor: ActorContext
+    columns: tuple[Column, ...]
+    unchanged_toast: tuple[str, ...]
+
+    @property
+    def column_order(self) -> list[str]:
+        """The table's column order, else the row's own (an envelope may list no columns)."""
+        return [c.name for c in self.columns] or list((self.after or self.before or {}).keys())

@@ -6,8 +6,8 @@ import pytest
 
 from bookaudit.cdc.outbox import OutboxCommit, OutboxRow, OutboxTransaction, pairs_to_row
 from bookaudit.errors import DecodeError
-from bookaudit.kafka.serde import SourceInfo, envelope
-from bookaudit.model import NO_CONTEXT, ActorContext, CommitSeq, TableSchema
+from bookaudit.kafka.serde import envelope_record
+from bookaudit.model import NO_CONTEXT, ActorContext, CommitSeq, SourceInfo, TableSchema
 
 BOOKINGS = TableSchema(
     oid=16400,
@@ -56,7 +56,7 @@ def test_commit_seq_is_the_position_and_xid_is_32_bit() -> None:
     ) * 2 + (2,)
     assert change.xid == 901
     assert change.commit_unix_ms == COMMIT.committed_unix_ms
-    env = envelope(change, SourceInfo("bookings", "db", mode="trigger"), now_ms=1)
+    env = envelope_record(change, SourceInfo("bookings", "db", mode="trigger"), now_ms=1)
     assert env["source"]["mode"] == "trigger"
     assert env["transaction"] == {
         "id": f"901:{COMMIT.commit_seq}",

@@ -7,19 +7,8 @@ import pytest
 from bookaudit.cdc.decode import Begin, Commit, Insert, Relation
 from bookaudit.cdc.transactions import TransactionAssembler, TransactionEnd
 from bookaudit.errors import DecodeError
-from bookaudit.model import NO_CONTEXT, RowChange, TableSchema
-from tests.cdc.fixtures import decoded
-
-
-def resolve(relation: Relation) -> TableSchema:
-    return TableSchema(
-        oid=relation.oid,
-        schema=relation.namespace,
-        name=relation.name,
-        columns=tuple(c.name for c in relation.columns),
-        types=tuple(str(c.type_oid) for c in relation.columns),
-        key=("id",),
-    )
+from bookaudit.model import NO_CONTEXT, RowChange
+from tests.cdc.fixtures import decoded, resolve
 
 
 def assemble() -> list[RowChange | TransactionEnd]:

@@ -63,7 +63,7 @@ class CampaignSettings:
 
 
 SHORT = {"faults": 8, "changes": 3_000, "rate": 60.0}
-LONG = {"faults": 60, "changes": 100_000, "rate": 300.0}
+LONG = {"faults": 60, "changes": 100_000, "rate": 120.0}
 
 
 @dataclass
@@ -327,7 +327,13 @@ class Campaign:
         if fault.kind.startswith("kill-"):
             self.supervisor.kill9(fault.kind.removeprefix("kill-"))
         elif fault.kind == "restart-kafka":
-            devstack.restart(self.settings.state_dir, "kafka", down_s=fault.down_s, progress=_mute)
+            devstack.restart(
+                self.settings.state_dir,
+                "kafka",
+                down_s=fault.down_s,
+                ready_timeout_s=self.settings.recovery_timeout_s,
+                progress=_mute,
+            )
         elif fault.kind == "restart-postgres":
             devstack.restart(
                 self.settings.state_dir, "postgres", down_s=fault.down_s, progress=_mute
@@ -497,6 +503,11 @@ def run_campaign(settings: CampaignSettings, say: Callable[[str], None]) -> Camp
     campaign = Campaign(settings, say)
     try:
         result = campaign.run()
+    except BaseException as exc:
+        say(
+            f"fault campaign aborted ({type(exc).__name__}: {str(exc)[:300]}); seed {settings.seed}"
+        )
+        raise
     finally:
         campaign.close()
     for line in result.report():

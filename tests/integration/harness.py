@@ -4,12 +4,15 @@ in either capture mode (logical decoding, or trigger outbox + relay)."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,32 @@ from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStat
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.kafka.alert import alerts_topic
 from bookaudit.model import CONTEXT_PREFIX
-from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.source.audit_start import AuditStart, install
+from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv
+from devstack import StackEnv, _postgres
 from tests.integration.schemas import SAMPLE, Schema
+
+
+@contextmanager
+def private_server(settings: dict[str, str]) -> Iterator[str]:
+    """A second real PostgreSQL with some settings of its own (a managed database's limits):
+    the shared stack must not be restarted or starved for one test."""
+    bin_dir = _postgres.newest_bin_dir()
+    assert bin_dir is not None, "PostgreSQL binaries are missing"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_dir = Path(tempfile.mkdtemp(prefix="ba-private-"))
+    _postgres.init_cluster(bin_dir, pg_dir, port)
+    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    pid = _postgres.start(bin_dir, pg_dir, port)
+    try:
+        yield _postgres.dsn(port, "postgres")
+    finally:
+        _postgres.stop(bin_dir, pg_dir, pid)
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -111,25 +136,32 @@ class Pipeline:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def create(self, tables: Sequence[str] | None = None) -> Pipeline:
+    def create(self, tables: Sequence[str] | None = None, install: bool = True) -> Pipeline:
+        """The schema and the warehouse, installed as a user would: no capture runs until a test
+        starts one, since the install alone makes the audit complete."""
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}_src"')
             if self.shared_with is None:
                 admin.execute(f'CREATE DATABASE "{self.name}_wh"')
         self.schema.create(self.source_dsn)
-        self.install(self.schema.tables if tables is None else tables)
+        if install:
+            self.install(self.schema.tables if tables is None else tables)
         # A schema with its own map gets it under this pipeline's source name; a shared
         # warehouse is initialised again (every file is idempotent), keeping the others' maps.
         own = {self.source_name: self.schema.entity_map} if self.schema.map_toml else {}
         init_warehouse(self.warehouse_dsn, own)
-        # Create the slot now: changes committed before it exists are not in its stream.
-        self.capture()
         return self
 
-    def install(self, tables: Sequence[str]) -> None:
-        names = [TableName.parse(t) for t in tables]
-        with psycopg.connect(self.source_dsn, autocommit=True) as conn:
-            apply(conn, plan_install(conn, names, "bookaudit", self.mode))
+    def install(self, tables: Sequence[str] | None = None, snapshot: str = "initial") -> AuditStart:
+        return install(
+            self.source_dsn,
+            [TableName.parse(t) for t in (self.schema.tables if tables is None else tables)],
+            publication="bookaudit",
+            slot=self.slot,
+            mode=self.mode,
+            snapshot=snapshot,
+            progress=self.logs.append,
+        )
 
     def drop(self) -> None:
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
@@ -168,11 +200,12 @@ class Pipeline:
         runner = OutboxRelay if self.mode == "trigger" else Capture
         return runner(self.capture_settings(), self.logs.append).run()
 
-    def consume(self, group_id: str | None = None) -> WriterStats:
+    def consume(self, group_id: str | None = None, batch_size: int = 500) -> WriterStats:
         settings = ConsumerSettings(
             bootstrap=self.stack.kafka_bootstrap,
             group_id=group_id or self.group_id,
             topic_prefix=self.prefix,
+            batch_size=batch_size,
         )
         return AuditWriter(settings, self.warehouse_dsn, self.logs.append).run(exit_when_idle=True)
 
@@ -205,10 +238,12 @@ class Pipeline:
         job = AlertsJob(settings, ruleset, self.logs.append, None if out is None else out.append)
         return job.run(exit_when_idle=True)
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "bookaudit", *args],
-            env=self.env(),
+            env=self.env() if env is None else env,
             capture_output=True,
             text=True,
             timeout=300,

@@ -5,6 +5,7 @@ unreachable service is never mistaken for an idle one; secrets stay out of logs 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -21,11 +22,12 @@ from bookaudit.cdc.capture import Capture
 from bookaudit.consumers import _kafka
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.errors import TerminalError, TransientError
 from bookaudit.kafka import producer
 from devstack import StackEnv
-from tests.integration.harness import Pipeline
-from tests.integration.test_alerts_recovery import seed_bookings, unapproved_edits
+from tests.integration.harness import Pipeline, wait_for
+from tests.integration.workloads import seed_bookings, unapproved_edits
 
 TOKEN = "Xq7TOKENzz91secret"
 
@@ -168,3 +170,32 @@ def test_source_unreachable_retries_but_a_refused_login_stops(stack: StackEnv) -
         Capture(
             type(capture_settings)(**{**capture_settings.__dict__, "source_dsn": missing}), print
         )
+
+
+@pytest.mark.slow
+def test_capture_against_unreachable_kafka_retries_with_backoff_in_one_line_each(
+    logical: Pipeline,
+) -> None:
+    """It used to die after 60 s with a TimeoutError traceback and ~1,400 raw librdkafka lines."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    log = logical.spawn_log("capture")
+    capture = logical.spawn("capture", "--kafka-bootstrap", nowhere)
+    try:
+        wait_for("a second retry", lambda: "(retry 2 in" in log.read_text(), timeout=90)
+        assert capture.poll() is None, "an unreachable broker is transient: keep retrying"
+    finally:
+        capture.send_signal(signal.SIGTERM)
+        capture.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "TimeoutError" not in text
+    retries = [line for line in text.splitlines() if "(retry" in line]
+    assert retries[0].startswith(f"bookaudit: Kafka at {nowhere} is unreachable")
+    # librdkafka's own lines come through logging, each shape once a minute at most.
+    assert len(text.splitlines()) < 20, text
+
+
+def test_warehouse_down_retries_but_a_missing_database_stops(stack: StackEnv) -> None:
+    with pytest.raises(TransientError, match="cannot connect to the warehouse"):
+        WarehouseWriter(make_conninfo(stack.admin_dsn, port=free_port()))
+    with pytest.raises(TerminalError, match="no_such_warehouse_for_bookaudit"):
+        WarehouseWriter(make_conninfo(stack.admin_dsn, dbname="no_such_warehouse_for_bookaudit"))

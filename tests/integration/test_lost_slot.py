@@ -3,12 +3,27 @@ travels to the warehouse and shows in `history` and `warehouse verify`."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import tempfile
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
+import psycopg
 import pytest
 
+from bookaudit.cdc.capture import Capture
+from bookaudit.cdc.gaps import SlotCondition, SlotLostError
+from bookaudit.cdc.settings import CaptureSettings
+from bookaudit.config import Secret
 from bookaudit.model import parse_lsn
-from devstack import StackEnv
+from bookaudit.source.audit_start import install
+from bookaudit.source.install import TableName
+from bookaudit.web.app import create_app
+from bookaudit.web.serve import ServeSettings, reader_dsn
+from devstack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
 
 
@@ -68,3 +83,87 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     assert f"GAP: source 'bookings': changes committed after {confirmed}" in verify.stdout
     history = p.cli("history", "booking", str(booking))
     assert f"audit gap: source 'bookings': changes committed after {confirmed}" in history.stderr
+
+    # The web pages say it too, above every page, reading as the read-only role.
+    app = create_app(
+        ServeSettings(Secret(reader_dsn(p.warehouse_dsn)), "127.0.0.1", 0, None, None, None, None)
+    )
+    page = app.test_client().get(f"/bookings/{booking}").get_data(as_text=True)
+    assert f"Audit gap: source &#39;bookings&#39;: changes committed after {confirmed}" in page
+
+
+@pytest.fixture
+def small_wal_server() -> Iterator[str]:
+    """A private server that keeps at most 1 MB of WAL for a slot, so a slot can be invalidated
+    for real without touching the shared one."""
+    bin_dir = _postgres.newest_bin_dir()
+    assert bin_dir is not None, "PostgreSQL binaries are missing"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    pg_dir = Path(tempfile.mkdtemp(prefix="ba-smallwal-"))
+    _postgres.init_cluster(bin_dir, pg_dir, port)
+    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
+        conf.write("max_slot_wal_keep_size = 1MB\nmin_wal_size = 32MB\nmax_wal_size = 64MB\n")
+    pid = _postgres.start(bin_dir, pg_dir, port)
+    try:
+        yield _postgres.dsn(port, "postgres")
+    finally:
+        _postgres.stop(bin_dir, pg_dir, pid)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
+    small_wal_server: str, stack: StackEnv
+) -> None:
+    dsn = small_wal_server
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE jobs (job_no int PRIMARY KEY, note text)")
+    install(
+        dsn, [TableName.parse("jobs")], publication="bookaudit", slot="audit_slot", mode="logical"
+    )
+    prefix = "inval" + uuid.uuid4().hex[:8]
+    settings = CaptureSettings(
+        source_dsn=dsn,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        slot="audit_slot",
+        publication="bookaudit",
+        topic_prefix=prefix,
+        source_name="jobs",
+        exit_when_idle=True,
+    )
+    said: list[str] = []
+    Capture(settings, said.append).run()  # streams from the slot the install created
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs VALUES (1, 'kept')")
+    Capture(settings, said.append).run()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Well past 1 MB of WAL behind the slot, then a checkpoint: the server gives it up.
+        for n in range(2, 6):
+            conn.execute("INSERT INTO jobs VALUES (%s, repeat('x', 100))", (n,))
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+        status = conn.execute(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'audit_slot'"
+        ).fetchone()
+    assert status == ("lost",)
+
+    with pytest.raises(SlotLostError) as refused:
+        Capture(settings, said.append).run()
+    message = str(refused.value)
+    assert "'audit_slot' was invalidated" in message and "max_slot_wal_keep_size" in message
+    assert "changes committed after " in message and "--accept-gap" in message
+
+    Capture(replace(settings, accept_gap=True), said.append).run()
+    assert any("gap accepted" in line for line in said)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs VALUES (9, 'after the gap')")
+        gaps = conn.execute("SELECT slot, reason FROM bookaudit.capture_gaps").fetchall()
+        wal_status = conn.execute(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'audit_slot'"
+        ).fetchone()
+    assert gaps == [("audit_slot", f"slot {SlotCondition(True, 'lost').lost}")]
+    assert wal_status is not None and wal_status[0] != "lost"
+    stats = Capture(settings, said.append).run()
+    assert stats.changes == 1  # the new slot streams on without the flag

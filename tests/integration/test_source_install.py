@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import DeserializingConsumer
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings
-from bookaudit.consumers.records import Record, decode_record
 from bookaudit.errors import SourceCheckError
+from bookaudit.kafka.serde import EnvelopeDeserializer
+from bookaudit.model import Envelope
 from bookaudit.source.install import TableName, apply, check_source, plan_install
-from devstack import StackEnv, _postgres
-from tests.integration.harness import Pipeline
+from devstack import StackEnv
+from tests.integration.harness import Pipeline, private_server
 
 
 def _state(p: Pipeline) -> tuple[object, ...]:
@@ -148,21 +144,8 @@ def test_non_owner_is_refused_for_lack_of_privileges(pipeline: Pipeline) -> None
 @pytest.fixture
 def replica_level_server() -> Iterator[str]:
     """A second real server with wal_level=replica, as many managed databases run."""
-    bin_dir = _postgres.newest_bin_dir()
-    assert bin_dir is not None, "PostgreSQL binaries are missing"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pg_dir = Path(tempfile.mkdtemp(prefix="ba-replica-"))
-    _postgres.init_cluster(bin_dir, pg_dir, port)
-    with (pg_dir / "data" / "postgresql.conf").open("a") as conf:
-        conf.write("wal_level = replica\n")
-    pid = _postgres.start(bin_dir, pg_dir, port)
-    try:
-        yield _postgres.dsn(port, "postgres")
-    finally:
-        _postgres.stop(bin_dir, pg_dir, pid)
-        shutil.rmtree(pg_dir, ignore_errors=True)
+    with private_server({"wal_level": "replica"}) as dsn:
+        yield dsn
 
 
 def test_wal_level_other_than_logical_is_refused(replica_level_server: str) -> None:
@@ -196,36 +179,36 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
     )
     assert OutboxRelay(settings, lambda _m: None).run().changes == 2
 
-    consumer = Consumer(
+    # Any confluent-kafka consumer reads the events with bookaudit's deserializer.
+    consumer = DeserializingConsumer(
         {
             "bootstrap.servers": stack.kafka_bootstrap,
             "group.id": prefix,
             "auto.offset.reset": "earliest",
+            "value.deserializer": EnvelopeDeserializer(),
         }
     )
-    events: list[dict[str, Any]] = []
+    events: list[Envelope] = []
     try:
         consumer.subscribe([f"{prefix}.public.bookings"])
         deadline = time.monotonic() + 60
         while len(events) < 2 and time.monotonic() < deadline:
             msg = consumer.poll(1.0)
             if msg is not None and msg.error() is None:
-                record = Record(
-                    str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
-                    msg.key(), msg.value(),
-                )  # fmt: skip
-                events.append(decode_record(record).envelope)
+                envelope = msg.value()
+                assert isinstance(envelope, Envelope)
+                events.append(envelope)
     finally:
         consumer.close()
     seen = sorted(
         (
-            e["source"]["sequence"],
-            e["op"],
-            e["actor"]["id"],
-            e["actor"]["role"],
-            (e["before"] or {}).get("price"),
-            e["after"]["price"],
-            e["source"]["mode"],
+            e.source.sequence,
+            e.op,
+            e.actor.id,
+            e.actor.role,
+            (e.before or {}).get("price"),
+            (e.after or {}).get("price"),
+            e.source.mode,
         )
         for e in events
     )

@@ -52,7 +52,7 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
         "'delete', 'application', 'x', 0, 0)",
     )
     result = pipeline.cli("warehouse", "verify", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
     expected = sorted(
         [

@@ -20,6 +20,44 @@ def _as(dsn: str, app: str = "bookings-app") -> psycopg.Connection[tuple[object,
     return psycopg.connect(dsn, application_name=app)
 
 
+def seed_existing(dsn: str, say: Callable[[str], None]) -> int:
+    """Bookings the business already had before bookaudit was installed; returns one of them.
+
+    Written as the application always wrote them, without any actor context: bookaudit is not
+    there yet, so nothing records these inserts, and only the install's baseline can show them.
+    """
+    with _as(dsn) as conn:
+        row = conn.execute(
+            "INSERT INTO customers (name, email, address) VALUES "
+            "('Ada Lovelace', 'ada@example.com', 'Prinsengracht 7'), "
+            "('Alan Turing', 'alan@example.com', 'Herengracht 3') RETURNING id"
+        ).fetchall()
+        booking = conn.execute(
+            "INSERT INTO bookings (customer_id, service, address, price, status) VALUES "
+            "(%s, 'Boiler service', 'Prinsengracht 7', 95.00, 'requested'), "
+            "(%s, 'Gutter cleaning', 'Herengracht 3', 60.00, 'requested') RETURNING id",
+            (row[0][0], row[1][0]),
+        ).fetchall()
+        existing = int(str(booking[0][0]))
+    say(f"last week: Ada Lovelace's booking {existing} (boiler service, 95.00) and one more")
+    return existing
+
+
+def reschedule_existing(dsn: str, booking_id: int, say: Callable[[str], None]) -> None:
+    """The day also touches a booking that predates the audit."""
+    with _as(dsn) as conn:
+        conn.execute(
+            "SELECT bookaudit.set_actor('dana', role => 'dispatcher', request_id => 'req-5007')"
+        )
+        conn.execute(
+            "UPDATE bookings SET scheduled_start = '2026-11-28 13:00+01', "
+            "scheduled_end = '2026-11-28 14:00+01', status = 'scheduled', updated_at = now() "
+            "WHERE id = %s",
+            (booking_id,),
+        )
+    say(f"19:00 dana schedules the older booking {booking_id} for Saturday 13:00-14:00")
+
+
 def play_day(dsn: str, say: Callable[[str], None]) -> int:
     """Returns the id of the booking the day revolves around."""
     with _as(dsn) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from bookaudit.classify import kafka_error, kafka_logger
 from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER, MAX_MESSAGE_BYTES, TOPIC_MAX_MESSAGE_BYTES, split
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA_ID, SCHEMA_HEADER, KafkaRecord
+from bookaudit.kafka.serde import KafkaRecord
 
 # How long to wait for the cluster to answer a metadata or topic request before retrying.
 ADMIN_TIMEOUT_S = 15.0
@@ -47,6 +48,9 @@ class KafkaSink:
                 "batch.num.messages": 10000,
                 "queue.buffering.max.messages": 500000,
                 "queue.buffering.max.kbytes": 1048576,
+                # Topics are created before use (ensure_topic); give a busy broker time to
+                # propagate them instead of failing events as unknown-topic.
+                "topic.metadata.propagation.max.ms": 120000,
             }
         )
         self._topics: set[str] = set()
@@ -78,13 +82,35 @@ class KafkaSink:
                 f"cannot create topic {topic}: Kafka at {self._settings.bootstrap} did not answer "
                 f"in {ADMIN_TIMEOUT_S * 2:.0f}s"
             ) from None
+        self._await_metadata(topic)
         self._topics.add(topic)
+
+    def _await_metadata(self, topic: str) -> None:
+        """Wait until the producer's own metadata shows the new topic's partitions.
+
+        A topic the controller just created can still be unknown to the broker the producer
+        asks; on a loaded machine that outlasts librdkafka's propagation window and the first
+        events come back UNKNOWN_TOPIC_OR_PART.
+        """
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S * 2
+        while True:
+            try:
+                found = self._producer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+            except KafkaException as exc:
+                raise kafka_error(f"cannot read metadata of topic {topic}", exc) from None
+            if found is not None and found.error is None and found.partitions:
+                return
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"topic {topic} was created but Kafka at {self._settings.bootstrap} does not "
+                    f"list it after {ADMIN_TIMEOUT_S * 2:.0f}s"
+                )
+            time.sleep(0.1)
 
     def send(
         self,
         record: KafkaRecord,
         on_delivery: Callable[[Any, Any], None],
-        schema_id: bytes = ENVELOPE_SCHEMA_ID,
     ) -> None:
         """One event; one too big for a Kafka message goes as consecutive chunks (chunks.py),
         and `on_delivery` hears once, when every chunk is acknowledged or one failed."""
@@ -92,7 +118,7 @@ class KafkaSink:
         parts = split(record.value)
         callback = on_delivery if len(parts) == 1 else _all_of(len(parts), on_delivery)
         for chunk, value in parts:
-            headers: list[tuple[str, str | bytes | None]] = [(SCHEMA_HEADER, schema_id)]
+            headers: list[tuple[str, str | bytes | None]] = list(record.headers)
             if chunk is not None:
                 headers.append((CHUNK_HEADER, chunk.header()))
             self._produce(record.topic, record.key, value, headers, callback)

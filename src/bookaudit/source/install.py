@@ -10,12 +10,43 @@ import psycopg
 from psycopg import sql
 
 from bookaudit._resources import read_text
-from bookaudit.config import MODES
 from bookaudit.errors import SourceCheckError
-from bookaudit.model import OUTBOX_TRIGGER
+from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
+
+
+def _split_name(text: str) -> list[str] | None:
+    """Dot-separated parts, a part starting with `"` read as a quoted identifier."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if text[j + 1 : j + 2] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                buf.append(text[j])
+                j += 1
+            parts.append("".join(buf))
+        else:
+            j = text.find(".", i)
+            j = n if j < 0 else j
+            parts.append(text[i:j])
+        i = j
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
 
 
 @dataclass(frozen=True)
@@ -27,7 +58,15 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str) -> TableName:
-        parts = text.split(".")
+        """`table`, `schema.table`, or either part in double quotes as SQL writes it, for a name
+        holding a dot (`public."a.b"`, with `""` for a quote inside). Names are taken as written,
+        never case-folded."""
+        parts = _split_name(text)
+        if parts is None:
+            raise SourceCheckError(
+                f"--table {text!r}: an unterminated or misplaced double quote; write a name "
+                'with a dot as public."a.b", a quote inside quotes as ""'
+            )
         if len(parts) == 1 and parts[0]:
             return cls("public", parts[0])
         if len(parts) == 2 and all(parts):
@@ -146,7 +185,10 @@ def plan_install(
             f"this database is audited in {current} mode: run `bookaudit source uninstall` "
             f"(after the capture drained it) before installing {mode} mode"
         )
-    statements: list[sql.Composable] = [sql.SQL(read_text("sql", "source", "001_context.sql"))]
+    statements: list[sql.Composable] = [
+        sql.SQL(read_text("sql", "source", "001_context.sql")),
+        sql.SQL(read_text("sql", "source", "004_audit_start.sql")),
+    ]
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
     statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))

@@ -23,6 +23,12 @@ HISTORY_KEYS = (
 )  # fmt: skip
 # What every per-field row adds to today's keys, so JSON and CSV rows group into entries.
 ENTRY_KEYS = ("booking_id", "label", "change_id", "source", "approval_ref", "reason")
+BOOKING_EXPORT_KEYS = (*HISTORY_KEYS, *ENTRY_KEYS)
+CUSTOMER_EXPORT_KEYS = ("committed_at", "booking", *HISTORY_KEYS[1:], *ENTRY_KEYS)
+ACTOR_EXPORT_KEYS = (
+    "committed_at", "actor_role", "action", "table", "row", "field", "old", "new", "txid",
+    *ENTRY_KEYS,
+)  # fmt: skip
 
 
 # --- options every history command takes --------------------------------------------------
@@ -109,7 +115,7 @@ class Filters:
 _ORDER = sql.SQL("ORDER BY committed_at, commit_lsn, sequence, position")
 _ENTRY_COLUMNS = sql.SQL(
     "booking_id, label, change_id, source, approval_ref, reason, app_actor, db_user, "
-    "commit_lsn, sequence, position, row_id, kind"
+    "commit_lsn, sequence, position, row_id, kind, link_fields"
 )
 
 
@@ -403,6 +409,14 @@ class Entry:
     reason: str | None
     txid: int
     changes: tuple[Change, ...]
+    # The row's key and booking link: a new or removed row lists them only in JSON and CSV.
+    link_fields: tuple[str, ...] = ()
+
+    @property
+    def shown_changes(self) -> tuple[Change, ...]:
+        if self.action == "update":
+            return self.changes
+        return tuple(c for c in self.changes if c.field not in self.link_fields) or self.changes
 
     @property
     def who(self) -> str:
@@ -415,10 +429,11 @@ class Entry:
 
     def summary(self, zone: tzinfo) -> str:
         """Updates as 'field old → new'; a new or removed row folded as 'field value'."""
-        if self.action in ("insert", "delete", "snapshot"):
+        if self.action in ("insert", "delete", "existing"):
             gone = self.action == "delete"
             return ", ".join(
-                f"{c.field} {show_value(c.old if gone else c.new, zone)}" for c in self.changes
+                f"{c.field} {show_value(c.old if gone else c.new, zone)}"
+                for c in self.shown_changes
             )
         return ", ".join(
             f"{c.field} {show_value(c.old, zone)} → {show_value(c.new, zone)}" for c in self.changes
@@ -447,6 +462,7 @@ def entries(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
                 reason=r.get("reason"),
                 txid=r["txid"],
                 changes=change,
+                link_fields=tuple(r.get("link_fields") or ()),
             )
         else:
             grouped[r["change_id"]] = Entry(**{**entry.__dict__, "changes": entry.changes + change})

@@ -11,8 +11,8 @@ from bookaudit.consumers.alerts.rules import NO_CONTEXT, evaluate
 from bookaudit.consumers.alerts.sink import backoff_delay, display_url, json_line
 from bookaudit.consumers.records import Record
 from bookaudit.kafka.alert import DOCUMENT_KEYS, decode_alert, encode_alert, in_schema_order
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import ActorContext, Lsn, RowChange, TableSchema
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import ActorContext, Lsn, RowChange, SourceInfo, TableSchema
 
 BOOKINGS = TableSchema(
     oid=2,
@@ -60,7 +60,7 @@ def row_change(
 
 def record(change: RowChange, offset: int) -> Record:
     kafka = to_kafka(change, SourceInfo("bookings", "db"), "ba", now_ms=1)
-    return Record(kafka.topic, 0, offset, kafka.key, kafka.value)
+    return Record(kafka.topic, 0, offset, kafka.key, kafka.value, kafka.headers)
 
 
 RAW = ActorContext(origin="db_session", db_user="postgres", application="psql")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from bookaudit.consumers import records
 from bookaudit.consumers.records import (
     AuditEntry,
     FieldChange,
@@ -12,9 +15,9 @@ from bookaudit.consumers.records import (
     decode_and_map,
     distinct_entries,
 )
-from bookaudit.kafka.serde import SourceInfo, to_kafka
-from bookaudit.model import Lsn, format_position
-from tests.cdc.test_envelope import change
+from bookaudit.kafka.serde import to_kafka
+from bookaudit.model import Lsn, SourceInfo, format_position
+from tests.cdc.fixtures import change
 
 ORDER = ["id", "price", "status"]
 
@@ -48,7 +51,7 @@ def test_delete_lists_every_non_null_old_value() -> None:
 def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> None:
     good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
     records = [
-        Record("ba.public.booking_lines", 0, 10, good.key, good.value),
+        Record("ba.public.booking_lines", 0, 10, good.key, good.value, good.headers),
         Record("ba.public.booking_lines", 0, 11, b"k", b"\x02garbage"),
         Record("ba.public.booking_lines", 0, 12, None, None),
     ]
@@ -56,7 +59,7 @@ def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> No
     assert len(entries) == 1
     entry = entries[0]
     assert entry.action == "update"
-    assert entry.actor["id"] == "alice"
+    assert entry.actor.id == "alice"
     assert entry.row_key == {"booking_id": "7", "line_no": "2"}
     assert entry.commit_position == 0x1_0000_0000
     assert [f.field for f in entry.fields] == ["price", "memo"]
@@ -64,11 +67,37 @@ def test_decode_and_map_routes_poison_to_dead_letters_and_keeps_the_rest() -> No
     assert "ba.public.booking_lines[0]@11" in dead[0].error
 
 
+def test_a_record_without_the_schema_header_is_a_dead_letter() -> None:
+    good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
+    entries, dead = decode_and_map([Record("ba.public.booking_lines", 1, 5, good.key, good.value)])
+    assert entries == []
+    assert [d.error for d in dead] == [
+        "ba.public.booking_lines[1]@5: no bookaudit.schema header: not a record bookaudit wrote"
+    ]
+
+
+def test_a_mapper_bug_stops_the_batch_instead_of_dead_lettering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only records that do not decode are set aside; a failure of ours must surface, so the
+    consumer stops before its offsets move and no good record is quietly parked."""
+
+    def broken(_decoded: object) -> AuditEntry:
+        raise KeyError("price")
+
+    monkeypatch.setattr(records, "to_audit_entry", broken)
+    good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
+    with pytest.raises(KeyError, match="price"):
+        decode_and_map(
+            [Record("ba.public.booking_lines", 0, 1, good.key, good.value, good.headers)]
+        )
+
+
 def test_distinct_entries_keeps_the_first_copy_in_identity_order() -> None:
     def entry(lsn: int, sequence: int, offset: int) -> AuditEntry:
         good = to_kafka(change(), SourceInfo("bookings", "db"), "ba", now_ms=1)
         [mapped], _ = decode_and_map(
-            [Record("ba.public.booking_lines", 0, offset, None, good.value)]
+            [Record("ba.public.booking_lines", 0, offset, None, good.value, good.headers)]
         )
         return replace(mapped, commit_position=Lsn(lsn), sequence=sequence)
 

@@ -1,0 +1,373 @@
+"""The audit writer beside the capture: backlog drain rate on one 200k-row UPDATE, commit →
+warehouse latency at steady one-row transactions, and a new table's first change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from bench.alerts import Probe, percentiles, spawn, wait_until
+from bench.capture import _FILL, _TABLE, _pg_tool
+from bookaudit.cdc.capture import Capture
+from bookaudit.cdc.settings import CaptureSettings
+from bookaudit.consumers._kafka import ConsumerSettings
+from bookaudit.consumers.audit.job import AuditWriter, WriterStats
+from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.warehouse.schema import init_warehouse
+
+ROWS = 200_000
+STEADY_ROWS = 10_000
+RATES = (1000, 2500)
+STEADY_S = 20
+WARMUP_S = 2
+NEW_TABLES = 3
+WRITERS = 2
+TARGET_DRAIN_RATIO = 1.0
+TARGET_P99_MS = {1000: 100.0, 2500: 250.0}
+TARGET_NEW_TABLE_MS = 1000.0
+POLL_S = 0.01
+
+_PGBENCH_SCRIPT = """\\set id random(1, {rows})
+BEGIN;
+SET LOCAL bookaudit.actor = 'bench';
+UPDATE bench_bookings SET price = price + 0.01, updated_at = now() WHERE id = :id;
+END;
+"""
+
+
+def _log(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+@contextmanager
+def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
+    """A source and a warehouse database of their own, dropped afterwards with their slots."""
+    name = "benchw_" + uuid.uuid4().hex[:8]
+    source = make_conninfo(admin_dsn, dbname=f"{name}_src")
+    warehouse = make_conninfo(admin_dsn, dbname=f"{name}_wh")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}_src"')
+        admin.execute(f'CREATE DATABASE "{name}_wh"')
+    try:
+        yield name, source, warehouse
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (f"{name}_src",),
+            )
+            with psycopg.connect(source, autocommit=True) as src:
+                src.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = current_database()"
+                )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}_src" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}_wh" WITH (FORCE)')
+
+
+def prepare(source: str, warehouse: str, slot: str, rows: int) -> None:
+    """The 10-column bookings table, the audit install and the slot (after the rows)."""
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(_TABLE)
+        conn.execute(_FILL, (rows,))
+        apply(conn, plan_install(conn, [TableName.parse("bench_bookings")], "bookaudit"))
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    init_warehouse(warehouse)
+
+
+# --- backlog drain ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drain:
+    capture_s: float
+    writer_s: float
+    stats: WriterStats
+    phases: dict[str, float]
+    # The same backlog again, into a second warehouse, by writer processes of one group.
+    group_s: float
+
+
+def drain(admin: str, bootstrap: str) -> Drain:
+    """One 200k-row UPDATE: the capture puts it on Kafka alone, then the writer drains it alone."""
+    with databases(admin) as (name, source, warehouse):
+        _log(f"drain: preparing {ROWS:,} rows and one {ROWS:,}-row UPDATE ...")
+        prepare(source, warehouse, name, ROWS)
+        with psycopg.connect(source, autocommit=True) as conn, conn.transaction():
+            conn.execute("SELECT bookaudit.set_actor('bench', role => 'admin')")
+            conn.execute("UPDATE bench_bookings SET price = price + 1, updated_at = now()")
+        settings = CaptureSettings(
+            source_dsn=source, kafka_bootstrap=bootstrap, slot=name, publication="bookaudit",
+            topic_prefix=name, source_name="bench", exit_when_idle=True,
+        )  # fmt: skip
+        started = time.perf_counter()
+        captured = Capture(settings, _log).run()
+        capture_s = time.perf_counter() - started
+        if captured.changes != ROWS:
+            raise click.ClickException(f"capture produced {captured.changes}, expected {ROWS}")
+        consumer = ConsumerSettings(bootstrap=bootstrap, group_id=name, topic_prefix=name)
+        writer = AuditWriter(consumer, warehouse, _log)
+        started = time.perf_counter()
+        stats = writer.run(exit_when_idle=True)
+        writer_s = time.perf_counter() - started
+        if stats.written != ROWS:
+            raise click.ClickException(f"writer stored {stats.written}, expected {ROWS}")
+        group_s = drain_by_group(admin, bootstrap, name)
+        return Drain(capture_s, writer_s, stats, dict(writer.phases.seconds), group_s)
+
+
+def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
+    """WRITERS `consume audit` processes of one new group drain the topic into a new warehouse:
+    how a deployment scales the writer out by partitions."""
+    second = f"{prefix}_wh2"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{second}"')
+    warehouse = make_conninfo(admin, dbname=second)
+    try:
+        init_warehouse(warehouse)
+        env = {
+            **os.environ,
+            "BOOKAUDIT_WAREHOUSE_DSN": warehouse,
+            "BOOKAUDIT_KAFKA_BOOTSTRAP": bootstrap,
+            "BOOKAUDIT_TOPIC_PREFIX": prefix,
+            "BOOKAUDIT_GROUP_ID": f"{prefix}-group",
+        }
+        _log(f"drain: {WRITERS} writer processes of one group ...")
+        started = time.perf_counter()
+        processes = [spawn(["consume", "audit", "--exit-when-idle"], env) for _ in range(WRITERS)]
+        for p in processes:
+            if p.wait(timeout=900) != 0:
+                raise click.ClickException(f"a writer process exited with {p.returncode}")
+        taken = time.perf_counter() - started
+        with psycopg.connect(warehouse) as conn:
+            row = conn.execute("SELECT count(*) FROM audit.row_changes").fetchone()
+        if row is None or row[0] != ROWS:
+            raise click.ClickException(f"writer processes stored {row}, expected {ROWS}")
+        return taken
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{second}" WITH (FORCE)')
+
+
+# --- steady latency and new tables -------------------------------------------------------------
+
+
+@dataclass
+class WarehousePoller:
+    """Stamps each audit row as it becomes visible in the warehouse, against its commit time."""
+
+    dsn: str
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    window: str = ""
+    since_ms: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    last_id: int = 0
+    tables_seen: dict[str, float] = field(default_factory=dict)
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                rows = conn.execute(
+                    "SELECT id, table_name, (extract(epoch FROM committed_at) * 1000)::bigint "
+                    "FROM audit.row_changes WHERE id > %s ORDER BY id",
+                    (self.last_id,),
+                ).fetchall()
+                seen_ms = time.time() * 1000
+                for change_id, table, committed_ms in rows:
+                    self.last_id = max(self.last_id, change_id)
+                    if table != "bench_bookings":
+                        self.tables_seen.setdefault(table, seen_ms - committed_ms)
+                    elif self.window and committed_ms >= self.since_ms:
+                        self.latencies_ms[self.window].append(seen_ms - committed_ms)
+                time.sleep(POLL_S)
+
+    def open_window(self, name: str, since_ms: int) -> None:
+        self.latencies_ms[name] = []
+        self.since_ms, self.window = since_ms, name
+
+
+def pgbench(source: str, rate: int, seconds: int) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(_PGBENCH_SCRIPT.format(rows=STEADY_ROWS))
+    try:
+        subprocess.run(
+            [_pg_tool("pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(rate),
+             "-T", str(seconds), "-f", script.name, source],
+            check=True, capture_output=True, timeout=seconds + 120,
+        )  # fmt: skip
+    finally:
+        Path(script.name).unlink()
+
+
+def add_table(source: str, number: int) -> None:
+    """A table the pipeline has never seen: install it while capture and writer run, then write."""
+    table = f"bench_new_{number}"
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, note text)")
+        apply(
+            conn,
+            plan_install(
+                conn, [TableName.parse("bench_bookings"), TableName.parse(table)], "bookaudit"
+            ),
+        )
+        with conn.transaction():
+            conn.execute("SELECT bookaudit.set_actor('bench')")
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'first')")
+
+
+@dataclass(frozen=True)
+class Steady:
+    warehouse_ms: dict[int, list[float]]
+    kafka_ms: dict[int, list[float]]
+    new_table_ms: list[float]
+
+
+def steady(admin: str, bootstrap: str) -> Steady:
+    with databases(admin) as (name, source, warehouse):
+        _log(f"steady: {STEADY_ROWS:,} bookings, capture and consume audit as processes ...")
+        prepare(source, warehouse, name, STEADY_ROWS)
+        env = {
+            **os.environ,
+            "BOOKAUDIT_SOURCE_DSN": source,
+            "BOOKAUDIT_WAREHOUSE_DSN": warehouse,
+            "BOOKAUDIT_KAFKA_BOOTSTRAP": bootstrap,
+            "BOOKAUDIT_SLOT": name,
+            "BOOKAUDIT_TOPIC_PREFIX": name,
+            "BOOKAUDIT_GROUP_ID": f"{name}-audit",
+        }
+        processes = [spawn(["capture"], env), spawn(["consume", "audit"], env)]
+        poller = WarehousePoller(warehouse)
+        probe = Probe(bootstrap, f"{name}.public.bench_bookings", since_ms=0)
+        threads = [threading.Thread(target=poller.run), threading.Thread(target=probe.run)]
+        for t in threads:
+            t.start()
+        warehouse_ms: dict[int, list[float]] = {}
+        kafka_ms: dict[int, list[float]] = {}
+        try:
+            # The pipeline is up once a first change has gone all the way through.
+            with psycopg.connect(source, autocommit=True) as conn:
+                conn.execute("UPDATE bench_bookings SET status = 'ready' WHERE id = 1")
+            wait_until("the first change in the warehouse", lambda: poller.last_id > 0)
+            for rate in RATES:
+                _log(f"steady: {rate:,} one-row transactions/s for {STEADY_S} s (pgbench) ...")
+                since_ms = int(time.time() * 1000) + WARMUP_S * 1000
+                poller.open_window(str(rate), since_ms)
+                probe.latencies_ms.clear()
+                probe.since_ms = since_ms
+                pgbench(source, rate, STEADY_S + WARMUP_S)
+                expected = _settled(probe)
+                wait_until(
+                    f"{expected} changes in the warehouse",
+                    lambda got=poller.latencies_ms[str(rate)], n=expected: len(got) >= n,
+                    timeout=300,
+                )
+                warehouse_ms[rate] = list(poller.latencies_ms[str(rate)])
+                kafka_ms[rate] = list(probe.latencies_ms)
+            poller.window = ""
+            for n in range(1, NEW_TABLES + 1):
+                _log(f"new table: bench_new_{n}")
+                add_table(source, n)
+                wait_until(
+                    f"bench_new_{n} in the warehouse",
+                    lambda table=f"bench_new_{n}": table in poller.tables_seen,
+                )
+            new_table_ms = [poller.tables_seen[f"bench_new_{n}"] for n in range(1, NEW_TABLES + 1)]
+        finally:
+            poller.stop.set()
+            probe.stop.set()
+            for t in threads:
+                t.join()
+            for p in processes:
+                p.terminate()
+                with suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=20)
+        return Steady(warehouse_ms, kafka_ms, new_table_ms)
+
+
+def _settled(probe: Probe) -> int:
+    """The window's change count, once the Kafka probe has stopped seeing new ones."""
+    count = -1
+    while count != len(probe.latencies_ms):
+        count = len(probe.latencies_ms)
+        time.sleep(1.0)
+    return count
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+@click.command()
+def main() -> None:
+    admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
+    bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
+    if not admin or not bootstrap:
+        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
+    d = drain(admin, bootstrap)
+    s = steady(admin, bootstrap)
+
+    capture_rate, writer_rate = ROWS / d.capture_s, ROWS / d.writer_s
+    ratio = writer_rate / capture_rate
+    click.echo(f"backlog, one {ROWS:,}-row UPDATE of a 10-column table:")
+    click.echo(
+        f"  capture, commit → Kafka ack:      {capture_rate:8,.0f} changes/s ({d.capture_s:.2f} s)"
+    )
+    click.echo(
+        f"  audit writer, Kafka → warehouse:  {writer_rate:8,.0f} changes/s ({d.writer_s:.2f} s)"
+    )
+    click.echo(
+        f"  writer / capture ratio:           {ratio:8.2f}   target ≥ {TARGET_DRAIN_RATIO}: {_met(ratio >= TARGET_DRAIN_RATIO)}"
+    )
+    group_rate = ROWS / d.group_s
+    click.echo(
+        f"  {WRITERS} writer processes, one group:   {group_rate:8,.0f} changes/s ({d.group_s:.2f} s, process start included)"
+    )
+    click.echo(f"  {WRITERS} writers / capture ratio:        {group_rate / capture_rate:8.2f}")
+    total = sum(d.phases.values())
+    click.echo(
+        f"  where the one writer's time went ({total:.2f} s of work; the lane's SQL steps overlap the Python ones):"
+    )
+    for phase, seconds in sorted(d.phases.items(), key=lambda kv: -kv[1]):
+        click.echo(
+            f"    {phase:40s} {seconds:6.2f} s  {seconds / total:5.1%}  {seconds / ROWS * 1e6:6.1f} µs/change"
+        )
+    click.echo("commit → visible, ms, one-row transactions (pgbench -R, 4 clients):")
+    click.echo("                                          p50     p95     p99     max")
+    for rate in RATES:
+        k, w = s.kafka_ms[rate], s.warehouse_ms[rate]
+        kp, wp = percentiles(k), percentiles(w)
+        click.echo(
+            f"  {rate:,}/s  change event on Kafka       {kp[0]:7.0f} {kp[1]:7.0f} {kp[2]:7.0f} {kp[3]:7.0f}   ({len(k):,} changes)"
+        )
+        click.echo(
+            f"  {rate:,}/s  audit row in the warehouse  {wp[0]:7.0f} {wp[1]:7.0f} {wp[2]:7.0f} {wp[3]:7.0f}   ({len(w):,} changes)"
+        )
+        click.echo(
+            f"  {rate:,}/s  target p99 < {TARGET_P99_MS[rate]:.0f} ms: {_met(wp[2] < TARGET_P99_MS[rate])}"
+        )
+    worst = max(s.new_table_ms)
+    shown = ", ".join(f"{ms:.0f}" for ms in s.new_table_ms)
+    click.echo(
+        f"new table's first change in the warehouse: {shown} ms  target < {TARGET_NEW_TABLE_MS:.0f} ms: {_met(worst < TARGET_NEW_TABLE_MS)}"
+    )
+    click.echo(f"(warehouse visibility polled every {POLL_S * 1000:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`bookaudit serve`: the read-only web pages over the warehouse (Flask, server-rendered)."""

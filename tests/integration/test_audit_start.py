@@ -1,0 +1,378 @@
+"""Where the audit starts: `source install` creates the slot (or the outbox boundary) and stages
+a baseline of the rows that exist, so a capture started any time later misses nothing and
+doubles nothing at the boundary, in both modes."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from bookaudit.errors import SourceCheckError
+from bookaudit.model import BASELINE_LABEL
+from bookaudit.source.audit_start import install
+from bookaudit.source.install import TableName
+from devstack import StackEnv
+from tests.integration.harness import Pipeline, private_server, wait_for
+
+TABLE = "work_orders"
+KEY = ("order_no",)
+_CREATE = """
+CREATE TABLE work_orders (
+    order_no  bigint PRIMARY KEY,
+    client_ref text NOT NULL,
+    status    text NOT NULL,
+    amount    numeric(12, 2) NOT NULL,
+    due       timestamptz,
+    urgent    boolean NOT NULL DEFAULT false,
+    memo      text,
+    amount_x2 numeric GENERATED ALWAYS AS (amount * 2) STORED
+)
+"""
+_FILL = """
+INSERT INTO work_orders (order_no, client_ref, status, amount, due, urgent, memo)
+SELECT g, 'C-' || (g %% 977), 'open', (g %% 500) + 0.25,
+       timestamptz '2026-12-01 08:00+00' + g * interval '1 minute', g %% 7 = 0,
+       CASE WHEN g %% 5 = 0 THEN NULL ELSE 'order ' || g END
+FROM generate_series(1, %s) g
+"""
+
+
+@pytest.fixture(params=["logical", "trigger"])
+def fresh(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A source that already has data and no bookaudit yet, as a platform team finds it."""
+    p = Pipeline(stack, mode=request.param).create(install=False)
+    yield p
+    p.drop()
+
+
+def _work_orders(p: Pipeline, rows: int) -> None:
+    with p.source() as conn:
+        conn.execute(_CREATE)
+        conn.execute(_FILL, (rows,))
+
+
+def _text_rows(conn: psycopg.Connection[Any], query: str) -> list[list[str | None]]:
+    """Rows as each value's output text, the form pgoutput and the warehouse hold."""
+    result = conn.execute(query).pgresult
+    assert result is not None
+    return [
+        [
+            None if (v := result.get_value(i, j)) is None else v.decode()
+            for j in range(result.nfields)
+        ]
+        for i in range(result.ntuples)
+    ]
+
+
+def _source_state(p: Pipeline) -> dict[tuple[str | None, ...], dict[str, str | None]]:
+    columns = ["order_no", "client_ref", "status", "amount", "due", "urgent", "memo"]
+    with p.source() as conn:
+        rows = _text_rows(conn, f"SELECT {', '.join(columns)} FROM {TABLE}")
+    return {(r[0],): dict(zip(columns, r, strict=True)) for r in rows}
+
+
+def _replayed(p: Pipeline) -> tuple[dict[tuple[str | None, ...], dict[str, Any]], Counter[str]]:
+    """The table rebuilt from its audit entries in commit order. A change missing at the
+    boundary breaks the chain (the next change's old row differs from the audited one); a
+    change doubled by the baseline and the stream breaks it too (its old row is already gone)."""
+    entries = p.warehouse(
+        "SELECT action, before, after, commit_lsn::text, sequence FROM audit.row_changes "
+        "WHERE table_name = %s ORDER BY commit_lsn, sequence",
+        (TABLE,),
+    )
+    state: dict[tuple[str | None, ...], dict[str, Any]] = {}
+    actions: Counter[str] = Counter()
+    for action, before, after, lsn, seq in entries:
+        actions[action] += 1
+        where = f"{action} at {lsn}/{seq}"
+        if action in ("existing", "insert"):
+            key = tuple(after[c] for c in KEY)
+            assert key not in state, f"{where}: row {key} is already in the audit (doubled)"
+            state[key] = after
+        elif action == "update":
+            key = tuple(before[c] for c in KEY)
+            assert state.get(key) == before, f"{where}: old row of {key} is not the audited one"
+            del state[key]
+            state[tuple(after[c] for c in KEY)] = after
+        else:
+            assert action == "delete", where
+            key = tuple(before[c] for c in KEY)
+            assert state.pop(key, None) == before, f"{where}: deleted row {key} not as audited"
+    return state, actions
+
+
+def _assert_audit_equals_source(p: Pipeline) -> Counter[str]:
+    state, actions = _replayed(p)
+    source = _source_state(p)
+    missing = source.keys() - state.keys()
+    extra = state.keys() - source.keys()
+    assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+    differ = [k for k in source if source[k] != state[k]]
+    assert not differ, [(source[k], state[k]) for k in differ[:3]]
+    return actions
+
+
+class Writer(threading.Thread):
+    """The application going on writing: small transactions as a non-stop stream."""
+
+    def __init__(self, p: Pipeline, rows: int) -> None:
+        super().__init__(daemon=True)
+        self.p, self.rows = p, rows
+        self.stop = threading.Event()
+        self.install_returned = threading.Event()
+        self.after_install: list[int] = []  # 32-bit txids committed after install returned
+        self.commits = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        next_id = self.rows + 1
+        try:
+            with self.p.source(application_name="orders-app") as conn:
+                while not self.stop.is_set():
+                    # SET LOCAL works before and after the install: before, nobody reads it.
+                    conn.execute("SET LOCAL bookaudit.actor = 'orders-app'")
+                    pick = rng.random()
+                    if pick < 0.6:
+                        cur = conn.execute(
+                            "UPDATE work_orders SET amount = amount + 1, status = %s "
+                            "WHERE order_no = %s",
+                            (rng.choice(["open", "planned", "done"]), rng.randint(1, next_id - 1)),
+                        )
+                    elif pick < 0.85:
+                        cur = conn.execute(
+                            "INSERT INTO work_orders (order_no, client_ref, status, amount) "
+                            "VALUES (%s, 'C-new', 'open', 10.50)",
+                            (next_id,),
+                        )
+                        next_id += 1
+                    else:
+                        cur = conn.execute(
+                            "DELETE FROM work_orders WHERE order_no = %s",
+                            (rng.randint(1, next_id - 1),),
+                        )
+                    changed = cur.rowcount > 0
+                    row = conn.execute(
+                        "SELECT pg_current_xact_id()::text::bigint & 4294967295"
+                    ).fetchone()
+                    conn.commit()
+                    self.commits += 1
+                    # An UPDATE or DELETE that found no row changed nothing to audit.
+                    if self.install_returned.is_set() and changed and row is not None:
+                        self.after_install.append(int(row[0]))
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=30)
+        if self.error is not None:
+            raise self.error
+
+
+def _install_under_writes(p: Pipeline, rows: int) -> Writer:
+    _work_orders(p, rows)
+    writer = Writer(p, rows)
+    writer.start()
+    wait_for("the application to write", lambda: writer.commits >= 20)
+    p.install([TABLE])
+    writer.install_returned.set()
+    before = writer.commits
+    wait_for("writes after the install", lambda: writer.commits >= before + 50)
+    writer.finish()
+    return writer
+
+
+def test_install_then_writes_then_a_later_first_capture_audits_everything(
+    fresh: Pipeline,
+) -> None:
+    p = fresh
+    _work_orders(p, 40)
+    out = p.cli("source", "install", "--table", TABLE).stdout
+    where = r"LSN [0-9A-F]+/[0-9A-F]+" if p.mode == "logical" else r"commit \d+"
+    assert re.search(rf"audit complete from {where} \(\d{{4}}-\d\d-\d\d [\d:]+\+00:00\); "
+                     r"40 existing rows staged as the baseline", out), out  # fmt: skip
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('dispatch', role => 'dispatcher')")
+        conn.execute("UPDATE work_orders SET status = 'planned' WHERE order_no <= 10")
+        conn.execute(_FILL.replace("generate_series(1,", "generate_series(41,"), (45,))
+        conn.execute("DELETE FROM work_orders WHERE order_no IN (2, 4, 6)")
+    # No capture ran yet: a deploy starts it later, and it streams from the install's point.
+    assert p.warehouse("SELECT count(*) FROM audit.row_changes") == [(0,)]
+    p.flow()
+    assert p.capture().baseline == 0, "a second capture sent the baseline again"
+    actions = _assert_audit_equals_source(p)
+    assert actions == {"existing": 40, "update": 10, "insert": 5, "delete": 3}
+    baseline = p.warehouse(
+        "SELECT DISTINCT actor, actor_origin, capture_mode FROM audit.row_changes "
+        "WHERE action = 'existing'"
+    )
+    assert baseline == [(BASELINE_LABEL, "baseline", p.mode)]
+    # The baseline sorts before every change, by commit time as by position.
+    order = p.warehouse(
+        "SELECT bool_and(b.committed_at <= c.committed_at AND b.commit_lsn < c.commit_lsn) "
+        "FROM audit.row_changes b, audit.row_changes c "
+        "WHERE b.action = 'existing' AND c.action <> 'existing'"
+    )
+    assert order == [(True,)]
+
+
+def test_install_while_the_application_writes(fresh: Pipeline) -> None:
+    writer = _install_under_writes(fresh, 2000)
+    fresh.flow()
+    actions = _assert_audit_equals_source(fresh)
+    assert actions["existing"] > 0
+    audited = {r[0] for r in fresh.warehouse("SELECT DISTINCT txid FROM audit.row_changes")}
+    assert set(writer.after_install) <= audited
+
+
+@pytest.mark.slow
+def test_200k_existing_rows_and_concurrent_writes_match_the_source_row_by_row(
+    fresh: Pipeline,
+) -> None:
+    writer = _install_under_writes(fresh, 200_000)
+    stats = fresh.capture()
+    assert stats.baseline > 0 and writer.after_install
+    fresh.consume(batch_size=5000)
+    actions = _assert_audit_equals_source(fresh)
+    assert actions["existing"] == stats.baseline
+    # One snapshot event says it is the last, as Debezium marks the end of a snapshot.
+    assert any("baseline: done" in line for line in fresh.logs)
+
+
+def _staged_sent(p: Pipeline) -> int:
+    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(sum(sent), 0) FROM bookaudit.baseline").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
+    p = fresh
+    rows = 30_000
+    _work_orders(p, rows)
+    p.install([TABLE])
+    capture = p.spawn("capture")
+    try:
+        wait_for("the baseline to be partly sent", lambda: _staged_sent(p) >= 5000)
+        os.kill(capture.pid, signal.SIGKILL)
+        capture.wait(timeout=30)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+    sent = _staged_sent(p)
+    assert 0 < sent < rows, "the capture was not killed in the middle of the baseline"
+    stats = p.capture()
+    assert stats.baseline == rows - sent  # resumed after what Kafka had acknowledged
+    p.consume(batch_size=5000)
+    actions = _assert_audit_equals_source(p)
+    assert actions == {"existing": rows}
+    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'bookaudit' "
+            "AND tablename LIKE 'baseline\\_%%'"
+        ).fetchone()
+    assert left == (0,), "the relayed copy was not dropped"
+
+
+def test_snapshot_never_records_only_changes(fresh: Pipeline) -> None:
+    _work_orders(fresh, 30)
+    out = fresh.cli("source", "install", "--table", TABLE, "--snapshot", "never").stdout
+    assert "audit complete from" in out and "baseline" not in out
+    with fresh.source() as conn:
+        conn.execute("UPDATE work_orders SET memo = 'late' WHERE order_no = 3")
+    fresh.flow()
+    assert fresh.warehouse("SELECT action, row_key FROM audit.row_changes") == [
+        ("update", {"order_no": "3"})
+    ]
+
+
+def test_a_lost_slot_is_a_named_error_and_uninstall_removes_the_slot(pipeline: Pipeline) -> None:
+    p = pipeline
+    if p.mode == "logical":
+        with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (p.slot,))
+        lost = p.cli("capture", "--exit-when-idle", check=False)
+        assert lost.returncode == 2
+        [line] = lost.stderr.strip().splitlines()
+        # Lost before any capture ran: the capture does not quietly make a new one.
+        assert line.startswith(f"bookaudit: error: replication slot '{p.slot}' does not exist")
+        assert "every change since install may be missing" in line
+        assert "`bookaudit source install` again for a fresh baseline" in line
+        p.install()  # recreates the slot and a baseline
+    p.seed()
+    p.capture()
+    p.cli("source", "uninstall")
+    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+        slots = conn.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchone()
+        schema = conn.execute("SELECT to_regnamespace('bookaudit') IS NULL").fetchone()
+    assert (slots, schema) == ((0,), (True,))
+
+
+def _installed(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regnamespace('bookaudit') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def test_install_refuses_a_role_without_replication(stack: StackEnv) -> None:
+    p = Pipeline(stack, mode="logical").create(install=False)
+    role = f"{p.name}_owner"
+    try:
+        with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            conn.execute(f'GRANT CREATE ON DATABASE "{p.name}_src" TO "{role}"')
+            conn.execute(f'ALTER TABLE bookings OWNER TO "{role}"')
+        owner_dsn = make_conninfo(p.source_dsn, user=role)
+        env = {**p.env(), "BOOKAUDIT_SOURCE_DSN": owner_dsn}
+        result = p.cli("source", "install", "--table", "bookings", check=False, env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"bookaudit: error: role '{role}' lacks REPLICATION, which logical mode needs for "
+            f"its slot: ALTER ROLE {role} REPLICATION, or install with --mode trigger"
+        ]
+        assert not _installed(p.source_dsn), "a refused install changed the source"
+    finally:
+        p.drop()
+        with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_install_refuses_when_no_replication_slot_is_free() -> None:
+    with private_server({"max_replication_slots": "1"}) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE bookings (id int PRIMARY KEY)")
+            conn.execute("SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')")
+        tables: Sequence[TableName] = [TableName.parse("bookings")]
+        with pytest.raises(
+            SourceCheckError, match=r"^no replication slot is free \(max_replication_slots = 1\)"
+        ):
+            install(dsn, tables, publication="bookaudit", slot="bookaudit", mode="logical")
+        assert not _installed(dsn), "a refused install changed the source"
+
+
+def test_demo_shows_a_pre_existing_booking_from_its_baseline(fresh: Pipeline) -> None:
+    out = fresh.cli("demo", "run").stdout
+    found = re.search(r"Timeline of booking (\d+), which existed before the install:", out)
+    assert found is not None, out
+    section = out[found.end() :].split("Timeline of booking")[0]
+    rows = [line for line in section.splitlines() if line.startswith("20")]
+    # It starts with every field as it stood at install, then the day's change by dana.
+    assert len(rows) == 2, section
+    assert "Existing at install" in rows[0] and BASELINE_LABEL in rows[0]
+    assert "service Boiler service" in rows[0] and "price 95.00" in rows[0]
+    assert "dana (dispatcher)" in rows[1] and "status requested → scheduled" in rows[1]
+    history = fresh.cli("history", "booking", found.group(1), "--format", "json").stdout
+    assert '"action": "existing"' in history

@@ -33,7 +33,7 @@ def warehouse(stack: StackEnv) -> Iterator[str]:
 
 
 class Rows:
-    """Appends audit rows one writer batch (one INSERT) at a time."""
+    """Appends audit rows one writer batch (an INSERT and its chain link) at a time."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -69,7 +69,9 @@ class Rows:
                     None if after is None else json.dumps(after),
                 ),
             ).fetchone()
-        assert row is not None
+            assert row is not None
+            # The writer ends every batch with its chain link, which links the batch's rows.
+            conn.execute("SELECT audit.chain_link(%s, %s)", ([row[0]], bytes(32)))
         return int(row[0])
 
 

@@ -74,7 +74,32 @@ def _moment(dsn: str) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipeline) -> None:
+@pytest.fixture(params=["logical", "trigger"])
+def preinstalled(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A source with a booking (and its note) from before the install: its as-of starts from
+    the install's baseline."""
+    p = Pipeline(stack, mode=request.param).create(install=False)
+    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (id, name) VALUES (900, 'Old customer')")
+        conn.execute(
+            "INSERT INTO bookings (id, customer_id, service, address, price, scheduled_start) "
+            "VALUES (%s, 900, 'Gutter clean', 'Canal 5', 80.00, '2026-11-20 09:00+00')",
+            (EXISTING,),
+        )
+        conn.execute(
+            "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'eve', 'Ladder needed')",
+            (EXISTING,),
+        )
+    p.install()
+    yield p
+    p.drop()
+
+
+EXISTING = 6001
+
+
+def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: Pipeline) -> None:
+    pipeline = preinstalled
     dsn = pipeline.source_dsn
     moments: list[tuple[datetime, State]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -83,6 +108,8 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
         ).fetchone()
         assert customer is not None
     before_any = _moment(dsn)
+    existing_at_install = _state(dsn, EXISTING)
+    existing_moments: list[tuple[datetime, State]] = [(before_any, existing_at_install)]
 
     steps = [
         ("dana", "dispatcher", "INSERT INTO bookings (id, customer_id, service, address, price) "
@@ -113,6 +140,14 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
             for statement in statements.split("; "):
                 conn.execute(statement, {"b": booking, "c": customer[0]})
         moments.append((_moment(dsn), _state(dsn, booking)))
+    # The pre-existing booking changes after install: its state before comes from the baseline.
+    with psycopg.connect(dsn) as conn:
+        _as(conn, "dana", "dispatcher")
+        conn.execute("UPDATE bookings SET price = 95.00 WHERE id = %s", (EXISTING,))
+        conn.execute(
+            "UPDATE notes SET body = 'Ladder and gloves' WHERE booking_id = %s", (EXISTING,)
+        )
+    existing_moments.append((_moment(dsn), _state(dsn, EXISTING)))
     pipeline.flow()
 
     with psycopg.connect(pipeline.warehouse_dsn, row_factory=dict_row) as wh:
@@ -127,6 +162,13 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
         assert as_of(before_any) == {}
         for at, expected in moments:
             assert as_of(at) == expected, f"as of {at}"
+        for at, expected in existing_moments:
+            rows = wh.execute(
+                "SELECT table_name, row_id, row_data FROM audit.booking_as_of(%s, %s)",
+                (str(EXISTING), at),
+            ).fetchall()
+            assert {(r["table_name"], r["row_id"]): r["row_data"] for r in rows} == expected
+        assert existing_moments[0][1][("bookings", str(EXISTING))]["price"] == "80.00"
 
         # The diff between the price change and the cancellation, field by field, with who.
         (t1, s1), (t2, s2) = moments[2], moments[9]

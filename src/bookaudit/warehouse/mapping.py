@@ -108,6 +108,8 @@ def apply_map(
                 "VALUES (%s, %s, %s, %s, %s)",
                 [(source, *f) for f in fields],
             )
+    # The timeline's labels read the maps through this snapshot of them (020_views.sql).
+    conn.execute("REFRESH MATERIALIZED VIEW audit.label_specs")
     for name in _reading_with(conn, source):
         progress(f"linking the row changes of source {name!r} to their bookings")
         conn.execute("SELECT audit.relink(%s)", (name,))

@@ -30,6 +30,8 @@ def run(ctx: click.Context) -> None:
     from bookaudit.consumers.audit.job import settings_from as writer_settings_from
     from bookaudit.demo.day import (
         AUDITED_TABLES,
+        DEMO_APP_ROLE,
+        create_app_role,
         create_sample_schema,
         play_day,
         reschedule_existing,
@@ -45,7 +47,9 @@ def run(ctx: click.Context) -> None:
 
     log("demo: creating the sample bookings database, with bookings from before the audit")
     create_sample_schema(source_dsn)
-    existing = seed_existing(source_dsn, lambda m: log(f"  {m}"))
+    # The application writes as its own non-owner login, as in production.
+    app_dsn = create_app_role(source_dsn, DEMO_APP_ROLE, password=DEMO_APP_ROLE)
+    existing = seed_existing(app_dsn, lambda m: log(f"  {m}"))
     log("demo: bookaudit source install (the audit is complete from here on)")
     started = install(
         source_dsn,
@@ -54,13 +58,14 @@ def run(ctx: click.Context) -> None:
         slot=cfg.slot,
         mode=cfg.mode,
         snapshot=cfg.snapshot,
+        grant_to=[DEMO_APP_ROLE],
     )
     log(f"  {started.describe()}")
     init_warehouse(warehouse_dsn)
 
     log("demo: playing the day (no capture is running yet)")
-    booking_id = play_day(source_dsn, lambda m: log(f"  {m}"))
-    reschedule_existing(source_dsn, existing, lambda m: log(f"  {m}"))
+    booking_id = play_day(app_dsn, lambda m: log(f"  {m}"), psql_dsn=source_dsn)
+    reschedule_existing(app_dsn, existing, lambda m: log(f"  {m}"))
 
     # Started only now, as a deploy would: the install's slot (or outbox) kept the whole day.
     # BOOKAUDIT_MODE=trigger plays the same day through the outbox relay instead.
@@ -234,8 +239,8 @@ def _print_log(dsn: str, source: str) -> None:
 def _raise_alerts(cfg: Config, booking_id: int) -> None:
     """The alerts consumer over the same topics, then what it raised for the day's booking."""
     from bookaudit._commands import log
-    from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
+    from bookaudit.consumers.alerts.rulefile import load_rules
     from bookaudit.warehouse.alerts import list_alerts, render_alerts_table
 
     assert cfg.warehouse_dsn

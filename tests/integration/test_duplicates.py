@@ -19,7 +19,7 @@ from bookaudit.consumers.audit.writer import WarehouseWriter, prepare_row
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
-from tests.consumers.audit.test_writer_rows import ENTRY
+from tests.consumers.fixtures import ENTRY
 from tests.integration.harness import Pipeline
 
 

@@ -209,7 +209,9 @@ def default_rules(entity_map: EntityMap) -> RuleSet:
                 name="price-change-after-invoice-sent", severity="critical", fields=fields
             ),
         )
-    rules += (UntrustedAttribution(name="untrusted-attribution", severity="critical", fields=fields),)
+    rules += (
+        UntrustedAttribution(name="untrusted-attribution", severity="critical", fields=fields),
+    )
     return RuleSet(watch=(watch,), invoices=invoices, rules=rules, origin="built-in defaults")
 
 

@@ -108,9 +108,9 @@ class KafkaSource:
         self._pattern = re.compile(change_topics_pattern(settings.topic_prefix, settings.tables))
         try:
             # An unreachable cluster must fail here, not pass for an idle one later.
-            self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+            metadata = self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
             # What `--exit-when-idle` waits for: everything in the topics now, and nothing later.
-            self._targets = self._end_offsets()
+            self._targets = self._end_offsets(metadata)
         except KafkaException as exc:
             self._consumer.close()
             raise kafka_error(f"Kafka at {settings.bootstrap} is unreachable", exc) from None
@@ -120,10 +120,9 @@ class KafkaSource:
             on_revoke=self._on_revoke,
         )
 
-    def _end_offsets(self) -> dict[tuple[str, int], int]:
+    def _end_offsets(self, metadata: Any) -> dict[tuple[str, int], int]:
         """The end offset of every partition of the topics this consumer reads, as they are now;
         empty partitions left out."""
-        metadata = self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
         ends: dict[tuple[str, int], int] = {}
         for name, topic in metadata.topics.items():
             if not self._pattern.match(name) or topic.error is not None:

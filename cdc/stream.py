@@ -6,7 +6,7 @@ import select
 import time
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
@@ -56,6 +56,26 @@ class Catalog:
                 f"slot {slot!r} exists for plugin {row[0]!r} in database {row[1]!r}; "
                 f"bookaudit needs pgoutput in {self.dbname!r}: choose another --slot"
             )
+
+    def context_key(self) -> bytes:
+        """The key the source signs context messages with; only the install role reads it."""
+        try:
+            row = self.conn.execute("SELECT key FROM bookaudit.context_key").fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise SourceCheckError(
+                "bookaudit.context_key does not exist: run `bookaudit source install` "
+                "(this version signs the actor context)"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege:
+            raise SourceCheckError(
+                f"role {self.conn.info.user!r} cannot read bookaudit.context_key: run the "
+                "capture as the role that ran `source install`"
+            ) from None
+        if row is None:
+            raise SourceCheckError(
+                "bookaudit.context_key is empty: rerun `bookaudit source install`"
+            )
+        return bytes(row[0])
 
     def current_lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
@@ -128,6 +148,19 @@ class Catalog:
         )
 
 
+_START = sql.SQL(
+    "START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+    "(proto_version '2', publication_names {publications}, messages 'true')"
+)
+
+
+def start_replication(slot: str, publication: str) -> bytes:
+    """The START_REPLICATION command: the slot as an identifier, and the publication as the
+    quoted identifier list pgoutput parses out of a string literal."""
+    names = sql.Identifier(publication).as_string()
+    return _START.format(slot=sql.Identifier(slot), publications=sql.Literal(names)).as_bytes()
+
+
 class ReplicationStream:
     """START_REPLICATION over libpq's copy protocol (psycopg 3 has no replication API)."""
 
@@ -142,13 +175,7 @@ class ReplicationStream:
             )
 
     def start(self, slot: str, publication: str) -> None:
-        # Identifiers inside replication commands cannot go through psycopg.sql (no server-side
-        # parse for them), and Config only admits [a-z0-9_] names, so quoting here is safe.
-        command = (
-            f'START_REPLICATION SLOT "{slot}" LOGICAL 0/0 '
-            f"(proto_version '2', publication_names '\"{publication}\"', messages 'true')"
-        )
-        self._pgconn.send_query(command.encode())
+        self._pgconn.send_query(start_replication(slot, publication))
         while True:
             result = self._pgconn.get_result()
             if result is None:

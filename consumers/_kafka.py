@@ -17,7 +17,8 @@ from bookaudit.kafka.chunks import CHUNK_HEADER
 from bookaudit.kafka.serde import Header, Headers, topic_part
 
 # How long the cluster may take to answer the first metadata request before it counts as down.
-CONNECT_TIMEOUT_S = 15.0
+# A busy broker can take tens of seconds; an unreachable one is only told apart by this timeout.
+CONNECT_TIMEOUT_S = 60.0
 # How long one broker query for end or committed offsets may take before it is asked again.
 OFFSETS_TIMEOUT_S = 10.0
 
@@ -98,7 +99,10 @@ class KafkaSource:
                 # A new table's topic is found at the next metadata refresh (the subscription is
                 # a pattern), so a short interval puts its first change in the warehouse within
                 # about a second; a metadata request is small.
-                "topic.metadata.refresh.interval.ms": 500,
+                "topic.metadata.refresh.interval.ms": 250,
+                # A fetch that waits for data delays the next one, which is the first to ask for
+                # a partition assigned meanwhile (a new table's); an idle fetch costs little.
+                "fetch.wait.max.ms": 100,
                 "logger": kafka_logger(),
             }
         )

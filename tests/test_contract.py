@@ -27,7 +27,7 @@ from bookaudit.model import (
     Lsn,
     SourceInfo,
 )
-from tests.cdc.test_envelope import change
+from tests.cdc.fixtures import change
 
 # Where a name differs by design, the one rename per place; every other name is the schema's.
 WAREHOUSE_ACTOR = {"id": "actor", "role": "actor_role", "origin": "actor_origin"}

@@ -31,6 +31,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.model",
             "bookaudit.chain",
             "bookaudit.kafka",
+            "bookaudit.terminal",
         ),
     ),
     ("source install", ("bookaudit.source", "bookaudit.actor")),
@@ -176,3 +177,23 @@ def test_the_violations_the_layout_had_are_refused(
 )
 def test_imports_along_the_flow_are_allowed(importer: str, imported: str) -> None:
     assert violation(importer, imported) is None
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in helper modules (harness, fixtures, workloads) or conftest
+    fixtures: importing a test module runs its module code in another and hides the dependency."""
+    tests_root = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests_root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tests.") and name.rpartition(".")[2].startswith("test_"):
+                    found.append(f"{path.relative_to(tests_root)}:{node.lineno}: {name}")
+    assert found == []

@@ -9,26 +9,33 @@ DROP VIEW IF EXISTS audit.booking_log, audit.actor_activity, audit.customer_hist
     audit.booking_history, audit.booking_history_log, audit.booking_customers,
     audit.timeline CASCADE;
 
--- The roles of a mapped table's fields in a source's map, as {"price": ["price"], ...}, plus
--- the map's cancelled status values and the table's sent column: what the labels read.
+-- Per mapped table of each map: the roles of its fields as {"price": ["price"], ...}, plus the
+-- map's cancelled status values, the table's sent column and its label: what the labels read.
+-- Materialized (refreshed by apply_map whenever a map is written) because every timeline row
+-- looks it up: computed per row it cost 0.36 ms, a third of a minute for a 50k-entry log.
+DROP MATERIALIZED VIEW IF EXISTS audit.label_specs CASCADE;
+CREATE MATERIALIZED VIEW audit.label_specs AS
+SELECT t.source, t.schema_name, t.table_name,
+       coalesce((SELECT jsonb_object_agg(x.role, x.fields)
+                 FROM (SELECT f.role, jsonb_agg(f.field ORDER BY f.field) AS fields
+                       FROM audit.entity_fields f
+                       WHERE f.source = t.source AND f.schema_name = t.schema_name
+                         AND f.table_name = t.table_name
+                       GROUP BY f.role) x), '{}')
+       || jsonb_build_object(
+            'cancel_values', to_jsonb(m.cancelled_statuses),
+            'sent', CASE WHEN t.sent_column IS NULL THEN '[]'::jsonb
+                         ELSE jsonb_build_array(t.sent_column) END,
+            'label', t.label) AS spec
+FROM audit.entity_tables t
+JOIN audit.entity_maps m ON m.source = t.source;
+CREATE UNIQUE INDEX label_specs_table ON audit.label_specs (source, schema_name, table_name);
+
 CREATE OR REPLACE FUNCTION audit.label_spec(p_source text, p_schema text, p_table text)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT jsonb_object_agg(x.role, x.fields)
-                     FROM (SELECT f.role, jsonb_agg(f.field ORDER BY f.field) AS fields
-                           FROM audit.entity_fields f
-                           WHERE f.source = audit.map_of(p_source) AND f.schema_name = p_schema
-                             AND f.table_name = p_table
-                           GROUP BY f.role) x), '{}')
-           || jsonb_build_object(
-                'cancel_values', to_jsonb(m.cancelled_statuses),
-                'sent', coalesce((SELECT jsonb_build_array(t.sent_column) FROM audit.entity_tables t
-                                  WHERE t.source = m.source AND t.schema_name = p_schema
-                                    AND t.table_name = p_table AND t.sent_column IS NOT NULL),
-                                 '[]'),
-                'label', (SELECT t.label FROM audit.entity_tables t
-                          WHERE t.source = m.source AND t.schema_name = p_schema
-                            AND t.table_name = p_table))
-    FROM audit.entity_maps m WHERE m.source = audit.map_of(p_source)
+    SELECT s.spec FROM audit.label_specs s
+    WHERE s.source = audit.map_of(p_source) AND s.schema_name = p_schema
+      AND s.table_name = p_table
 $$;
 
 -- The fields of a mapped table that play one role (schedule, price, status, ...).
@@ -197,6 +204,7 @@ FROM entries e
 CROSS JOIN LATERAL (
     SELECT audit.timeline_labels(e.kind, e.spec, e.action, e.baseline, e.before, e.after, e.fields)
            AS labels
+    OFFSET 0  -- computed once per row: pulled up, every use of `labels` would call it again
 ) l
 WHERE e.action <> 'update' OR cardinality(e.fields) > 0;
 

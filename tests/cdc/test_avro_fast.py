@@ -4,52 +4,19 @@ change, so fastavro readers decode it."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
-from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.kafka._avro_fast import EnvelopeWriter, check_schema_shape
 from bookaudit.kafka.serde import ENVELOPE_SCHEMA, KEY_SCHEMA, encode, envelope_record, key_record
-from bookaudit.model import ActorContext, Lsn, RowChange, SourceInfo
-from tests.cdc.fixtures import decoded
-from tests.cdc.test_envelope import change
-from tests.cdc.test_transactions import resolve
-
-
-def _captured_changes() -> list[RowChange]:
-    assembler = TransactionAssembler(resolve)
-    return [o for lsn, m in decoded() for o in assembler.feed(lsn, m) if isinstance(o, RowChange)]
-
-
-SOURCE = SourceInfo("bookings", "db")
-NOW_MS = 1_795_000_000_000
-NO_ACTOR = ActorContext(origin="db_session")
-
-
-def _variants() -> list[RowChange]:
-    base = change()
-    mutations: tuple[Callable[[RowChange], RowChange], ...] = (
-        lambda c: replace(c, before=None),
-        lambda c: replace(c, after=None, before=None, op="t"),
-        lambda c: replace(c, after={}, before={"x": None}),
-        lambda c: replace(c, data_collection_order=4096, sequence=2**40),
-        lambda c: replace(c, unchanged_toast=("body", "blob")),
-        lambda c: replace(c, table=replace(c.table, columns=(), types=(), key=())),
-        lambda c: replace(c, xid=2**63 - 1, position=Lsn(0), commit_position=Lsn(2**40)),
-        lambda c: replace(c, sequence=512, commit_unix_ms=-1),
-        lambda c: replace(c, actor=NO_ACTOR),
-        lambda c: replace(
-            c, after={**(c.after or {}), "memo": "ünïcödé ✓ " * 40, "price": "-0.00"}
-        ),
-    )
-    return [base, *(mutate(base) for mutate in mutations)]
+from bookaudit.model import SourceInfo
+from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, change, variants
 
 
 @pytest.mark.parametrize("index", range(11))
 def test_synthetic_changes_match_fastavro_bytes(index: int) -> None:
-    c = _variants()[index]
+    c = variants()[index]
     expected = encode(ENVELOPE_SCHEMA, envelope_record(c, SOURCE, NOW_MS))
     assert EnvelopeWriter().envelope(c, SOURCE, NOW_MS) == expected
 
@@ -58,14 +25,14 @@ def test_one_writer_across_sources_and_modes_matches_fastavro() -> None:
     """The writer caches per (source, table): a second source or mode must not reuse the first's."""
     writer = EnvelopeWriter()
     for source in (SOURCE, SourceInfo("other", "db2"), SourceInfo("bookings", "db", "trigger")):
-        for c in _variants():
+        for c in variants():
             expected = encode(ENVELOPE_SCHEMA, envelope_record(c, source, 7))
             assert writer.envelope(c, source, 7) == expected
 
 
 def test_every_captured_change_matches_fastavro_bytes_and_keys() -> None:
     writer = EnvelopeWriter()  # one writer across tables exercises its caches
-    changes = _captured_changes()
+    changes = captured_changes()
     assert len(changes) == 8
     for c in changes * 2:
         expected = encode(ENVELOPE_SCHEMA, envelope_record(c, SOURCE, 7))

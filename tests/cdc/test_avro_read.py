@@ -15,7 +15,7 @@ from bookaudit.kafka.serde import (
     envelope_record,
 )
 from bookaudit.model import RowChange
-from tests.cdc.test_avro_fast import NOW_MS, SOURCE, _captured_changes, _variants
+from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, variants
 
 
 def _bytes(change: RowChange) -> bytes:
@@ -24,18 +24,18 @@ def _bytes(change: RowChange) -> bytes:
 
 @pytest.mark.parametrize("index", range(11))
 def test_synthetic_envelopes_read_as_fastavro_reads_them(index: int) -> None:
-    data = _bytes(_variants()[index])
+    data = _bytes(variants()[index])
     assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
 
 
 def test_every_captured_change_reads_as_fastavro_reads_it() -> None:
-    for c in _captured_changes():
+    for c in captured_changes():
         data = _bytes(c)
         assert decode_envelope(data) == decode(ENVELOPE_SCHEMA, data)
 
 
 def test_long_values_and_multi_byte_lengths() -> None:
-    env = envelope_record(_variants()[0], SOURCE, NOW_MS)
+    env = envelope_record(variants()[0], SOURCE, NOW_MS)
     env["after"] = {f"c{i}": "x" * (i * 37) for i in range(70)}  # lengths past one varint byte
     env["source"].update(txId=-(2**63), lsn=2**63 - 1, commit_lsn=300, sequence=-1)
     data = encode(ENVELOPE_SCHEMA, env)
@@ -44,7 +44,7 @@ def test_long_values_and_multi_byte_lengths() -> None:
 
 @pytest.mark.parametrize("cut", [0, 1, 5, 40, -30, -1])
 def test_truncated_records_are_refused_by_both(cut: int) -> None:
-    data = _bytes(_variants()[0])[:cut]
+    data = _bytes(variants()[0])[:cut]
     with pytest.raises(DecodeError):
         decode(ENVELOPE_SCHEMA, data)
     with pytest.raises(DecodeError, match="not a bookaudit Avro record"):

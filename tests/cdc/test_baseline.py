@@ -6,7 +6,7 @@ from bookaudit.cdc.baseline import BaselinePlan, StagedTable, baseline_change
 from bookaudit.consumers.records import Record, decode_and_map
 from bookaudit.kafka.serde import ENVELOPE_SCHEMA, decode, to_kafka
 from bookaudit.model import BASELINE_LABEL, Lsn, SourceInfo
-from tests.cdc.test_envelope import TABLE
+from tests.cdc.fixtures import TABLE
 
 PLAN = BaselinePlan(
     position=Lsn(0x5_0000_0FFF),

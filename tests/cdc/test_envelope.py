@@ -24,39 +24,11 @@ from bookaudit.kafka.serde import (
     to_kafka,
 )
 from bookaudit.model import (
-    ActorContext,
     Column,
     EnvelopeTransaction,
-    Lsn,
-    RowChange,
     SourceInfo,
-    TableSchema,
 )
-
-TABLE = TableSchema(
-    oid=1,
-    schema="public",
-    name="booking_lines",
-    columns=("booking_id", "line_no", "price", "memo"),
-    types=("bigint", "integer", "numeric(12,2)", "text"),
-    key=("booking_id", "line_no"),
-)
-
-
-def change(op: str = "u") -> RowChange:
-    return RowChange(
-        table=TABLE,
-        op=op,
-        before={"booking_id": "7", "line_no": "2", "price": "0.10", "memo": None},
-        after={"booking_id": "7", "line_no": "2", "price": "12345678901.23", "memo": "ünïcode"},
-        xid=901,
-        commit_position=Lsn(0x1_0000_0000),
-        position=Lsn(0xFFFF_FF00),
-        sequence=4,
-        data_collection_order=1,
-        commit_unix_ms=1_795_000_000_123,
-        actor=ActorContext(origin="application", id="alice", role="admin", approval_ref="APR-1"),
-    )
+from tests.cdc.fixtures import change
 
 
 def test_envelope_round_trips_through_fastavro() -> None:

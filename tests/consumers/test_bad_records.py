@@ -17,7 +17,7 @@ from bookaudit.kafka.serde import (
     to_kafka,
 )
 from bookaudit.model import SourceInfo
-from tests.cdc.test_envelope import change
+from tests.cdc.fixtures import change
 
 TOPIC = "ba.public.booking_lines"
 HEADERS = ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)

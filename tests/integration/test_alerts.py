@@ -8,14 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from bookaudit.consumers._kafka import to_record
-from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
-from bookaudit.consumers.records import Record
+from bookaudit.consumers.alerts.ruleset import DEFAULT_RULES
 from bookaudit.kafka.alert import decode_alert, encode_alert
 from tests.integration.harness import Pipeline
+from tests.integration.workloads import alert_ids_on_topic, topic_records
 
 
 def book(p: Pipeline, price: str = "100.00") -> int:
@@ -64,52 +63,6 @@ def alerts(p: Pipeline) -> list[tuple[Any, ...]]:
         "SELECT rule, booking_id, actor, actor_role, old_price::text, new_price::text, "
         "change_pct::text FROM audit.alerts ORDER BY commit_lsn, sequence, rule"
     )
-
-
-def topic_records(p: Pipeline, topic: str) -> list[Record]:
-    """Every record on a topic, read from the start to its current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": p.stack.kafka_bootstrap,
-            "group.id": f"{p.name}-probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return []
-        ends = {}
-        for part in metadata.partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
-            if high > 0:
-                ends[part] = high
-        consumer.assign([TopicPartition(topic, part, 0) for part in ends])
-        records = []
-        while ends:
-            msg = consumer.poll(10)
-            assert msg is not None, f"{topic} stopped before its end"
-            err = msg.error()
-            if err is not None:
-                assert err.code() == KafkaError._PARTITION_EOF, err.str()
-                ends.pop(int(msg.partition() or 0), None)
-                continue
-            part, offset = int(msg.partition() or 0), int(msg.offset() or 0)
-            records.append(to_record(msg))
-            if offset + 1 >= ends.get(part, 0):
-                ends.pop(part, None)
-        return records
-    finally:
-        consumer.close()
-
-
-def alert_ids_on_topic(p: Pipeline) -> list[str]:
-    return [
-        str(decode_alert(r.value)["alert_id"])
-        for r in topic_records(p, p.alerts_topic)
-        if r.value is not None
-    ]
 
 
 def test_change_by_an_allowed_role_raises_nothing(pipeline: Pipeline) -> None:

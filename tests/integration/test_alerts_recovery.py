@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Pipeline
-from tests.integration.test_alerts import alert_ids_on_topic
+from tests.integration.workloads import alert_ids_on_topic, seed_bookings, unapproved_edits
 
 pytestmark = pytest.mark.slow
 
@@ -30,30 +30,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def seed_bookings(p: Pipeline, count: int) -> list[int]:
-    with p.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-        customer = conn.execute("INSERT INTO customers (name) VALUES ('C') RETURNING id").fetchone()
-        assert customer is not None
-        rows = conn.execute(
-            "INSERT INTO bookings (customer_id, service, address, price) "
-            "SELECT %s, 'Service', 'Street ' || g, 100 FROM generate_series(1, %s) g RETURNING id",
-            (customer[0], count),
-        ).fetchall()
-    return [int(str(r[0])) for r in rows]
-
-
-def unapproved_edits(p: Pipeline, bookings: list[int], rounds: int) -> None:
-    """One transaction per round: a dispatcher nudges every booking's price by a cent."""
-    with p.source() as conn:
-        for _ in range(rounds):
-            with conn.transaction():
-                conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-                conn.execute(
-                    "UPDATE bookings SET price = price + 0.01 WHERE id = ANY(%s)", (bookings,)
-                )
 
 
 def count(p: Pipeline, query: str) -> int:

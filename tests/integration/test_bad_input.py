@@ -16,7 +16,7 @@ from psycopg import sql
 from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import SourceInfo
 from devstack import StackEnv
-from tests.cdc.test_envelope import change
+from tests.cdc.fixtures import change
 from tests.integration.harness import Pipeline, wait_for
 
 ODD = ("My Table", 'we"ird', "semi;colon.dot")

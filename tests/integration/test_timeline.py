@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
+from tests.integration.workloads import write_labelled_workload
 
 RELATED = ("assignments", "notes", "invoices", "payments")
 State = dict[tuple[str, str], dict[str, str | None]]
@@ -73,7 +74,32 @@ def _moment(dsn: str) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipeline) -> None:
+@pytest.fixture(params=["logical", "trigger"])
+def preinstalled(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A source with a booking (and its note) from before the install: its as-of starts from
+    the install's baseline."""
+    p = Pipeline(stack, mode=request.param).create(install=False)
+    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (id, name) VALUES (900, 'Old customer')")
+        conn.execute(
+            "INSERT INTO bookings (id, customer_id, service, address, price, scheduled_start) "
+            "VALUES (%s, 900, 'Gutter clean', 'Canal 5', 80.00, '2026-11-20 09:00+00')",
+            (EXISTING,),
+        )
+        conn.execute(
+            "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'eve', 'Ladder needed')",
+            (EXISTING,),
+        )
+    p.install()
+    yield p
+    p.drop()
+
+
+EXISTING = 6001
+
+
+def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: Pipeline) -> None:
+    pipeline = preinstalled
     dsn = pipeline.source_dsn
     moments: list[tuple[datetime, State]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -82,6 +108,8 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
         ).fetchone()
         assert customer is not None
     before_any = _moment(dsn)
+    existing_at_install = _state(dsn, EXISTING)
+    existing_moments: list[tuple[datetime, State]] = [(before_any, existing_at_install)]
 
     steps = [
         ("dana", "dispatcher", "INSERT INTO bookings (id, customer_id, service, address, price) "
@@ -112,6 +140,14 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
             for statement in statements.split("; "):
                 conn.execute(statement, {"b": booking, "c": customer[0]})
         moments.append((_moment(dsn), _state(dsn, booking)))
+    # The pre-existing booking changes after install: its state before comes from the baseline.
+    with psycopg.connect(dsn) as conn:
+        _as(conn, "dana", "dispatcher")
+        conn.execute("UPDATE bookings SET price = 95.00 WHERE id = %s", (EXISTING,))
+        conn.execute(
+            "UPDATE notes SET body = 'Ladder and gloves' WHERE booking_id = %s", (EXISTING,)
+        )
+    existing_moments.append((_moment(dsn), _state(dsn, EXISTING)))
     pipeline.flow()
 
     with psycopg.connect(pipeline.warehouse_dsn, row_factory=dict_row) as wh:
@@ -126,6 +162,13 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
         assert as_of(before_any) == {}
         for at, expected in moments:
             assert as_of(at) == expected, f"as of {at}"
+        for at, expected in existing_moments:
+            rows = wh.execute(
+                "SELECT table_name, row_id, row_data FROM audit.booking_as_of(%s, %s)",
+                (str(EXISTING), at),
+            ).fetchall()
+            assert {(r["table_name"], r["row_id"]): r["row_data"] for r in rows} == expected
+        assert existing_moments[0][1][("bookings", str(EXISTING))]["price"] == "80.00"
 
         # The diff between the price change and the cancellation, field by field, with who.
         (t1, s1), (t2, s2) = moments[2], moments[9]
@@ -171,82 +214,6 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(pipeline: Pipe
     assert none.stdout == "" and "did not exist" in none.stderr
 
 
-def _write_labelled_workload(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO customers (name) VALUES ('Bo') RETURNING id").fetchone()
-        assert row is not None
-    customer = row[0]
-    ids = {"main": 501, "gone": 502}
-
-    def tx(actor: str, role: str, *statements: str, **extra: str) -> None:
-        with psycopg.connect(dsn) as conn:
-            _as(conn, actor, role, **extra)
-            for s in statements:
-                conn.execute(s, {"b": ids["main"], "g": ids["gone"], "c": customer})
-        time.sleep(0.003)
-
-    tx(
-        "dana",
-        "dispatcher",
-        "INSERT INTO bookings (id, customer_id, service, address, price) VALUES "
-        "(%(b)s, %(c)s, 'Annual HVAC', 'Dam 1', 149.00), (%(g)s, %(c)s, 'Leak', 'Dam 2', 80.00)",
-    )
-    tx(
-        "dana",
-        "dispatcher",
-        "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
-        "scheduled_end = '2026-11-27 10:00+00' WHERE id = %(b)s",
-    )
-    tx(
-        "dana",
-        "dispatcher",
-        "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
-        "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s",
-    )
-    tx(
-        "alice",
-        "admin",
-        "UPDATE bookings SET price = 189.50 WHERE id = %(b)s",
-        approval_ref="APR-1042",
-        reason="second unit",
-    )
-    tx("finn", "fieldworker", "UPDATE bookings SET updated_at = now() WHERE id = %(b)s")
-    tx("dana", "dispatcher", "UPDATE bookings SET status = 'confirmed' WHERE id = %(b)s")
-    tx(
-        "dana",
-        "dispatcher",
-        "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')",
-    )
-    tx("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s")
-    tx(
-        "finn",
-        "fieldworker",
-        "INSERT INTO notes (booking_id, author, body) VALUES (%(b)s, 'finn', 'Dog in yard')",
-    )
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO invoices (booking_id, number, amount) VALUES (%(b)s, 'INV-501', 189.50)",
-    )
-    tx("olga", "billing", "UPDATE invoices SET sent_at = now() WHERE booking_id = %(b)s")
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, 189.50, 'card')",
-    )
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, -20.00, 'card')",
-    )
-    tx("dana", "dispatcher", "UPDATE bookings SET address = 'Dam 1A' WHERE id = %(b)s")
-    tx("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s")
-    tx("dana", "dispatcher", "DELETE FROM bookings WHERE id = %(g)s")
-    with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
-        conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
-    return {**ids, "customer": customer}
-
-
 def _json(p: Pipeline, *args: str) -> Any:
     return json.loads(p.cli("history", *args, "--format", "json").stdout)
 
@@ -260,7 +227,7 @@ def _labels(rows: list[dict[str, Any]]) -> list[str]:
 
 def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     p = logical
-    ids = _write_labelled_workload(p.source_dsn)
+    ids = write_labelled_workload(p.source_dsn)
     p.flow()
     main = str(ids["main"])
 

@@ -21,7 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from bookaudit.web.serve import check_read_only, reader_dsn
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
-from tests.integration.test_timeline import _write_labelled_workload
+from tests.integration.workloads import write_labelled_workload
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def _free_port() -> int:
 def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, int], str]]:
     """One pipeline with the labelled workload and its alerts, served by `bookaudit serve`."""
     p = Pipeline(stack).create()
-    ids = _write_labelled_workload(p.source_dsn)
+    ids = write_labelled_workload(p.source_dsn)
     with psycopg.connect(p.source_dsn) as conn:  # markup in an actor and a value stays text
         conn.execute("SELECT bookaudit.set_actor(%s, role => 'x')", (HOSTILE,))
         conn.execute(

@@ -58,6 +58,8 @@ def apply_map(conn: psycopg.Connection[Any], source: str, entity_map: EntityMap)
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 fields,
             )
+    # The timeline's labels read the maps through this snapshot of them (020_views.sql).
+    conn.execute("REFRESH MATERIALIZED VIEW audit.label_specs")
 
 
 def mapped_sources(conn: psycopg.Connection[Any]) -> list[str]:

@@ -17,7 +17,7 @@ from bookaudit.consumers.records import (
 )
 from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import Lsn, SourceInfo, format_position
-from tests.cdc.test_envelope import change
+from tests.cdc.fixtures import change
 
 ORDER = ["id", "price", "status"]
 

@@ -1,0 +1,161 @@
+"""Writes and reads several integration test modules share: bookings seeded and edited without
+approval, the labelled timeline workload, and a topic read from its start to its end."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from bookaudit.actor import Actor, set_actor
+from bookaudit.consumers._kafka import to_record
+from bookaudit.consumers.records import Record
+from bookaudit.kafka.alert import decode_alert
+from tests.integration.harness import Pipeline
+
+
+def topic_records(p: Pipeline, topic: str) -> list[Record]:
+    """Every record on a topic, read from the start to its current end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": p.stack.kafka_bootstrap,
+            "group.id": f"{p.name}-probe",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return []
+        ends = {}
+        for part in metadata.partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
+            if high > 0:
+                ends[part] = high
+        consumer.assign([TopicPartition(topic, part, 0) for part in ends])
+        records = []
+        while ends:
+            msg = consumer.poll(10)
+            assert msg is not None, f"{topic} stopped before its end"
+            err = msg.error()
+            if err is not None:
+                assert err.code() == KafkaError._PARTITION_EOF, err.str()
+                ends.pop(int(msg.partition() or 0), None)
+                continue
+            part, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            records.append(to_record(msg))
+            if offset + 1 >= ends.get(part, 0):
+                ends.pop(part, None)
+        return records
+    finally:
+        consumer.close()
+
+
+def alert_ids_on_topic(p: Pipeline) -> list[str]:
+    return [
+        str(decode_alert(r.value)["alert_id"])
+        for r in topic_records(p, p.alerts_topic)
+        if r.value is not None
+    ]
+
+
+def seed_bookings(p: Pipeline, count: int) -> list[int]:
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
+        customer = conn.execute("INSERT INTO customers (name) VALUES ('C') RETURNING id").fetchone()
+        assert customer is not None
+        rows = conn.execute(
+            "INSERT INTO bookings (customer_id, service, address, price) "
+            "SELECT %s, 'Service', 'Street ' || g, 100 FROM generate_series(1, %s) g RETURNING id",
+            (customer[0], count),
+        ).fetchall()
+    return [int(str(r[0])) for r in rows]
+
+
+def unapproved_edits(p: Pipeline, bookings: list[int], rounds: int) -> None:
+    """One transaction per round: a dispatcher nudges every booking's price by a cent."""
+    with p.source() as conn:
+        for _ in range(rounds):
+            with conn.transaction():
+                conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
+                conn.execute(
+                    "UPDATE bookings SET price = price + 0.01 WHERE id = ANY(%s)", (bookings,)
+                )
+
+
+def write_labelled_workload(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO customers (name) VALUES ('Bo') RETURNING id").fetchone()
+        assert row is not None
+    customer = row[0]
+    ids = {"main": 501, "gone": 502}
+
+    def tx(actor: str, role: str, *statements: str, **extra: str) -> None:
+        with psycopg.connect(dsn) as conn:
+            set_actor(conn, Actor(actor, role=role, **extra))
+            for s in statements:
+                conn.execute(s, {"b": ids["main"], "g": ids["gone"], "c": customer})
+        time.sleep(0.003)
+
+    tx(
+        "dana",
+        "dispatcher",
+        "INSERT INTO bookings (id, customer_id, service, address, price) VALUES "
+        "(%(b)s, %(c)s, 'Annual HVAC', 'Dam 1', 149.00), (%(g)s, %(c)s, 'Leak', 'Dam 2', 80.00)",
+    )
+    tx(
+        "dana",
+        "dispatcher",
+        "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
+        "scheduled_end = '2026-11-27 10:00+00' WHERE id = %(b)s",
+    )
+    tx(
+        "dana",
+        "dispatcher",
+        "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
+        "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s",
+    )
+    tx(
+        "alice",
+        "admin",
+        "UPDATE bookings SET price = 189.50 WHERE id = %(b)s",
+        approval_ref="APR-1042",
+        reason="second unit",
+    )
+    tx("finn", "fieldworker", "UPDATE bookings SET updated_at = now() WHERE id = %(b)s")
+    tx("dana", "dispatcher", "UPDATE bookings SET status = 'confirmed' WHERE id = %(b)s")
+    tx(
+        "dana",
+        "dispatcher",
+        "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')",
+    )
+    tx("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s")
+    tx(
+        "finn",
+        "fieldworker",
+        "INSERT INTO notes (booking_id, author, body) VALUES (%(b)s, 'finn', 'Dog in yard')",
+    )
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO invoices (booking_id, number, amount) VALUES (%(b)s, 'INV-501', 189.50)",
+    )
+    tx("olga", "billing", "UPDATE invoices SET sent_at = now() WHERE booking_id = %(b)s")
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, 189.50, 'card')",
+    )
+    tx(
+        "olga",
+        "billing",
+        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, -20.00, 'card')",
+    )
+    tx("dana", "dispatcher", "UPDATE bookings SET address = 'Dam 1A' WHERE id = %(b)s")
+    tx("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s")
+    tx("dana", "dispatcher", "DELETE FROM bookings WHERE id = %(g)s")
+    with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
+        conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
+    return {**ids, "customer": customer}

@@ -294,7 +294,7 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     cfg = config_from(ctx, **flags)
     warehouse_dsn = cfg.need("warehouse_dsn")
     own = cfg.entity_map != default_map()
-    init_warehouse(warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    init_warehouse(warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None, log)
     mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
     log(f"warehouse: audit schema ready{mapped}")
 
@@ -422,8 +422,9 @@ def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     cfg = config_from(ctx, **flags)
     warehouse_dsn = cfg.need("warehouse_dsn")
     with connect_warehouse(warehouse_dsn) as conn:
-        apply_map(conn, cfg.source_name, cfg.entity_map)
-    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
+        changed = apply_map(conn, cfg.source_name, cfg.entity_map, log)
+    same = "" if changed else " (unchanged)"
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}{same}")
 
 
 # --- read back ------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ def fresh(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]
 
 
 def _work_orders(p: Pipeline, rows: int) -> None:
+    p.migrate(_CREATE)  # the owner creates the table; the application fills it
     with p.source() as conn:
-        conn.execute(_CREATE)
         conn.execute(_FILL, (rows,))
 
 
@@ -198,7 +198,7 @@ def test_install_then_writes_then_a_later_first_capture_audits_everything(
 ) -> None:
     p = fresh
     _work_orders(p, 40)
-    out = p.cli("source", "install", "--table", TABLE).stdout
+    out = p.cli("source", "install", "--table", TABLE, "--grant-to", p.app_role).stdout
     where = r"LSN [0-9A-F]+/[0-9A-F]+" if p.mode == "logical" else r"commit \d+"
     assert re.search(rf"audit complete from {where} \(\d{{4}}-\d\d-\d\d [\d:]+\+00:00\); "
                      r"40 existing rows staged as the baseline", out), out  # fmt: skip

@@ -38,13 +38,14 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     p = logical
     [booking] = p.seed(1)
     p.flow()
-    with p.source() as conn:
+    with p.owner() as conn:  # the capture's state and the slot are the install role's
         state = conn.execute(
             "SELECT confirmed_lsn::text FROM bookaudit.capture_state WHERE slot = %s", (p.slot,)
         ).fetchone()
         assert state is not None
         confirmed = str(state[0])
         conn.execute("SELECT pg_drop_replication_slot(%s)", (p.slot,))
+    with p.source() as conn:
         conn.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", (booking,))  # lost
     assert parse_lsn(confirmed) > 0
 
@@ -54,7 +55,7 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     assert len(lines) == 1 and "Traceback" not in refused.stderr
     assert f"slot {p.slot!r} does not exist" in lines[0]
     assert f"after {confirmed}" in lines[0] and "--accept-gap" in lines[0]
-    with p.source() as conn:
+    with p.owner() as conn:
         slots = conn.execute(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (p.slot,)
         ).fetchone()

@@ -1,4 +1,5 @@
-# Image for the long-running bookaudit services (capture, audit writer) in docker-compose.yml.
+# Image for every bookaudit service in docker-compose.yml (init steps, capture, consumers, the
+# sample day): the entrypoint is `bookaudit`, so each service's command is a bookaudit command line.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -41,7 +41,7 @@ class Capture:
         self.stats = CaptureStats()
         self.catalog = Catalog(settings.source_dsn)
         self.source = SourceInfo(name=settings.source_name, db=self.catalog.dbname)
-        self.assembler = TransactionAssembler(self.catalog.resolve)
+        self.assembler = TransactionAssembler(self.catalog.resolve, self.catalog.context_key())
         self.ledger = AckLedger()
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
         self.stream: ReplicationStream | None = None

@@ -57,6 +57,26 @@ class Catalog:
                 f"bookaudit needs pgoutput in {self.dbname!r}: choose another --slot"
             )
 
+    def context_key(self) -> bytes:
+        """The key the source signs context messages with; only the install role reads it."""
+        try:
+            row = self.conn.execute("SELECT key FROM bookaudit.context_key").fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise SourceCheckError(
+                "bookaudit.context_key does not exist: run `bookaudit source install` "
+                "(this version signs the actor context)"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege:
+            raise SourceCheckError(
+                f"role {self.conn.info.user!r} cannot read bookaudit.context_key: run the "
+                "capture as the role that ran `source install`"
+            ) from None
+        if row is None:
+            raise SourceCheckError(
+                "bookaudit.context_key is empty: rerun `bookaudit source install`"
+            )
+        return bytes(row[0])
+
     def current_lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bookaudit.cdc.decode import (
     UNCHANGED_TOAST,
@@ -29,6 +31,32 @@ from bookaudit.model import (
     TableSchema,
 )
 
+# A transaction in which a context message failed its signature check: its later changes keep
+# the last genuine context (so the real database facts), flagged, so that an alert can say so.
+FORGED = "forged"
+
+
+def _context_mac(key: bytes, xid: int, document: bytes) -> bytes:
+    return hmac.new(key, b"context:%d:" % xid + document, hashlib.sha256).hexdigest().encode()
+
+
+def sign_context(key: bytes, xid: int, document: bytes) -> bytes:
+    """A context message's content as bookaudit.emit_context writes it: '<hmac hex> <json>',
+    signed over 'context:<32-bit xid>:<json>' so that it is good in one transaction only."""
+    return _context_mac(key, xid, document) + b" " + document
+
+
+def verified_context(key: bytes, xid: int, content: bytes) -> ActorContext | None:
+    """The context a message carries if the source's key signed it for this transaction;
+    None for anything else, which must never be trusted (any role can emit a message)."""
+    mac, sep, document = content.partition(b" ")
+    if not sep or not hmac.compare_digest(mac, _context_mac(key, xid, document)):
+        return None
+    try:
+        return ActorContext.from_message(document)
+    except DecodeError:
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TransactionEnd:
@@ -48,6 +76,7 @@ SchemaResolver = Callable[[Relation], TableSchema]
 class _Open:
     begin: Begin
     actor: ActorContext = NO_CONTEXT
+    forged: bool = False
     sequence: int = 0
     per_table: dict[int, int] = field(default_factory=dict)
 
@@ -57,10 +86,12 @@ class TransactionAssembler:
 
     `resolve` turns a Relation into a TableSchema; it is the one call that may do I/O (a
     catalog lookup for the primary key and type names), injected so this class stays pure.
+    `context_key` is the source's bookaudit.context_key: only context messages it signed count.
     """
 
-    def __init__(self, resolve: SchemaResolver) -> None:
+    def __init__(self, resolve: SchemaResolver, context_key: bytes) -> None:
         self._resolve = resolve
+        self._key = context_key
         self._tables: dict[int, TableSchema] = {}
         self._open: _Open | None = None
 
@@ -80,10 +111,8 @@ class TransactionAssembler:
             self._open = None
             yield TransactionEnd(txn.begin.xid, message.commit_lsn, message.end_lsn, txn.sequence)
         elif isinstance(message, LogicalMessage):
-            if message.prefix == CONTEXT_PREFIX and message.transactional:
-                self._require_open("context message").actor = ActorContext.from_message(
-                    message.content
-                )
+            if message.prefix == CONTEXT_PREFIX:
+                self._context(message)
         elif isinstance(message, Insert):
             table = self._table(message.relation_oid)
             yield self._change(wal_start, table, "c", None, _row(table, message.new))
@@ -98,6 +127,22 @@ class TransactionAssembler:
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
                 yield self._change(wal_start, self._table(oid), "t", None, None)
+
+    def _context(self, message: LogicalMessage) -> None:
+        """A genuine message is always transactional; a non-transactional one outside a
+        transaction can only be forged, and there is no transaction to flag."""
+        if not message.transactional and self._open is None:
+            return
+        txn = self._require_open("context message")
+        actor = (
+            verified_context(self._key, txn.begin.xid, message.content)
+            if message.transactional
+            else None
+        )
+        if actor is None:
+            txn.forged = True
+        else:
+            txn.actor = actor
 
     def _require_open(self, what: str) -> _Open:
         if self._open is None:
@@ -133,7 +178,7 @@ class TransactionAssembler:
             sequence=txn.sequence,
             data_collection_order=order,
             commit_unix_ms=txn.begin.commit_unix_ms,
-            actor=txn.actor,
+            actor=replace(txn.actor, origin=FORGED) if txn.forged else txn.actor,
             unchanged_toast=toast,
         )
         txn.sequence += 1

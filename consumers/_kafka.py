@@ -18,7 +18,8 @@ from bookaudit.kafka.chunks import CHUNK_HEADER
 from bookaudit.kafka.serde import Header, Headers, topic_part
 
 # How long the cluster may take to answer the first metadata request before it counts as down.
-CONNECT_TIMEOUT_S = 15.0
+# A busy broker can take tens of seconds; an unreachable one is only told apart by this timeout.
+CONNECT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.model",
             "bookaudit.chain",
             "bookaudit.kafka",
+            "bookaudit.terminal",
         ),
     ),
     ("source install", ("bookaudit.source", "bookaudit.actor")),

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent, watch_events
+from bookaudit.consumers.alerts.recovery import recover_kafka
 from bookaudit.consumers.alerts.rules import evaluate_batch
+from bookaudit.consumers.alerts.ruleset import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.alerts.sink import KafkaOutput, StdoutOutput, WebhookOutput
 from bookaudit.consumers.alerts.state import AlertStore, Pending, RecordedAlert
 from bookaudit.consumers.records import DeadLetter, Record, decode_and_map
@@ -192,7 +193,7 @@ class AlertsJob:
     def recover(self) -> None:
         """Deliver what dead instances (this process's earlier runs included) left undelivered."""
         self._last_recovery = time.monotonic()
-        produced = self.kafka.recover(self._orphans("kafka"))
+        produced = recover_kafka(self.kafka, self.store, self._orphans("kafka"))
         if produced:
             self.log(f"alerts: produced {produced} alert(s) a stopped instance had not")
         self.stats.recovered += produced

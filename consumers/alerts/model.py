@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from bookaudit.consumers.alerts.config import AfterInvoiceSent, RuleSet
+from bookaudit.consumers.alerts.ruleset import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.records import AuditEntry, FieldChange
 from bookaudit.model import ActorContext, Position, format_position, parse_position
 

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.model import (
+    Alert,
+    ChangeEvent,
+    InvoiceSent,
+    change_percent,
+    decimal_or_none,
+)
+from bookaudit.consumers.alerts.ruleset import (
     AfterInvoiceSent,
     ByFieldworker,
     OutsideBusinessHours,
@@ -17,13 +24,7 @@ from bookaudit.consumers.alerts.config import (
     Rule,
     RuleSet,
     Threshold,
-)
-from bookaudit.consumers.alerts.model import (
-    Alert,
-    ChangeEvent,
-    InvoiceSent,
-    change_percent,
-    decimal_or_none,
+    UntrustedAttribution,
 )
 from bookaudit.consumers.records import FieldChange
 
@@ -157,6 +158,21 @@ def _check_repeated(
     return f"edit {count} by the same actor within {rule.window_minutes} min"
 
 
+# Origins the source vouches for; anything else is a forged or missing context.
+TRUSTED_ORIGINS = frozenset({"application", "db_session"})
+
+
+def _check_untrusted(
+    _r: UntrustedAttribution, event: ChangeEvent, _f: tuple[FieldChange, ...], _c: RuleContext
+) -> str | None:
+    origin = event.actor.origin
+    if origin in TRUSTED_ORIGINS:
+        return None
+    if origin == "forged":
+        return "a forged actor context was sent in its transaction; the attribution shown is the database's own"
+    return f"no trustworthy actor context (origin {origin}): who made it is unknown"
+
+
 CHECKS: dict[type[Rule], Check] = {
     RoleNotAllowed: _check_role,
     Threshold: _check_threshold,
@@ -164,6 +180,7 @@ CHECKS: dict[type[Rule], Check] = {
     ByFieldworker: _check_fieldworker,
     OutsideBusinessHours: _check_hours,
     RepeatedEdits: _check_repeated,
+    UntrustedAttribution: _check_untrusted,
 }
 
 

@@ -1,11 +1,11 @@
-"""Outputs of the alerting job: the Avro alert topic, JSON lines on stdout, and the webhook."""
+"""Outputs of the alerting job: the Avro alert topic, JSON lines on stdout, and the webhook
+(recovery.py delivers what a stopped instance left undelivered)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import deque
@@ -13,19 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
 from bookaudit import __version__
-from bookaudit.classify import kafka_logger
-from bookaudit.consumers.alerts.state import AlertStore, Delivery, Pending, RecordedAlert
-from bookaudit.errors import BookauditError, DecodeError, TransientError
-from bookaudit.kafka.alert import ALERT_SCHEMA_ID, decode_alert, encode_alert
+from bookaudit.consumers.alerts.state import AlertStore, Delivery, RecordedAlert
+from bookaudit.errors import BookauditError, TransientError
+from bookaudit.kafka.alert import ALERT_SCHEMA_ID, encode_alert
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import SCHEMA_HEADER, KafkaRecord
-
-# A recovered alert was produced after it was recorded; the slack covers clock steps between the
-# warehouse and the broker.
-_SCAN_SLACK_MS = 5_000
 
 
 def json_line(document: dict[str, Any]) -> str:
@@ -66,7 +59,7 @@ class KafkaOutput:
 
     def __init__(self, bootstrap: str, topic: str, store: AlertStore) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap
+        self.bootstrap = bootstrap
         self._store = store
         self._sink = KafkaSink(ProducerSettings(bootstrap))
 
@@ -100,84 +93,6 @@ class KafkaOutput:
             "kafka",
             [Delivery(a.id, self.topic, 1, *acked[a.id]) for a in alerts],
         )
-
-    def recover(self, orphans: Sequence[Pending]) -> int:
-        """Deliver alerts a dead instance recorded but may not have produced: what the topic
-        already holds is only recorded, the rest is produced. Returns how many were produced."""
-        if not orphans:
-            return 0
-        since = min(p.recorded_at_ms for p in orphans) - _SCAN_SLACK_MS
-        on_topic = self.scan(since)
-        found = [p.alert for p in orphans if p.alert.alert_id in on_topic]
-        self._store.delivered(
-            "kafka",
-            [Delivery(a.id, self.topic, 1, *on_topic[a.alert_id]) for a in found],
-        )
-        missing = [p.alert for p in orphans if p.alert.alert_id not in on_topic]
-        self.send(missing)
-        return len(missing)
-
-    def scan(self, since_ms: int) -> dict[str, tuple[int, int]]:
-        """alert_id → (partition, offset) of every alert on the topic produced since `since_ms`."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
-                "group.id": "bookaudit-alerts-recovery",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "logger": kafka_logger(),
-            }
-        )
-        try:
-            return self._scan(consumer, since_ms)
-        except KafkaException as exc:
-            raise TransientError(f"cannot read {self.topic}: {exc.args[0]}") from None
-        finally:
-            consumer.close()
-
-    def _scan(self, consumer: Any, since_ms: int) -> dict[str, tuple[int, int]]:
-        metadata = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if metadata is None or metadata.error is not None:
-            return {}
-        wanted = [TopicPartition(self.topic, p, since_ms) for p in metadata.partitions]
-        starts = consumer.offsets_for_times(wanted, timeout=10)
-        ends: dict[int, int] = {}
-        assign = []
-        for tp in starts:
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, tp.partition), timeout=10
-            )
-            if 0 <= tp.offset < high:
-                ends[tp.partition] = high
-                assign.append(TopicPartition(self.topic, tp.partition, tp.offset))
-        found: dict[str, tuple[int, int]] = {}
-        if not assign:
-            return found
-        consumer.assign(assign)
-        deadline = time.monotonic() + 60
-        while ends:
-            if time.monotonic() > deadline:
-                raise TransientError(f"reading {self.topic} back timed out")
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            partition = int(msg.partition() or 0)
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    ends.pop(partition, None)
-                    continue
-                raise TransientError(f"reading {self.topic} back: {err.str()}")
-            offset = int(msg.offset() or 0)
-            try:
-                alert_id = str(decode_alert(msg.value())["alert_id"])
-            except (DecodeError, KeyError):
-                alert_id = ""  # not ours; a foreign record on the topic cannot hide an alert
-            if alert_id:
-                found[alert_id] = (partition, offset)
-            if offset + 1 >= ends.get(partition, 0):
-                ends.pop(partition, None)
-        return found
 
 
 class WebhookError(TransientError):

@@ -1,7 +1,57 @@
 -- bookaudit source install: the actor-context API and the statement trigger that puts it in the WAL.
+--
+-- Trust: the application may name its user (set_actor); it must never forge or suppress what the
+-- database knows (session role, client address, origin, whether a context was set). So every
+-- trigger function is SECURITY DEFINER, owned by the install role with search_path pinned, and an
+-- application role needs no privilege here at all; only set_actor is ever granted (install
+-- --grant-to). Objects are named schema-qualified throughout, as a pinned path requires.
 CREATE SCHEMA IF NOT EXISTS bookaudit;
--- The application's own role, owner of nothing, calls set_actor and runs the context triggers.
-GRANT USAGE ON SCHEMA bookaudit TO PUBLIC;
+REVOKE ALL ON SCHEMA bookaudit FROM PUBLIC;
+
+-- The key that signs each context message (HMAC-SHA256), made here by the server's strong random
+-- source and never shown. Anyone may call pg_logical_emit_message, so an unsigned message proves
+-- nothing; the capture, which runs as the install role, reads the key and trusts only messages
+-- signed with it. The two pads are HMAC's key XOR ipad/opad, kept so that signing costs only two
+-- sha256 calls.
+CREATE TABLE IF NOT EXISTS bookaudit.context_key (
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    key       bytea   NOT NULL CHECK (length(key) = 32),
+    inner_pad bytea   NOT NULL CHECK (length(inner_pad) = 64),
+    outer_pad bytea   NOT NULL CHECK (length(outer_pad) = 64)
+);
+REVOKE ALL ON bookaudit.context_key FROM PUBLIC;
+
+DO $$
+DECLARE
+    k bytea;
+    block bytea;
+    inner_pad bytea;
+    outer_pad bytea;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM bookaudit.context_key) THEN
+        -- gen_random_uuid() draws on pg_strong_random: 3 x 122 random bits, hashed to 256.
+        k := sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text
+                               || gen_random_uuid()::text, 'UTF8'));
+        block := k || decode(repeat('00', 32), 'hex');
+        inner_pad := block;
+        outer_pad := block;
+        FOR i IN 0..63 LOOP
+            inner_pad := set_byte(inner_pad, i, get_byte(block, i) # 54);  -- 0x36
+            outer_pad := set_byte(outer_pad, i, get_byte(block, i) # 92);  -- 0x5c
+        END LOOP;
+        INSERT INTO bookaudit.context_key (key, inner_pad, outer_pad)
+        VALUES (k, inner_pad, outer_pad);
+    END IF;
+END
+$$;
+
+-- HMAC-SHA256 of msg under the context key, hex. Callable only by the install role (so only from
+-- inside the SECURITY DEFINER triggers): a role that could call it could sign anything.
+CREATE OR REPLACE FUNCTION bookaudit._mac(msg bytea) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad || msg)), 'hex')
+    FROM bookaudit.context_key k
+$$;
 
 -- Transaction-scoped (is_local) so a pooled session never carries one request's actor into the next.
 CREATE OR REPLACE FUNCTION bookaudit.set_actor(
@@ -26,19 +76,22 @@ $$;
 
 -- A setting once set in a session reads '' (not NULL) in later transactions: '' means unset.
 CREATE OR REPLACE FUNCTION bookaudit._setting(name text) RETURNS text
-LANGUAGE sql STABLE AS $$ SELECT nullif(current_setting(name, true), '') $$;
+LANGUAGE sql STABLE AS $$ SELECT nullif(pg_catalog.current_setting(name, true), '') $$;
 
+-- What the application says (actor ... request_id, and its application_name) beside what the
+-- database knows (session_user, the client address, and so the origin). session_user is the
+-- login role even inside a SECURITY DEFINER function, where current_user is the owner.
 CREATE OR REPLACE FUNCTION bookaudit.current_context() RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
+    SELECT pg_catalog.jsonb_build_object(
         'actor', bookaudit._setting('bookaudit.actor'),
         'role', bookaudit._setting('bookaudit.role'),
         'reason', bookaudit._setting('bookaudit.reason'),
         'approval_ref', bookaudit._setting('bookaudit.approval_ref'),
         'request_id', bookaudit._setting('bookaudit.request_id'),
-        'application', nullif(current_setting('application_name'), ''),
+        'application', nullif(pg_catalog.current_setting('application_name'), ''),
         'db_user', session_user::text,
-        'client_addr', host(inet_client_addr()),
+        'client_addr', pg_catalog.host(pg_catalog.inet_client_addr()),
         'origin', CASE WHEN bookaudit._setting('bookaudit.actor') IS NULL
                        THEN 'db_session' ELSE 'application' END
     )
@@ -49,27 +102,59 @@ $$;
 -- An unset setting reads NULL or '' (see _setting): both become '' here, as both mean unset.
 CREATE OR REPLACE FUNCTION bookaudit._context_mark() RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT concat_ws(E'\x1f',
-        coalesce(current_setting('bookaudit.actor', true), ''),
-        coalesce(current_setting('bookaudit.role', true), ''),
-        coalesce(current_setting('bookaudit.reason', true), ''),
-        coalesce(current_setting('bookaudit.approval_ref', true), ''),
-        coalesce(current_setting('bookaudit.request_id', true), ''),
-        current_setting('application_name'))
+    SELECT pg_catalog.concat_ws(E'\x1f',
+        coalesce(pg_catalog.current_setting('bookaudit.actor', true), ''),
+        coalesce(pg_catalog.current_setting('bookaudit.role', true), ''),
+        coalesce(pg_catalog.current_setting('bookaudit.reason', true), ''),
+        coalesce(pg_catalog.current_setting('bookaudit.approval_ref', true), ''),
+        coalesce(pg_catalog.current_setting('bookaudit.request_id', true), ''),
+        pg_catalog.current_setting('application_name'))
 $$;
 
--- Once per transaction and again whenever the context changes; the marker is transaction-local
--- and rolls back with a savepoint, exactly like the transactional message it stands for.
+-- The 32-bit transaction id, as logical decoding's BEGIN reports it: a signature names its
+-- transaction, so no signed message or marker is good in another one.
+CREATE OR REPLACE FUNCTION bookaudit._xid() RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT (pg_catalog.pg_current_xact_id()::text::bigint % 4294967296)::text
+$$;
+
+-- BEFORE ... FOR EACH STATEMENT on every audited table (logical mode): emits the context once per
+-- transaction and again whenever it changes, as '<hmac hex> <context json>' signed over
+-- 'context:<xid>:<json>'. Whether it was already emitted is kept in a transaction-local setting
+-- that anyone could set, so the setting carries its own HMAC over 'emitted:<xid>:<mark>': the
+-- application can neither preset it nor carry it into another transaction (the two prefixes keep
+-- a marker, which the session can read, from ever passing for a message signature).
 CREATE OR REPLACE FUNCTION bookaudit.emit_context() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     mark text := bookaudit._context_mark();
+    seen text := current_setting('bookaudit._emitted', true);
+    xid text;
+    context bytea;
 BEGIN
-    IF current_setting('bookaudit._emitted', true) IS DISTINCT FROM mark THEN
-        PERFORM pg_logical_emit_message(
-            true, 'bookaudit.context', bookaudit.current_context()::text);
-        PERFORM set_config('bookaudit._emitted', mark, true);
+    -- Cheap test first: the mark must match before the signature is worth checking.
+    IF seen IS NOT NULL AND substr(seen, 66) = mark THEN
+        xid := bookaudit._xid();
+        IF left(seen, 64) = bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8'))
+        THEN
+            RETURN NULL;
+        END IF;
     END IF;
+    xid := bookaudit._xid();
+    context := convert_to(bookaudit.current_context()::text, 'UTF8');
+    PERFORM pg_logical_emit_message(
+        true, 'bookaudit.context',
+        convert_to(bookaudit._mac(convert_to('context:' || xid || ':', 'UTF8') || context) || ' ',
+                   'UTF8') || context);
+    PERFORM set_config(
+        'bookaudit._emitted',
+        bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8')) || ' ' || mark,
+        true);
     RETURN NULL;
 END
 $$;
+
+REVOKE ALL ON FUNCTION bookaudit._mac(bytea), bookaudit._setting(text),
+    bookaudit.current_context(), bookaudit._context_mark(), bookaudit._xid(),
+    bookaudit.emit_context(), bookaudit.set_actor(text, text, text, text, text)
+    FROM PUBLIC;

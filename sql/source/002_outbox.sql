@@ -17,8 +17,12 @@ CREATE TABLE IF NOT EXISTS bookaudit.outbox (
     old_row     {hstore}.hstore,
     new_row     {hstore}.hstore,
     context     jsonb,              -- set where a context takes effect, NULL elsewhere
+    context_mark uuid,              -- md5 of the settings the context was built from
     PRIMARY KEY (txid, seq)
 );
+-- Installs made before the mark column existed.
+ALTER TABLE bookaudit.outbox ADD COLUMN IF NOT EXISTS context_mark uuid;
+
 -- The table's columns as this row was written (bookaudit.outbox_shapes); NULL in rows written
 -- before an install that had shapes, which the relay reads through the table as it is now.
 ALTER TABLE bookaudit.outbox ADD COLUMN IF NOT EXISTS shape integer;
@@ -53,25 +57,10 @@ SELECT setval('bookaudit.commit_seq',
               greatest((SELECT last_value FROM bookaudit.commit_seq),
                        (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint));
 
--- Notes the current context when it moved; the next change written carries it. Everything is
--- transaction-local, so a rolled-back savepoint takes a context back with the changes it covered.
-CREATE OR REPLACE FUNCTION bookaudit._note_context() RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    mark text := bookaudit._context_mark();
-BEGIN
-    IF current_setting('bookaudit._emitted', true) IS DISTINCT FROM mark THEN
-        PERFORM set_config('bookaudit._context', bookaudit.current_context()::text, true);
-        PERFORM set_config('bookaudit._context_seq', '', true);
-        PERFORM set_config('bookaudit._emitted', mark, true);
-    END IF;
-END
-$$;
-
 -- The shape of a table now (generated columns left out, as pgoutput leaves them out): the one
 -- recorded already, else a new one. Run once per statement that writes rows (see outbox_row).
 CREATE OR REPLACE FUNCTION bookaudit._shape(rel oid) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_columns text[];
     v_types oid[];
@@ -101,13 +90,13 @@ BEGIN
 END
 $$;
 
--- BEFORE ... FOR EACH STATEMENT on every audited table: the trigger-mode twin of emit_context.
--- A statement may follow an ALTER TABLE in the same transaction: forget the shape noted so far,
--- and the statement's first row looks it up again.
+-- BEFORE ... FOR EACH STATEMENT on every audited table. A statement may follow an ALTER TABLE in
+-- the same transaction: forget the shape noted so far, and the statement's first row looks it up
+-- again. (The setting is only a cache: outbox_row trusts it only where it matches the shape the
+-- outbox itself holds for the table, so presetting it changes nothing.)
 CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM bookaudit._note_context();
     PERFORM set_config('bookaudit._shape_' || TG_RELID, '', true);
     RETURN NULL;
 END
@@ -123,32 +112,49 @@ SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits
 AS $$ SELECT {hstore}.hstore(r) $$;
 
 -- AFTER ... FOR EACH ROW (and AFTER TRUNCATE FOR EACH STATEMENT): one outbox row per change.
+-- SECURITY DEFINER: the application role has no privilege on the outbox, so it can neither write
+-- a change nor read one. The transaction's state (next seq, the context in effect) is read back
+-- from the outbox itself, never kept in settings: a setting can be preset by anyone, while these
+-- rows can only be written here and roll back with a savepoint exactly like the changes.
+-- session_user and inet_client_addr() are read here, inside the trigger, from the server.
 CREATE OR REPLACE FUNCTION bookaudit.outbox_row() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    at integer := coalesce(nullif(current_setting('bookaudit._seq', true), ''), '0')::integer;
-    ctx integer := nullif(current_setting('bookaudit._context_seq', true), '')::integer;
+    tx bigint := pg_current_xact_id()::text::bigint;
+    mark uuid := md5(bookaudit._context_mark())::uuid;
+    at integer;
+    ctx integer;
+    last_mark uuid;
+    last_table text;
+    last_shape integer;
+    shape integer := nullif(current_setting('bookaudit._shape_' || TG_RELID, true), '')::integer;
     carried jsonb;
     plain boolean := current_setting('DateStyle') LIKE 'ISO%'
                      AND current_setting('IntervalStyle') = 'postgres'
                      AND current_setting('extra_float_digits')::integer >= 1;
     old_row {hstore}.hstore;
     new_row {hstore}.hstore;
-    shape integer := nullif(current_setting('bookaudit._shape_' || TG_RELID, true), '')::integer;
 BEGIN
-    IF shape IS NULL AND TG_LEVEL = 'ROW' THEN
+    SELECT o.seq + 1, o.context_seq, o.context_mark, o.schema_name || '.' || o.table_name, o.shape
+      INTO at, ctx, last_mark, last_table, last_shape
+      FROM bookaudit.outbox o WHERE o.txid = tx ORDER BY o.seq DESC LIMIT 1;
+    at := coalesce(at, 0);
+    -- The shape noted for this statement serves only while it is the one the last row of this
+    -- table holds; otherwise (first row, another table in between, or a preset setting) it is
+    -- looked up again.
+    IF TG_LEVEL = 'ROW' AND (shape IS NULL OR last_shape IS DISTINCT FROM shape
+                             OR last_table IS DISTINCT FROM TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
+    THEN
         shape := bookaudit._shape(TG_RELID);
         PERFORM set_config('bookaudit._shape_' || TG_RELID, shape::text, true);
+    ELSIF TG_LEVEL = 'STATEMENT' THEN
+        shape := NULL;
     END IF;
-    IF ctx IS NULL THEN
-        -- The context moved since the last change (or no statement trigger announced it, as for
-        -- a table audited mid-transaction): this change carries it.
-        IF coalesce(current_setting('bookaudit._context', true), '') = '' THEN
-            PERFORM bookaudit._note_context();
-        END IF;
-        carried := current_setting('bookaudit._context')::jsonb;
+    IF ctx IS NULL OR last_mark IS DISTINCT FROM mark THEN
+        -- The first change of the transaction, or the context moved since the last one: this
+        -- change carries the context, and the changes after it point here.
+        carried := bookaudit.current_context();
         ctx := at;
-        PERFORM set_config('bookaudit._context_seq', at::text, true);
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_row := CASE WHEN plain THEN {hstore}.hstore(OLD) ELSE bookaudit._exact_text(OLD) END;
@@ -156,14 +162,13 @@ BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
-    INSERT INTO bookaudit.outbox
-        (txid, seq, context_seq, schema_name, table_name, op, old_row, new_row, context, shape)
+    INSERT INTO bookaudit.outbox (txid, seq, context_seq, schema_name, table_name, op, old_row,
+                                  new_row, context, context_mark, shape)
     VALUES (
-        pg_current_xact_id()::text::bigint, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+        tx, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
         CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
-        old_row, new_row, carried, shape
+        old_row, new_row, carried, mark, shape
     );
-    PERFORM set_config('bookaudit._seq', (at + 1)::text, true);
     RETURN NULL;
 END
 $$;
@@ -173,14 +178,16 @@ $$;
 -- take commit_seq numbers strictly in commit order: when the relay sees number N, every smaller
 -- number that will ever commit is already visible, and it never has to wait on a gap.
 CREATE OR REPLACE FUNCTION bookaudit.register_commit() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tx bigint := pg_current_xact_id()::text::bigint;
 BEGIN
-    IF bookaudit._setting('bookaudit._commit_registered') IS NULL THEN
+    IF NOT EXISTS (SELECT 1 FROM bookaudit.outbox_commits c WHERE c.txid = tx) THEN
         PERFORM pg_advisory_xact_lock(1651204468, 1);  -- 'bkat': bookaudit's commit order
         INSERT INTO bookaudit.outbox_commits (commit_seq, txid, changes, committed_at)
-        VALUES (nextval('bookaudit.commit_seq'), pg_current_xact_id()::text::bigint,
-                coalesce(bookaudit._setting('bookaudit._seq'), '0')::integer, clock_timestamp());
-        PERFORM set_config('bookaudit._commit_registered', 'yes', true);
+        VALUES (nextval('bookaudit.commit_seq'), tx,
+                (SELECT max(o.seq) + 1 FROM bookaudit.outbox o WHERE o.txid = tx),
+                clock_timestamp());
     END IF;
     RETURN NULL;
 END
@@ -193,11 +200,10 @@ CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbo
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.seq = 0)
     EXECUTE FUNCTION bookaudit.register_commit();
 
--- The application's role writes the outbox only through these triggers, never directly (it has no
--- privilege on the outbox, so it cannot forge or delete a change): they run as the installing
--- owner with a fixed search_path, and no one else may attach them to a table of their own.
-ALTER FUNCTION bookaudit.outbox_row() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION bookaudit.register_commit() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION bookaudit._shape(oid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE EXECUTE ON FUNCTION bookaudit.outbox_row(), bookaudit.register_commit(), bookaudit._shape(oid)
-    FROM PUBLIC;
+-- The settings-based bookkeeping of earlier installs, which an application could preset.
+DROP FUNCTION IF EXISTS bookaudit._note_context();
+
+REVOKE ALL ON bookaudit.outbox, bookaudit.outbox_commits, bookaudit.outbox_shapes FROM PUBLIC;
+REVOKE ALL ON SEQUENCE bookaudit.commit_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION bookaudit._exact_text(anyelement), bookaudit.outbox_row(),
+    bookaudit.register_commit(), bookaudit._shape(oid), bookaudit.record_context() FROM PUBLIC;

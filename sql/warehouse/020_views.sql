@@ -162,8 +162,8 @@ WITH entries AS (
                           ORDER BY f.position), '{}') AS fields
     FROM audit.change_entities c
     JOIN audit.row_changes r ON r.id = c.change_id
-    JOIN audit.entity_maps m ON m.source = audit.map_of(r.source)
-    LEFT JOIN audit.change_bookings b ON b.change_id = c.change_id
+    JOIN audit.entity_maps m ON m.source = c.map
+    LEFT JOIN audit.booking_links b ON b.change_id = c.change_id
     WHERE c.kind = 'customer' OR b.booking_id IS NOT NULL
 )
 SELECT e.id AS change_id,
@@ -211,9 +211,9 @@ WHERE e.action <> 'update' OR cardinality(e.fields) > 0;
 -- Which customer a booking belongs to, per source (a booking can move between customers; every
 -- customer it ever had sees it).
 CREATE VIEW audit.booking_customers AS
-SELECT DISTINCT t.source, t.booking_id, t.customer_ref AS customer_id
-FROM audit.timeline t
-WHERE t.kind = 'booking' AND t.customer_ref IS NOT NULL;
+SELECT DISTINCT cl.source, bl.booking_id, cl.customer_id
+FROM audit.customer_links cl
+JOIN audit.booking_links bl ON bl.change_id = cl.change_id;
 
 -- A booking's history, one row per visible changed field (an entry without fields, such as a
 -- TRUNCATE, has one row with field NULL); `label` and `change_id` group the rows into entries.
@@ -234,12 +234,13 @@ SELECT bc.customer_id, b.*
 FROM audit.booking_history b
 JOIN audit.booking_customers bc ON bc.source = b.source AND bc.booking_id = b.booking_id
 UNION ALL
-SELECT t.row_id AS customer_id, t.source, NULL AS booking_id, t.change_id, t.committed_at,
+SELECT cl.customer_id, cl.source, NULL AS booking_id, t.change_id, t.committed_at,
        t.commit_lsn, t.sequence, t.txid, t.schema_name, t.table_name, t.kind, t.action,
        t.row_key, t.row_id, t.label, t.labels, t.actor, t.app_actor, t.actor_role,
        t.actor_origin, t.reason, t.approval_ref, t.request_id, t.application, t.db_user,
        t.client_addr, f.field, f.position, f.old_value, f.new_value, t.link_fields
-FROM audit.timeline t
+FROM audit.customer_links cl
+JOIN audit.timeline t ON t.change_id = cl.change_id
 LEFT JOIN audit.field_changes f ON f.change_id = t.change_id AND f.field = ANY (t.fields)
 WHERE t.kind = 'customer';
 

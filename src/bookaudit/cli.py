@@ -165,10 +165,23 @@ def source() -> None:
     type=click.Choice(["initial", "never"]),
     help="initial: record the rows that exist now as a baseline (default); never: only changes",
 )
+@click.option(
+    "--grant-to",
+    "grant_to",
+    multiple=True,
+    metavar="ROLE",
+    help="application role that may call bookaudit.set_actor (repeatable; PUBLIC for all). "
+    "Writing audited tables needs no grant.",
+)
 @click.option("--dry-run", is_flag=True, help="print the SQL instead of running it")
 @click.pass_context
 def source_install(
-    ctx: click.Context, /, tables: tuple[str, ...], dry_run: bool, **flags: Any
+    ctx: click.Context,
+    /,
+    tables: tuple[str, ...],
+    grant_to: tuple[str, ...],
+    dry_run: bool,
+    **flags: Any,
 ) -> None:
     """Context API and triggers; a publication, REPLICA IDENTITY FULL and the replication slot,
     or (--mode trigger) an outbox with row triggers. The audit is complete from the moment this
@@ -187,7 +200,7 @@ def source_install(
         with _connect(source_dsn, "source") as conn:
             if cfg.mode == "logical":
                 check_replication(conn, cfg.slot)
-            click.echo(render(conn, plan_install(conn, names, cfg.publication, cfg.mode)))
+            click.echo(render(conn, plan_install(conn, names, cfg.publication, cfg.mode, grant_to)))
             for line in planned_start(conn, cfg.slot, cfg.mode, cfg.snapshot):
                 click.echo(f"-- then {line}")
         return
@@ -199,6 +212,7 @@ def source_install(
             slot=cfg.slot,
             mode=cfg.mode,
             snapshot=cfg.snapshot,
+            grant_to=grant_to,
             progress=lambda m: log(f"  {m}"),
         )
     except psycopg.OperationalError as exc:
@@ -280,7 +294,7 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
     cfg = config_from(ctx, **flags)
     warehouse_dsn = cfg.need("warehouse_dsn")
     own = cfg.entity_map != default_map()
-    init_warehouse(warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None)
+    init_warehouse(warehouse_dsn, {cfg.source_name: cfg.entity_map} if own else None, log)
     mapped = f"; source {cfg.source_name!r} uses {cfg.entity_map.origin}" if own else ""
     log(f"warehouse: audit schema ready{mapped}")
 
@@ -289,23 +303,26 @@ def warehouse_init(ctx: click.Context, /, warehouse_dsn_alias: str | None, **fla
 @_connection_options("warehouse_dsn")
 @click.pass_context
 def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
-    """Recompute the hash chain; exit 1 and list every tampered row if it does not hold."""
-    from bookaudit.warehouse.verify import verify_chain
+    """Recompute the hash chains (audit rows, alerts); exit 1 and list every tampered row if
+    either does not hold."""
+    from bookaudit.warehouse.verify import verify_alert_chain, verify_chain
 
     cfg = config_from(ctx, **flags)
     warehouse_dsn = cfg.need("warehouse_dsn")
     from bookaudit.warehouse.gaps import list_gaps
 
     report = verify_chain(warehouse_dsn)
-    for problem in report.problems:
+    alerts = verify_alert_chain(warehouse_dsn)
+    for problem in report.problems + alerts.problems:
         click.echo(f"TAMPERED: {problem}")
     # An accepted gap is not tampering (the chain holds), but the audit is not complete there.
     for gap in list_gaps(warehouse_dsn):
         click.echo(f"GAP: {gap}")
-    if not report.intact:
+    if not (report.intact and alerts.intact):
         sys.exit(1)
-    # Recording the head elsewhere also catches a cut-off tail, which no chain can see alone.
+    # Recording the heads elsewhere also catches a cut-off tail, which no chain can see alone.
     click.echo(f"intact: {report.entries} audit rows chained, head {report.head or '-'}")
+    click.echo(f"intact: {alerts.entries} alerts chained, head {alerts.head or '-'}")
     if report.legacy:
         click.echo(
             f"note: {report.legacy} older audit rows are in audit.chain_v1, an earlier release's "
@@ -348,8 +365,8 @@ def consume_alerts(
     ctx: click.Context, /, exit_when_idle: bool, no_stdout: bool, **flags: Any
 ) -> None:
     """Raise alerts on unapproved changes: audit.alerts, <prefix>.alerts, stdout, webhook."""
-    from bookaudit.consumers.alerts.config import load_rules
     from bookaudit.consumers.alerts.job import AlertsJob, settings_from
+    from bookaudit.consumers.alerts.rulefile import load_rules
 
     cfg = config_from(ctx, **flags)
     rules = load_rules(cfg.alerts_rules, cfg.entity_map)
@@ -405,8 +422,9 @@ def map_apply(ctx: click.Context, /, **flags: Any) -> None:
     cfg = config_from(ctx, **flags)
     warehouse_dsn = cfg.need("warehouse_dsn")
     with connect_warehouse(warehouse_dsn) as conn:
-        apply_map(conn, cfg.source_name, cfg.entity_map)
-    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}")
+        changed = apply_map(conn, cfg.source_name, cfg.entity_map, log)
+    same = "" if changed else " (unchanged)"
+    log(f"map: source {cfg.source_name!r} now reads with {cfg.entity_map.origin}{same}")
 
 
 # --- read back ------------------------------------------------------------------------------
@@ -481,7 +499,9 @@ def _emit(
     if fmt == "json":
         click.echo(render_json(export))
     elif fmt == "csv":
-        click.echo(render_csv(export, keys))
+        # color=True: click would otherwise strip ANSI sequences from the values when stdout is
+        # not a terminal, and CSV must keep every value exactly as written.
+        click.echo(render_csv(export, keys), color=True)
     elif export:
         click.echo(table())
 
@@ -729,7 +749,7 @@ def alerts_list(
 @click.pass_context
 def alerts_rules(ctx: click.Context, /, **flags: Any) -> None:
     """Check a rule file and show the rules the alerts consumer would apply."""
-    from bookaudit.consumers.alerts.config import describe, load_rules
+    from bookaudit.consumers.alerts.rulefile import describe, load_rules
 
     cfg = config_from(ctx, **flags)
     click.echo("\n".join(describe(load_rules(cfg.alerts_rules, cfg.entity_map))))

@@ -9,11 +9,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bookaudit.cdc.decode import Message, Relation, decode_message
-from bookaudit.cdc.transactions import TransactionAssembler
-from bookaudit.model import ActorContext, Lsn, RowChange, SourceInfo, TableSchema, parse_lsn
+from bookaudit.cdc.decode import Begin, LogicalMessage, Message, Relation, decode_message
+from bookaudit.cdc.transactions import TransactionAssembler, sign_context
+from bookaudit.model import (
+    CONTEXT_PREFIX,
+    ActorContext,
+    Lsn,
+    RowChange,
+    SourceInfo,
+    TableSchema,
+    parse_lsn,
+)
 
 DATA = Path(__file__).parent / "data" / "pgoutput_session.json"
+# Stands in for a source's bookaudit.context_key in tests that assemble transactions.
+TEST_KEY = bytes(range(32))
 
 
 def captured() -> list[tuple[int, bytes]]:
@@ -23,6 +33,20 @@ def captured() -> list[tuple[int, bytes]]:
 
 def decoded() -> list[tuple[int, Message]]:
     return [(lsn, decode_message(raw)) for lsn, raw in captured()]
+
+
+def signed() -> list[tuple[int, Message]]:
+    """The captured session with each context message signed by TEST_KEY for its transaction,
+    as the installed emit_context signs it (the capture predates signing)."""
+    out: list[tuple[int, Message]] = []
+    xid = 0
+    for lsn, message in decoded():
+        if isinstance(message, Begin):
+            xid = message.xid
+        elif isinstance(message, LogicalMessage) and message.prefix == CONTEXT_PREFIX:
+            message = replace(message, content=sign_context(TEST_KEY, xid, message.content))
+        out.append((lsn, message))
+    return out
 
 
 def resolve(relation: Relation) -> TableSchema:
@@ -63,8 +87,8 @@ def change(op: str = "u") -> RowChange:
 
 
 def captured_changes() -> list[RowChange]:
-    assembler = TransactionAssembler(resolve)
-    return [o for lsn, m in decoded() for o in assembler.feed(lsn, m) if isinstance(o, RowChange)]
+    assembler = TransactionAssembler(resolve, TEST_KEY)
+    return [o for lsn, m in signed() for o in assembler.feed(lsn, m) if isinstance(o, RowChange)]
 
 
 SOURCE = SourceInfo("bookings", "db")

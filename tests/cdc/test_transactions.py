@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from bookaudit.cdc.decode import Begin, Commit, Insert, Relation
-from bookaudit.cdc.transactions import TransactionAssembler, TransactionEnd
+from bookaudit.cdc.decode import Begin, Commit, Insert, LogicalMessage, Relation
+from bookaudit.cdc.transactions import (
+    FORGED,
+    TransactionAssembler,
+    TransactionEnd,
+    sign_context,
+)
 from bookaudit.errors import DecodeError
-from bookaudit.model import NO_CONTEXT, RowChange
-from tests.cdc.fixtures import decoded, resolve
+from bookaudit.model import CONTEXT_PREFIX, NO_CONTEXT, ActorContext, RowChange
+from tests.cdc.fixtures import TEST_KEY, decoded, resolve, signed
 
 
 def assemble() -> list[RowChange | TransactionEnd]:
-    assembler = TransactionAssembler(resolve)
-    return [out for lsn, m in decoded() for out in assembler.feed(lsn, m)]
+    assembler = TransactionAssembler(resolve, TEST_KEY)
+    return [out for lsn, m in signed() for out in assembler.feed(lsn, m)]
 
 
 def test_every_change_carries_the_context_active_when_it_was_made() -> None:
@@ -70,7 +75,7 @@ def test_truncate_becomes_a_table_level_change() -> None:
 
 
 def test_change_without_context_message_is_marked_missing() -> None:
-    assembler = TransactionAssembler(resolve)
+    assembler = TransactionAssembler(resolve, TEST_KEY)
     relation = next(m for _, m in decoded() if isinstance(m, Relation))
     list(assembler.feed(0, relation))
     list(assembler.feed(1, Begin(100, 0, 7)))
@@ -81,9 +86,79 @@ def test_change_without_context_message_is_marked_missing() -> None:
 
 
 def test_protocol_violations_raise() -> None:
-    assembler = TransactionAssembler(resolve)
+    assembler = TransactionAssembler(resolve, TEST_KEY)
     with pytest.raises(DecodeError, match="before its Relation"):
         list(assembler.feed(0, Begin(1, 0, 1)))
         list(assembler.feed(1, Insert(424242, ("x",))))
     with pytest.raises(DecodeError, match="outside a transaction"):
-        list(TransactionAssembler(resolve).feed(0, Commit(0, 1, 2, 0)))
+        list(TransactionAssembler(resolve, TEST_KEY).feed(0, Commit(0, 1, 2, 0)))
+
+
+_GENUINE = (
+    b'{"actor": "ann", "role": "dispatcher", "db_user": "app", "client_addr": "10.0.0.5", '
+    b'"application": "web", "origin": "application"}'
+)
+_FORGED = (
+    b'{"actor": "boss", "approval_ref": "APR-FAKE", "db_user": "postgres", '
+    b'"client_addr": "10.9.9.9", "origin": "application"}'
+)
+
+
+def _one_transaction(*messages: LogicalMessage, xid: int = 7) -> RowChange:
+    """Feeds Begin, the messages, one insert and the commit; returns the insert's change."""
+    assembler = TransactionAssembler(resolve, TEST_KEY)
+    relation = next(m for _, m in decoded() if isinstance(m, Relation))
+    list(assembler.feed(0, relation))
+    list(assembler.feed(1, Begin(100, 0, xid)))
+    for m in messages:
+        list(assembler.feed(2, m))
+    (change,) = assembler.feed(3, Insert(relation.oid, ("1", "a", None, None, None)))
+    list(assembler.feed(4, Commit(0, 100, 120, 0)))
+    assert isinstance(change, RowChange)
+    return change
+
+
+def _message(content: bytes, transactional: bool = True) -> LogicalMessage:
+    return LogicalMessage(transactional, 2, CONTEXT_PREFIX, content)
+
+
+def test_signed_context_is_trusted() -> None:
+    actor = _one_transaction(_message(sign_context(TEST_KEY, 7, _GENUINE))).actor
+    assert (actor.id, actor.db_user, actor.client_addr, actor.origin) == (
+        "ann", "app", "10.0.0.5", "application",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _FORGED,  # what pg_logical_emit_message lets any role write
+        sign_context(bytes(32), 7, _FORGED),  # another key
+        sign_context(TEST_KEY, 8, _FORGED),  # signed for another transaction
+        sign_context(TEST_KEY, 7, _GENUINE)[:-1] + b" }",  # altered after signing
+        b"0" * 64 + b" " + _FORGED,
+    ],
+)
+def test_a_context_that_fails_the_check_is_never_trusted(content: bytes) -> None:
+    alone = _one_transaction(_message(content)).actor
+    assert alone == ActorContext(origin=FORGED)
+    after_genuine = _one_transaction(
+        _message(sign_context(TEST_KEY, 7, _GENUINE)), _message(content)
+    ).actor
+    # The real database facts stay; the change is flagged, whatever the forgery said.
+    assert after_genuine.to_dict() == {
+        **ActorContext.from_message(_GENUINE).to_dict(), "origin": FORGED,
+    }  # fmt: skip
+    before_genuine = _one_transaction(
+        _message(content), _message(sign_context(TEST_KEY, 7, _GENUINE))
+    ).actor
+    assert before_genuine.origin == FORGED and before_genuine.db_user == "app"
+    assert before_genuine.approval_ref is None
+
+
+def test_non_transactional_context_is_flagged_inside_a_transaction() -> None:
+    actor = _one_transaction(
+        _message(sign_context(TEST_KEY, 7, _GENUINE)),
+        _message(sign_context(TEST_KEY, 7, _FORGED), transactional=False),
+    ).actor
+    assert (actor.origin, actor.db_user) == (FORGED, "app")

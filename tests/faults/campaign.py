@@ -35,7 +35,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import devstack
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema
 from bookaudit.errors import TerminalError
-from bookaudit.source.install import TableName, apply, plan_install
+from bookaudit.source.audit_start import install
+from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
 from tests.faults.plan import KINDS, Fault, Identity, Reconciliation, plan_faults, reconcile
@@ -255,8 +256,10 @@ class Campaign:
             create_sample_schema(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(SETUP.encode())
-                tables = [TableName("public", t) for t in AUDITED_TABLES]
-                apply(conn, plan_install(conn, tables, "bookaudit", mode))
+            tables = [TableName("public", t) for t in AUDITED_TABLES]
+            # As `source install` does it: hooks, then (logical mode) the slot.
+            install(dsn, tables, publication="bookaudit", slot=f"fc_{source}", mode=mode)
+            with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(grants(APP_ROLE).encode())
         init_warehouse(self.dsn(WAREHOUSE_DB))
         self.proxy = CuttableProxy(

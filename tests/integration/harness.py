@@ -25,9 +25,11 @@ from bookaudit.cdc.decode import LogicalMessage, decode_message
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings, CaptureStats
 from bookaudit.consumers._kafka import ConsumerSettings
-from bookaudit.consumers.alerts.config import RuleSet, load_rules
 from bookaudit.consumers.alerts.job import AlertsJob, AlertsSettings, AlertsStats
+from bookaudit.consumers.alerts.rulefile import load_rules
+from bookaudit.consumers.alerts.ruleset import RuleSet
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
+from bookaudit.demo.day import create_app_role
 from bookaudit.kafka.alert import alerts_topic
 from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
@@ -81,6 +83,15 @@ class Pipeline:
     @property
     def source_dsn(self) -> str:
         return make_conninfo(self.stack.admin_dsn, dbname=f"{self.name}_src")
+
+    @property
+    def app_role(self) -> str:
+        """The application's login: writes the audited tables, owns nothing (as in production)."""
+        return f"{self.name}_app"
+
+    @property
+    def app_dsn(self) -> str:
+        return make_conninfo(self.source_dsn, user=self.app_role)
 
     @property
     def warehouse_dsn(self) -> str:
@@ -144,6 +155,8 @@ class Pipeline:
             if self.shared_with is None:
                 admin.execute(f'CREATE DATABASE "{self.name}_wh"')
         self.schema.create(self.source_dsn)
+        schemas = sorted({TableName.parse(t).schema for t in self.schema.tables})
+        create_app_role(self.source_dsn, self.app_role, schemas)
         if install:
             self.install(self.schema.tables if tables is None else tables)
         # A schema with its own map gets it under this pipeline's source name; a shared
@@ -160,6 +173,7 @@ class Pipeline:
             slot=self.slot,
             mode=self.mode,
             snapshot=snapshot,
+            grant_to=[self.app_role],
             progress=self.logs.append,
         )
 
@@ -179,6 +193,7 @@ class Pipeline:
                 )
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
         if self.config_path is not None:
             self.config_path.unlink(missing_ok=True)
 
@@ -328,7 +343,26 @@ class Pipeline:
         return sorted(int(r[0]) for r in rows)
 
     def source(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection as the application: the non-owner role, granted only its tables."""
+        return psycopg.connect(self.app_dsn, application_name=application_name)
+
+    def owner(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
+
+    def migrate(self, *statements: str) -> None:
+        """A schema migration, run by the owner; like a deploy script, it then grants the
+        application role its privileges on what the migration created."""
+        with self.owner() as conn:
+            for statement in statements:
+                conn.execute(statement)
+        schemas = sorted({TableName.parse(t).schema for t in self.schema.tables})
+        create_app_role(self.source_dsn, self.app_role, schemas)
+
+    def play_day(self) -> str:
+        """The schema's day, its application transactions written as the application role
+        and the evening's raw psql edit by the owner; returns the booking (or job) it is about."""
+        return self.schema.play_day(self.app_dsn, self.source_dsn)
 
     def warehouse(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.warehouse_dsn) as conn:

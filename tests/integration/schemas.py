@@ -96,8 +96,9 @@ def _as(dsn: str, app: str = "jobs-app") -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(dsn, application_name=app)
 
 
-def play_jobs_day(dsn: str, say: Callable[[str], None] = lambda _m: None) -> str:
-    """The sample day's story on the jobs schema; returns the job's number."""
+def play_jobs_day(dsn: str, psql_dsn: str | None = None) -> str:
+    """The sample day's story on the jobs schema; returns the job's number. The application's
+    transactions go through `dsn`; the raw psql edit through `psql_dsn` (the DBA's login)."""
     job = "J-1001"
     with _as(dsn) as conn:
         conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
@@ -149,9 +150,8 @@ def play_jobs_day(dsn: str, say: Callable[[str], None] = lambda _m: None) -> str
             "SELECT invoice_no, total FROM billing.invoices WHERE job_ref = %s",
             (job,),
         )
-    with _as(dsn, "psql") as conn:
+    with _as(psql_dsn or dsn, "psql") as conn:
         conn.execute("UPDATE ops.jobs SET quoted_total = 169.50 WHERE job_no = %s", (job,))
-    say(f"played the jobs day on {job}")
     return job
 
 
@@ -168,7 +168,7 @@ class Schema:
     create: Callable[[str], None]
     tables: tuple[str, ...]
     map_toml: str | None  # None: the built-in sample map
-    play_day: Callable[[str], str]
+    play_day: Callable[[str, str], str]  # (application DSN, owner DSN) -> booking
     # The sample schema's table names as this schema spells them, for shared assertions.
     names: dict[str, str]
 
@@ -184,7 +184,7 @@ SAMPLE = Schema(
     create=create_sample_schema,
     tables=AUDITED_TABLES,
     map_toml=None,
-    play_day=lambda dsn: str(play_day(dsn, lambda _m: None)),
+    play_day=lambda app, owner: str(play_day(app, lambda _m: None, psql_dsn=owner)),
     names={
         "bookings": "bookings",
         "customers": "customers",

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
+from bookaudit.consumers.alerts.ruleset import DEFAULT_RULES
 from bookaudit.kafka.alert import decode_alert, encode_alert
 from tests.integration.harness import Pipeline
 from tests.integration.workloads import alert_ids_on_topic, topic_records

@@ -14,7 +14,7 @@ from tests.integration.schemas import JOBS, JOBS_MAP
 
 def test_default_alerts_follow_the_entity_map(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
-    booking = p.schema.play_day(p.source_dsn)
+    booking = p.play_day()
     p.flow()
     p.alerts()
 
@@ -48,7 +48,7 @@ def test_map_check_names_each_mistake_in_one_line(pipeline: Pipeline) -> None:
     assert lines[0] == f"{config}: [map.booking]: table ops.jobs does not exist in the source"
     assert len(lines) == 5 and all("does not exist in the source" in line for line in lines)
 
-    with p.source() as conn:
+    with p.owner() as conn:  # DDL: the schema's owner, not the application
         conn.execute("CREATE SCHEMA ops")
         conn.execute("CREATE TABLE ops.clients (client_no text PRIMARY KEY)")
         conn.execute(

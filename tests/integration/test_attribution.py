@@ -163,8 +163,9 @@ def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
     pipeline: Pipeline,
 ) -> None:
     kept, removed = pipeline.seed(bookings=2)
+    with pipeline.owner() as conn:
+        conn.execute(_HELPERS)  # the schema's owner makes functions and triggers, not the app
     with pipeline.source() as conn:
-        conn.execute(_HELPERS)
         conn.execute("SELECT bookaudit.set_actor(%s)", (SEED,))
         conn.execute(
             "INSERT INTO invoices (booking_id, number, amount) VALUES (%s, 'INV-9', 100.00)",

@@ -4,16 +4,22 @@ stop the writer: within one batch, across batches, and across partitions and wri
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg.conninfo import make_conninfo
 
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
+from bookaudit.consumers.audit.writer import WarehouseWriter, prepare_row
+from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
+from tests.consumers.fixtures import ENTRY
 from tests.integration.harness import Pipeline
 
 
@@ -185,3 +191,40 @@ def test_copies_on_other_partitions_read_by_two_writers_are_stored_once(
     assert sum(r.written for r in results) == 2 * bookings + customers
     # Every copy was dropped; records re-read after the rebalance were dropped as well.
     assert sum(r.duplicates for r in results) >= len(originals)
+
+
+@pytest.fixture
+def warehouse_dsn(stack: StackEnv) -> Iterator[str]:
+    name = "tw" + uuid.uuid4().hex[:10]
+    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(stack.admin_dsn, dbname=name)
+    init_warehouse(dsn)
+    yield dsn
+    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("size", [12, 100], ids=["pipelined", "copy"])
+def test_a_batch_sent_straight_in_that_holds_stored_events_is_written_again_without_them(
+    warehouse_dsn: str, size: int
+) -> None:
+    """In a running stream a batch goes in without the check for stored copies; when it holds
+    one, the unique key refuses the batch and the writer writes it again, checking first."""
+    writer = WarehouseWriter(warehouse_dsn)
+    try:
+        first = [prepare_row(replace(ENTRY, sequence=i), 1000 + i, 0) for i in range(5)]
+        assert writer.write(first, []) == 5
+        clean = [prepare_row(replace(ENTRY, sequence=i), 2000 + i, 0) for i in range(5, 10)]
+        assert writer.write(clean, []) == 5  # after this one, the next goes straight in
+        mixed = [prepare_row(replace(ENTRY, sequence=i), 3000 + i, 0) for i in range(size)]
+        assert writer.write(mixed, []) == size - 10
+    finally:
+        writer.close()
+    with psycopg.connect(warehouse_dsn) as conn:
+        counts = conn.execute(
+            "SELECT count(*), count(DISTINCT sequence) FROM audit.row_changes"
+        ).fetchone()
+    assert counts == (size, size)
+    report = verify_chain(warehouse_dsn)
+    assert (report.problems, report.entries) == ((), size)

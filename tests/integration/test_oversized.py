@@ -48,8 +48,7 @@ def chunked_messages(p: Pipeline, table: str) -> int:
 
 def test_two_mb_text_and_one_mb_bytea_updates_arrive_whole(pipeline: Pipeline) -> None:
     p = pipeline
-    with p.source() as conn:
-        conn.execute(PHOTOS)
+    p.migrate(PHOTOS)
     p.install(["site_photos"])
     [booking] = p.seed(1)
     with p.source() as conn:

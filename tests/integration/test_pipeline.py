@@ -84,7 +84,8 @@ def test_change_without_actor_is_attributed_to_db_role_and_application(
     pipeline: Pipeline,
 ) -> None:
     booking = _book(pipeline)
-    with pipeline.source(application_name="psql-hotfix") as conn:
+    # Someone with a login of their own (here the owner) edits in psql, outside the application.
+    with pipeline.owner(application_name="psql-hotfix") as conn:
         conn.execute("UPDATE bookings SET status = 'cancelled' WHERE id = %s", (booking,))
     pipeline.flow()
     row = pipeline.warehouse(

@@ -47,7 +47,7 @@ def _json(p: Pipeline, *args: str) -> list[dict[str, Any]]:
 def test_reports_over_the_demo_day(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
     n = p.schema.names
-    booking = p.schema.play_day(p.source_dsn)
+    booking = p.play_day()
     p.flow()
 
     history = _json(p, "booking", booking)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from confluent_kafka import DeserializingConsumer
-from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings
@@ -65,7 +64,7 @@ def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
     pipeline.cli("source", "install", "--table", "public.bookings", "--table", "customers")
     assert _state(pipeline) == installed
 
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:
         conn.execute("CREATE TABLE booking_lines (booking_id bigint, line int, memo text, "
                      "PRIMARY KEY (booking_id, line))")  # fmt: skip
     assert not _captures(pipeline, "booking_lines")
@@ -74,7 +73,7 @@ def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
 
 
 def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:
         conn.execute("CREATE TABLE extras (id int PRIMARY KEY, label text)")
     before = _state(pipeline)
     out = pipeline.cli("source", "install", "--table", "extras", "--dry-run").stdout
@@ -112,7 +111,7 @@ def test_refusals_are_one_line_and_name_the_table(
     pipeline: Pipeline, setup: str, table: str, message: str
 ) -> None:
     if setup:
-        with pipeline.source() as conn:
+        with pipeline.owner() as conn:
             conn.execute(setup)
     result = pipeline.cli("source", "install", "--table", table, check=False)
     assert result.returncode == 2
@@ -218,20 +217,69 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
     ]
 
 
+def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(pipeline: Pipeline) -> None:
+    app = pipeline.app_role
+    out = pipeline.cli(
+        "source", "install", "--table", "bookings", "--grant-to", app, "--dry-run"
+    ).stdout
+    assert f'GRANT USAGE ON SCHEMA bookaudit TO "{app}";' in out
+    set_actor = "bookaudit.set_actor(text, text, text, text, text)"
+    assert f'GRANT EXECUTE ON FUNCTION {set_actor} TO "{app}";' in out
+    assert "REVOKE ALL ON bookaudit.context_key FROM PUBLIC;" in out
+    assert [line for line in out.splitlines() if line.startswith("GRANT")] == [
+        f'GRANT USAGE ON SCHEMA bookaudit TO "{app}";',
+        f'GRANT EXECUTE ON FUNCTION {set_actor} TO "{app}";',
+    ]
+    refused = pipeline.cli(
+        "source", "install", "--table", "bookings", "--grant-to", "nobody_here", check=False
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "bookaudit: error: --grant-to 'nobody_here': no such role in this server"
+    )
+
+
+def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipeline) -> None:
+    """Fewest grants: the triggers run as the install role, so the application needs nothing
+    in the bookaudit schema beyond calling set_actor."""
+    with pipeline.owner() as conn:
+        triggers = conn.execute(
+            "SELECT DISTINCT p.proname, p.prosecdef, p.proconfig FROM pg_trigger t "
+            "JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.pronamespace = 'bookaudit'::regnamespace "
+            "ORDER BY 1"
+        ).fetchall()
+        functions = conn.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'bookaudit'::regnamespace "
+            "AND has_function_privilege(%s, p.oid, 'EXECUTE') AND NOT EXISTS (SELECT 1 FROM "
+            "pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') ORDER BY 1",
+            (pipeline.app_role,),
+        ).fetchall()
+        relations = conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'bookaudit'::regnamespace "
+            "AND (has_table_privilege(%(r)s, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') "
+            "     OR (c.relkind = 'S' AND has_sequence_privilege(%(r)s, c.oid, 'USAGE')))",
+            {"r": pipeline.app_role},
+        ).fetchall()
+    expected = (
+        ["emit_context"]
+        if pipeline.mode == "logical"
+        else ["outbox_row", "record_context", "register_commit"]
+    )
+    assert [t[0] for t in triggers] == expected
+    for name, definer, config in triggers:
+        assert definer, f"{name} must run as the install role"
+        assert config == ["search_path=pg_catalog, pg_temp"], name
+    assert functions == [("set_actor",)]
+    assert relations == []
+
+
 def test_application_role_that_owns_nothing_keeps_writing_after_install(
     pipeline: Pipeline,
 ) -> None:
     """The app's role has table privileges only: it names its actor, its changes are audited,
     and (trigger mode) it can neither read nor write the outbox itself."""
-    role = f"{pipeline.name}_app"
-    with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')
-        conn.execute(
-            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
-        )
-        conn.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
-    app_dsn = make_conninfo(pipeline.source_dsn, user=role)
-    with psycopg.connect(app_dsn) as app:
+    role = pipeline.app_role  # made by the harness with table privileges, named in --grant-to
+    with pipeline.source() as app:
         app.execute("SELECT bookaudit.set_actor('olga', role => 'dispatcher')")
         app.execute("INSERT INTO customers (name) VALUES ('Ada')")
         app.commit()

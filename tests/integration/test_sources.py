@@ -34,8 +34,8 @@ def _json(p: Pipeline, *args: str) -> list[dict[str, Any]]:
 
 def test_each_source_shows_only_its_own_rows(two_sources: tuple[Pipeline, Pipeline]) -> None:
     north, south = two_sources
-    booking = north.schema.play_day(north.source_dsn)
-    assert south.schema.play_day(south.source_dsn) == booking  # same table, same key
+    booking = north.play_day()
+    assert south.play_day() == booking  # same table, same key
     with south.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('sam', role => 'dispatcher')")
         conn.execute("UPDATE bookings SET price = 999.00 WHERE id = %s", (booking,))

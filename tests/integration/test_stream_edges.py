@@ -11,8 +11,9 @@ def test_alter_table_mid_stream_keeps_the_pipeline_running(pipeline: Pipeline) -
     with pipeline.source() as conn:
         conn.execute("INSERT INTO customers (name) VALUES ('before alter')")
     pipeline.capture()
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:  # a migration, run by the schema's owner
         conn.execute("ALTER TABLE customers ADD COLUMN loyalty_tier text DEFAULT 'basic'")
+    with pipeline.source() as conn:
         conn.execute("UPDATE customers SET loyalty_tier = 'gold' WHERE name = 'before alter'")
     pipeline.flow()
     rows = pipeline.warehouse(
@@ -23,11 +24,12 @@ def test_alter_table_mid_stream_keeps_the_pipeline_running(pipeline: Pipeline) -
 
 
 def test_composite_primary_key_is_the_event_key(pipeline: Pipeline) -> None:
-    with pipeline.source() as conn:
+    with pipeline.owner() as conn:
         conn.execute(
             "CREATE TABLE booking_lines (booking_id bigint, line int, price numeric(10,2), "
             "PRIMARY KEY (booking_id, line))"
         )
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE ON booking_lines TO "{pipeline.app_role}"')
     pipeline.install(["booking_lines"])
     with pipeline.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice')")

@@ -15,8 +15,7 @@ STAYS = (
 
 def test_generated_columns_are_left_out_in_both_modes(pipeline: Pipeline) -> None:
     """pgoutput sends no generated columns, so trigger mode leaves them out too."""
-    with pipeline.source() as conn:
-        conn.execute(STAYS)
+    pipeline.migrate(STAYS)
     pipeline.cli("source", "install", "--table", "stay_lines")
     with pipeline.source() as conn:
         conn.execute("INSERT INTO stay_lines (id, nights, rate) VALUES (1, 2, 80.50)")
@@ -74,7 +73,7 @@ def _caught_up(p: Pipeline) -> bool:
     wait for: a capture stopped early leaves the rest in the slot for the final flow()."""
     if p.mode == "logical":
         return True
-    with p.source() as conn:
+    with p.owner() as conn:  # the application role cannot see the outbox
         row = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM bookaudit.outbox)").fetchone()
     return bool(row and row[0])
 
@@ -85,19 +84,19 @@ def test_queued_changes_keep_the_columns_and_types_they_were_written_with(
 ) -> None:
     """ADD, RENAME, DROP COLUMN and ALTER TYPE, each followed by a change: every change reads as
     the table was when it was written, whether the capture ran through the DDL or was stopped."""
-    with pipeline.source() as conn:
-        conn.execute(RATES)
+    pipeline.migrate(RATES)
     pipeline.cli("source", "install", "--table", "rate_cards")
     running = pipeline.spawn("capture") if capture == "running" else None
     try:
-        with pipeline.source() as conn:
+        # The owner migrates the table; the application writes between the migrations.
+        with pipeline.owner() as owner, pipeline.source() as conn:
             conn.execute("INSERT INTO rate_cards VALUES (1, 12.50, 'a', 'old')")
             conn.commit()
             for ddl, change in STEPS:
                 if running is not None:
                     wait_for("the capture to take the last change", lambda: _caught_up(pipeline))
-                conn.execute(ddl)
-                conn.commit()
+                owner.execute(ddl)
+                owner.commit()
                 conn.execute(f"UPDATE rate_cards SET {change} WHERE id = 1")
                 conn.commit()
         if running is not None:

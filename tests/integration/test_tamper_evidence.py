@@ -26,9 +26,10 @@ def _as_owner_bypassing_triggers(p: Pipeline, *statements: str) -> None:
 def test_normal_writes_leave_an_intact_chain(pipeline: Pipeline) -> None:
     _write_some(pipeline)
     pipeline.consume(group_id=pipeline.group_id + "-replay")  # a replay must not break it
-    out = pipeline.cli("warehouse", "verify").stdout
-    assert out.startswith("intact: 6 audit rows chained, head ")
-    assert len(out.split("head ")[1].strip()) == 64
+    rows, alerts = pipeline.cli("warehouse", "verify").stdout.splitlines()
+    assert rows.startswith("intact: 6 audit rows chained, head ")
+    assert len(rows.split("head ")[1]) == 64
+    assert alerts == "intact: 0 alerts chained, head -"
 
 
 def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> None:
@@ -65,3 +66,64 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
     assert len(lines) == 4
     assert lines[3].startswith("TAMPERED: audit row ")
     assert lines[3].endswith("is not in the chain: it was written around the audit writer")
+
+
+def _price_change_after_invoice(p: Pipeline) -> None:
+    [booking] = p.seed(price="100.00")
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('olga', role => 'billing')")
+        conn.execute(
+            "INSERT INTO invoices (booking_id, number, amount, sent_at) "
+            "VALUES (%s, 'INV-1', 100.00, now())",
+            (booking,),
+        )
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin', approval_ref => 'A-1')")
+        conn.execute("UPDATE bookings SET price = 101.00 WHERE id = %s", (booking,))
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('dan', role => 'dispatcher')")
+        conn.execute("UPDATE bookings SET price = 150.00 WHERE id = %s", (booking,))
+    p.flow()
+    p.alerts()
+
+
+def test_a_deleted_or_edited_alert_fails_verify(pipeline: Pipeline) -> None:
+    _price_change_after_invoice(pipeline)
+    _, alerts = pipeline.cli("warehouse", "verify").stdout.splitlines()
+    count = int(pipeline.warehouse("SELECT count(*) FROM audit.alerts")[0][0])
+    assert count >= 3 and alerts.startswith(f"intact: {count} alerts chained, head ")
+    chained = dict(pipeline.warehouse("SELECT a.rule, c.position FROM audit.alerts a "
+                                      "JOIN audit.alert_chain c ON c.alert = a.id "
+                                      "WHERE a.booking_id IS NOT NULL AND a.new_price = 150.00"))  # fmt: skip
+    invoice = pipeline.warehouse(
+        "SELECT id FROM audit.alerts WHERE rule = 'price-change-after-invoice-sent' "
+        "AND new_price = 150.00"
+    )[0][0]
+    role = pipeline.warehouse(
+        "SELECT id FROM audit.alerts WHERE rule = 'price-by-unauthorised-role' "
+        "AND new_price = 150.00"
+    )[0][0]
+    _as_owner_bypassing_triggers(
+        pipeline,
+        f"DELETE FROM audit.alert_outbox WHERE alert = {invoice}",
+        f"DELETE FROM audit.alert_deliveries WHERE alert = {invoice}",
+        f"DELETE FROM audit.alerts WHERE id = {invoice}",
+        f"UPDATE audit.alerts SET severity = 'low', document = document || "
+        f'\'{{"severity": "low"}}\' WHERE id = {role}',
+        "INSERT INTO audit.alerts (alert_id, rule, kind, severity, message, source, commit_lsn, "
+        "sequence, txid, committed_at, table_name, actor, document) VALUES ('x:0/1:0:fake', "
+        "'fake', 'threshold', 'low', 'nothing to see', 'bookings', '0/1', 0, 1, now(), "
+        "'public.bookings', 'alice', '{}')",
+    )
+    result = pipeline.cli("warehouse", "verify", check=False)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    at_invoice = chained["price-change-after-invoice-sent"]
+    at_role = chained["price-by-unauthorised-role"]
+    assert sorted(lines[:2]) == sorted([
+        f"TAMPERED: alert {invoice} (alert chain position {at_invoice}) was deleted",
+        f"TAMPERED: alert {role} (alert chain position {at_role}) was modified",
+    ])  # fmt: skip
+    assert len(lines) == 3
+    assert lines[2].startswith("TAMPERED: alert ")
+    assert lines[2].endswith("is not in the alert chain: it was written around the alerts job")

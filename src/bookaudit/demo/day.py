@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from bookaudit._resources import read_text
 
 AUDITED_TABLES = ("customers", "bookings", "assignments", "invoices", "payments", "notes")
+# The demo application's own login, as production applications have one: it owns nothing.
+DEMO_APP_ROLE = "bookings_app"
 
 
 def create_sample_schema(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
         conn.execute(read_text("demo", "schema.sql").encode())
+
+
+def create_app_role(
+    owner_dsn: str, role: str, schemas: Sequence[str] = ("public",), password: str | None = None
+) -> str:
+    """A login that may read and write the tables of `schemas` and owns nothing; returns its DSN.
+
+    Idempotent, and safe when two runs race to create the same (cluster-wide) role.
+    """
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if exists is None:
+            # A concurrent creator makes this fail one way or the other; either way it exists.
+            with contextlib.suppress(
+                psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation
+            ):
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        if password is not None:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+        ident = sql.Identifier(role)
+        for schema in schemas:
+            name = sql.Identifier(schema)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(name, ident))
+            conn.execute(
+                sql.SQL(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}"
+                ).format(name, ident)
+            )
+            conn.execute(
+                sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(name, ident)
+            )
+    if password is None:
+        return make_conninfo(owner_dsn, user=role)
+    return make_conninfo(owner_dsn, user=role, password=password)
 
 
 def _as(dsn: str, app: str = "bookings-app") -> psycopg.Connection[tuple[object, ...]]:
@@ -58,8 +101,12 @@ def reschedule_existing(dsn: str, booking_id: int, say: Callable[[str], None]) -
     say(f"19:00 dana schedules the older booking {booking_id} for Saturday 13:00-14:00")
 
 
-def play_day(dsn: str, say: Callable[[str], None]) -> int:
-    """Returns the id of the booking the day revolves around."""
+def play_day(dsn: str, say: Callable[[str], None], *, psql_dsn: str | None = None) -> int:
+    """Returns the id of the booking the day revolves around.
+
+    `dsn` is the application's login; the evening's raw edit in psql comes from `psql_dsn`
+    (someone with a login of their own, such as the DBA), the application's when not given.
+    """
     with _as(dsn) as conn:
         conn.execute(
             "SELECT bookaudit.set_actor('dana', role => 'dispatcher', request_id => 'req-5001')"
@@ -145,7 +192,7 @@ def play_day(dsn: str, say: Callable[[str], None]) -> int:
         conn.execute("UPDATE invoices SET status = 'paid' WHERE booking_id = %s", (booking_id,))
     say("16:20 olga records the card payment and marks the invoice paid")
 
-    with _as(dsn, "psql") as conn:
+    with _as(psql_dsn or dsn, "psql") as conn:
         conn.execute("UPDATE bookings SET price = 169.50 WHERE id = %s", (booking_id,))
     say("18:45 someone runs raw SQL in psql: price 189.50 -> 169.50, no actor set")
     return booking_id

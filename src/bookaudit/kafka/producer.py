@@ -15,8 +15,10 @@ from bookaudit.errors import TransientError
 from bookaudit.kafka.chunks import CHUNK_HEADER, MAX_MESSAGE_BYTES, TOPIC_MAX_MESSAGE_BYTES, split
 from bookaudit.kafka.serde import KafkaRecord
 
-# How long to wait for the cluster to answer a metadata or topic request before retrying.
-ADMIN_TIMEOUT_S = 15.0
+# How long to wait for the cluster to answer a metadata or topic request before retrying. A
+# busy broker can take tens of seconds (measured on a loaded 2-core machine), and an unreachable
+# one is only told apart by this timeout, so it is generous.
+ADMIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class KafkaSink:
     def check(self) -> None:
         """Fail now, as a retriable error, when the cluster does not answer."""
         try:
-            self._admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+            self._admin.list_topics(timeout=ADMIN_TIMEOUT_S * 2)
         except KafkaException as exc:
             raise kafka_error(f"Kafka at {self._settings.bootstrap} is unreachable", exc) from None
 

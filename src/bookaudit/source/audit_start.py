@@ -396,9 +396,11 @@ def install(
     slot: str,
     mode: str,
     snapshot: str = "initial",
+    grant_to: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _m: None,
 ) -> AuditStart:
     """`source install` whole: check, apply the hooks in one transaction, then start the audit.
+    `grant_to` names the application roles that may call set_actor (see plan_grants).
 
     The slot comes after the publication has committed: pgoutput reads the publication as of
     each change, so a slot older than its publication could not decode the changes between.
@@ -407,5 +409,5 @@ def install(
     with psycopg.connect(dsn, autocommit=True, application_name="bookaudit-install") as conn:
         if mode == "logical":
             check_replication(conn, slot)
-        apply(conn, plan_install(conn, names, publication, mode), progress)
+        apply(conn, plan_install(conn, names, publication, mode, grant_to), progress)
     return start_audit(dsn, names, mode=mode, slot=slot, snapshot=snapshot, progress=progress)

@@ -15,6 +15,7 @@ from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
+SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
 
 
 def _split_name(text: str) -> list[str] | None:
@@ -176,9 +177,39 @@ def plan_install(
     tables: Sequence[TableName],
     publication: str,
     mode: str = "logical",
+    grant_to: Sequence[str] = (),
 ) -> list[sql.Composable]:
     """Every statement the install needs, given what is already there (so a rerun is a no-op)."""
     check_source(conn, tables, mode)
+    return _plan_hooks(conn, tables, publication, mode) + plan_grants(conn, grant_to)
+
+
+def plan_grants(
+    conn: psycopg.Connection[tuple[object, ...]], roles: Sequence[str]
+) -> list[sql.Composable]:
+    """What an application role needs: nothing to write audited tables (every bookaudit trigger
+    is SECURITY DEFINER), and USAGE plus EXECUTE on set_actor to name its user by function."""
+    statements: list[sql.Composable] = []
+    for role in roles:
+        if role.upper() == "PUBLIC":
+            grantee: sql.Composable = sql.SQL("PUBLIC")
+        elif conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            grantee = sql.Identifier(role)
+        else:
+            raise SourceCheckError(f"--grant-to {role!r}: no such role in this server")
+        statements.append(sql.SQL("GRANT USAGE ON SCHEMA bookaudit TO {}").format(grantee))
+        statements.append(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(SET_ACTOR), grantee)
+        )
+    return statements
+
+
+def _plan_hooks(
+    conn: psycopg.Connection[tuple[object, ...]],
+    tables: Sequence[TableName],
+    publication: str,
+    mode: str,
+) -> list[sql.Composable]:
     current = installed_mode(conn, publication)
     if current is not None and current != mode:
         raise SourceCheckError(

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from bookaudit.entity_map import BOOKING, CUSTOMER, Entity, EntityMap, TableRef
+from bookaudit.model import OUTBOX_TRIGGER
 from bookaudit.source.install import TRIGGER_NAME
 
 
@@ -107,9 +108,10 @@ def read_catalog(conn: psycopg.Connection[Any], tables: Iterable[TableRef]) -> C
             "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n",
             (oid[0],),
         ).fetchall()
+        # The context trigger (logical mode) or the outbox trigger (trigger mode).
         audited = conn.execute(
-            "SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = %s",
-            (oid[0], TRIGGER_NAME),
+            "SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = ANY(%s)",
+            (oid[0], [TRIGGER_NAME, OUTBOX_TRIGGER]),
         ).fetchone()
         found[table] = TableInfo(
             tuple(str(c[0]) for c in columns), tuple(str(k[0]) for k in key), audited is not None

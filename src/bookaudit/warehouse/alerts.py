@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from bookaudit.kafka.alert import in_schema_order
+from bookaudit.terminal import printable
 from bookaudit.warehouse._connect import warehouse
 from bookaudit.warehouse.history import render_table, resolve_source
 
@@ -83,5 +84,5 @@ def render_alerts_json(rows: Sequence[dict[str, Any]]) -> str:
 
 def render_alerts_table(rows: Sequence[dict[str, Any]]) -> str:
     table = render_table([{k: r[k] for k in ALERT_KEYS} for r in rows])
-    messages = [f"  {r['rule']}: {r['message']}" for r in rows]
+    messages = [f"  {printable(r['rule'])}: {printable(r['message'])}" for r in rows]
     return table + "\n\n" + "\n".join(messages)

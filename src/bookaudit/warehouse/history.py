@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from bookaudit.errors import ConfigError
+from bookaudit.terminal import printable
 from bookaudit.warehouse._connect import warehouse
 
 HISTORY_KEYS = (
@@ -497,13 +498,6 @@ def exported(
 
 # --- renderers: the one place output is shaped for a terminal, JSON or CSV ------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _escape_controls(text: str) -> str:
-    """A newline or an ANSI escape in a value must not fake a line or drive the terminal."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
 
 def _text(value: Any, *, exact: bool = False) -> str:
     if value is None:
@@ -545,7 +539,7 @@ def render_table(
     keys = list(rows[0]) if rows else list(HISTORY_KEYS)
 
     def cell(key: str, value: Any) -> str:
-        text = _escape_controls(_text(value))
+        text = printable(_text(value))
         if key in wide or len(text) <= max_width:
             return text
         return text[: max_width - 1] + "…"

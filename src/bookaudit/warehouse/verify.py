@@ -150,3 +150,20 @@ def verify_chain(dsn: str, progress: Callable[[int], None] | None = None) -> Cha
                 "it was written around the audit writer"
             )
     return ChainReport(entries, head, tuple(problems), legacy_rows)
+
+
+def verify_alert_chain(dsn: str) -> ChainReport:
+    """The alerts' own chain (sql/warehouse/011_alert_chain.sql): a deleted, edited or
+    slipped-in alert is reported like an audit row."""
+    with warehouse(dsn) as conn:
+        problems = tuple(
+            str(r["problem"])
+            for r in conn.execute("SELECT problem FROM audit.verify_alert_chain()")
+        )
+        head = conn.execute(
+            "SELECT position, encode(hash, 'hex') AS hash FROM audit.alert_chain "
+            "ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+    if head is None:
+        return ChainReport(0, None, problems)
+    return ChainReport(int(head["position"]), str(head["hash"]), problems)

@@ -11,14 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from bookaudit.cli import main
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.rulefile import describe, load_rules
+from bookaudit.consumers.alerts.ruleset import (
     DEFAULT_RULES,
     OutsideBusinessHours,
     RepeatedEdits,
     RoleNotAllowed,
     Threshold,
-    describe,
-    load_rules,
 )
 from bookaudit.errors import ConfigError
 
@@ -47,6 +46,7 @@ def test_readme_rule_file_parses_into_every_rule_kind(tmp_path: Path) -> None:
         "by_fieldworker",
         "outside_business_hours",
         "repeated_edits",
+        "untrusted_attribution",
     }
     assert rules.topics_tables[-1] == "public.invoices"
     threshold = next(r for r in rules.rules if isinstance(r, Threshold))
@@ -58,7 +58,9 @@ def test_readme_rule_file_parses_into_every_rule_kind(tmp_path: Path) -> None:
 def test_no_file_means_the_default_rules() -> None:
     rules = load_rules(None)
     assert rules is DEFAULT_RULES
-    assert [r.kind for r in rules.rules] == ["role_not_allowed", "threshold", "after_invoice_sent"]
+    assert [r.kind for r in rules.rules] == [
+        "role_not_allowed", "threshold", "after_invoice_sent", "untrusted_attribution",
+    ]  # fmt: skip
     assert rules.topics_tables == ("public.bookings", "public.invoices")
 
 

@@ -8,7 +8,16 @@ from decimal import Decimal
 
 import pytest
 
-from bookaudit.consumers.alerts.config import (
+from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent
+from bookaudit.consumers.alerts.rules import (
+    NO_CONTEXT,
+    RuleContext,
+    apply_rule,
+    evaluate,
+    evaluate_batch,
+    evaluate_invoice,
+)
+from bookaudit.consumers.alerts.ruleset import (
     DEFAULT_RULES,
     AfterInvoiceSent,
     ByFieldworker,
@@ -19,16 +28,8 @@ from bookaudit.consumers.alerts.config import (
     Rule,
     RuleSet,
     Threshold,
+    UntrustedAttribution,
     WatchedTable,
-)
-from bookaudit.consumers.alerts.model import ChangeEvent, InvoiceSent
-from bookaudit.consumers.alerts.rules import (
-    NO_CONTEXT,
-    RuleContext,
-    apply_rule,
-    evaluate,
-    evaluate_batch,
-    evaluate_invoice,
 )
 from bookaudit.consumers.records import FieldChange
 from bookaudit.model import ActorContext, Lsn
@@ -230,3 +231,17 @@ def test_the_alert_id_is_the_change_identity_and_the_rule() -> None:
     b = apply_rule(ROLE, change(lsn=0x1_0000_0010, sequence=3, new="106.00"), NO_CONTEXT)
     assert a is not None and b is not None
     assert a.alert_id == b.alert_id == "bookings:1/10:3:role"
+
+
+def test_untrusted_attribution_fires_on_forged_or_missing_context_even_if_approved() -> None:
+    rule = UntrustedAttribution(name="untrusted", severity="critical", fields=("price",))
+    trusted = change(role="admin", actor="alice", approval_ref="APR-1")
+    assert not fired(rule, trusted)
+    assert not fired(rule, change(role=None, actor=None))  # db_session: the database vouches
+    for origin in ("forged", "missing"):
+        event = replace(trusted, actor=replace(trusted.actor, origin=origin))
+        alert = apply_rule(rule, event, NO_CONTEXT)
+        assert alert is not None and origin in alert.message
+    assert [r.name for r in DEFAULT_RULES.rules if isinstance(r, UntrustedAttribution)] == [
+        "untrusted-attribution"
+    ]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from bookaudit.consumers.alerts.config import DEFAULT_RULES
 from bookaudit.consumers.alerts.job import decode_batch
 from bookaudit.consumers.alerts.model import alert_document
 from bookaudit.consumers.alerts.rules import NO_CONTEXT, evaluate
+from bookaudit.consumers.alerts.ruleset import DEFAULT_RULES
 from bookaudit.consumers.alerts.sink import backoff_delay, display_url, json_line
 from bookaudit.consumers.records import Record
 from bookaudit.kafka.alert import DOCUMENT_KEYS, decode_alert, encode_alert, in_schema_order

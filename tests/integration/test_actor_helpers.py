@@ -106,7 +106,7 @@ def test_sqlalchemy_snippet_names_the_request_user_in_every_transaction(
     [booking] = pipeline.seed()
     snippet = _snippet("sqlalchemy")
     engine = create_engine(
-        _sqlalchemy_url(pipeline.source_dsn), connect_args={"application_name": "sa-app"}
+        _sqlalchemy_url(pipeline.app_dsn), connect_args={"application_name": "sa-app"}
     )
     try:
         token = snippet["current_actor"].set(
@@ -176,7 +176,7 @@ def _configure_django(dsn: str) -> None:
 def test_django_middleware_snippet_names_the_request_user(pipeline: Pipeline) -> None:
     [booking] = pipeline.seed()
     snippet = _snippet("django")
-    _configure_django(pipeline.source_dsn)
+    _configure_django(pipeline.app_dsn)
     from django.db import connection, connections, transaction
     from django.http import HttpRequest, HttpResponse
     from django.test import RequestFactory
@@ -226,7 +226,7 @@ def test_django_middleware_snippet_names_the_request_user(pipeline: Pipeline) ->
 
 def test_psycopg_connection_type_is_what_the_django_snippet_expects(pipeline: Pipeline) -> None:
     """The Django snippet reaches under Django's wrapper for psycopg's transaction status."""
-    _configure_django(pipeline.source_dsn)
+    _configure_django(pipeline.app_dsn)
     from django.db import connections
 
     try:

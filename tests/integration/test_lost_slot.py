@@ -38,13 +38,14 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     p = logical
     [booking] = p.seed(1)
     p.flow()
-    with p.source() as conn:
+    with p.owner() as conn:  # the DBA's view of the source, and the DBA's mistake
         state = conn.execute(
             "SELECT confirmed_lsn::text FROM bookaudit.capture_state WHERE slot = %s", (p.slot,)
         ).fetchone()
         assert state is not None
         confirmed = str(state[0])
         conn.execute("SELECT pg_drop_replication_slot(%s)", (p.slot,))
+    with p.source() as conn:
         conn.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", (booking,))  # lost
     assert parse_lsn(confirmed) > 0
 

@@ -56,8 +56,9 @@ def fresh(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]
 
 
 def _work_orders(p: Pipeline, rows: int) -> None:
-    with p.source() as conn:
-        conn.execute(_CREATE)
+    """The team's own table, created by its owner, with the rows it already holds."""
+    p.migrate(_CREATE)
+    with p.owner() as conn:
         conn.execute(_FILL, (rows,))
 
 
@@ -198,7 +199,7 @@ def test_install_then_writes_then_a_later_first_capture_audits_everything(
 ) -> None:
     p = fresh
     _work_orders(p, 40)
-    out = p.cli("source", "install", "--table", TABLE).stdout
+    out = p.cli("source", "install", "--table", TABLE, "--grant-to", p.app_role).stdout
     where = r"LSN [0-9A-F]+/[0-9A-F]+" if p.mode == "logical" else r"commit \d+"
     assert re.search(rf"audit complete from {where} \(\d{{4}}-\d\d-\d\d [\d:]+\+00:00\); "
                      r"40 existing rows staged as the baseline", out), out  # fmt: skip
@@ -287,7 +288,9 @@ def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
 
 def test_snapshot_never_records_only_changes(fresh: Pipeline) -> None:
     _work_orders(fresh, 30)
-    out = fresh.cli("source", "install", "--table", TABLE, "--snapshot", "never").stdout
+    out = fresh.cli(
+        "source", "install", "--table", TABLE, "--snapshot", "never", "--grant-to", fresh.app_role
+    ).stdout
     assert "audit complete from" in out and "baseline" not in out
     with fresh.source() as conn:
         conn.execute("UPDATE work_orders SET memo = 'late' WHERE order_no = 3")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,8 @@ from bookaudit.kafka.serde import Header, Headers, topic_part
 # How long the cluster may take to answer the first metadata request before it counts as down.
 # A busy broker can take tens of seconds; an unreachable one is only told apart by this timeout.
 CONNECT_TIMEOUT_S = 60.0
+# How long one broker query for end or committed offsets may take before it is asked again.
+OFFSETS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class KafkaSource:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
+                "enable.partition.eof": False,
                 "session.timeout.ms": 10000,
                 # A new table's topic is found at the next metadata refresh (the subscription is
                 # a pattern), so a short interval puts its first change in the warehouse within
@@ -105,25 +106,59 @@ class KafkaSource:
                 "logger": kafka_logger(),
             }
         )
-        self._at_end: set[tuple[str, int]] = set()
         self._processed: dict[tuple[str, int], int] = {}
+        self._synced: dict[tuple[str, int], int] = {}
         self._chunks = Reassembler()
+        self._pattern = re.compile(change_topics_pattern(settings.topic_prefix, settings.tables))
         try:
             # An unreachable cluster must fail here, not pass for an idle one later.
-            self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+            metadata = self._consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+            # What `--exit-when-idle` waits for: everything in the topics now, and nothing later.
+            self._targets = self._end_offsets(metadata)
         except KafkaException as exc:
             self._consumer.close()
             raise kafka_error(f"Kafka at {settings.bootstrap} is unreachable", exc) from None
-        self._started = time.monotonic()
         self._consumer.subscribe(
             [change_topics_pattern(settings.topic_prefix, settings.tables)],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
         )
 
+    def _end_offsets(self, metadata: Any) -> dict[tuple[str, int], int]:
+        """The end offset of every partition of the topics this consumer reads, as they are now;
+        empty partitions left out."""
+        ends: dict[tuple[str, int], int] = {}
+        for name, topic in metadata.topics.items():
+            if not self._pattern.match(name) or topic.error is not None:
+                continue
+            for partition in topic.partitions:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(name, partition), timeout=OFFSETS_TIMEOUT_S, cached=False
+                )
+                if high > low:
+                    ends[(name, partition)] = high
+        return ends
+
+    def caught_up(self) -> bool:
+        """Everything up to the end offsets noted at start is committed by the group, by this
+        member or another. Exact, and no timer: a group that is slow to join is waited for."""
+        pending = [TopicPartition(t, p) for (t, p) in self._targets]
+        if not pending:
+            return True
+        try:
+            committed = self._consumer.committed(pending, timeout=OFFSETS_TIMEOUT_S)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                raise kafka_error("cannot read the group's committed offsets", error) from None
+            return False  # a rebalance or a slow coordinator: ask again on the next idle poll
+        for tp in committed:
+            if tp.error is None and tp.offset >= self._targets[(tp.topic, tp.partition)]:
+                del self._targets[(tp.topic, tp.partition)]
+        return not self._targets
+
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         assigned = {(p.topic, p.partition) for p in partitions}
-        self._at_end -= assigned
         self._chunks.forget(assigned)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -141,24 +176,15 @@ class KafkaSource:
         records: list[Record] = []
         for msg in messages:
             err = msg.error()
-            topic, partition = str(msg.topic()), int(msg.partition() or 0)
             if err is None:
-                self._at_end.discard((topic, partition))
                 records.extend(self._chunks.feed(to_record(msg), _chunk_header(msg)))
             elif err.code() == KafkaError._PARTITION_EOF:
-                self._at_end.add((topic, partition))
+                continue
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue  # a topic matched by the pattern before it had partitions
             else:
                 raise kafka_error("Kafka consumer error", err)
         return records
-
-    def at_end(self, grace_s: float = 10.0) -> bool:
-        """Every assigned partition has been read to its end (or nothing matched for a while)."""
-        assignment = {(p.topic, p.partition) for p in self._consumer.assignment()}
-        if not assignment:
-            return time.monotonic() - self._started > grace_s
-        return assignment <= self._at_end
 
     def commit(self, records: Sequence[Record], asynchronous: bool = False) -> None:
         """Commit the next offset of each partition seen (synchronously unless asked)."""
@@ -170,8 +196,14 @@ class KafkaSource:
         self._commit(high, asynchronous)
 
     def commit_all(self) -> None:
-        """Synchronously commit everything processed, after asynchronous commits."""
-        self._commit(self._processed, asynchronous=False)
+        """Synchronously commit what was processed of the partitions this member still holds,
+        after asynchronous commits; nothing when that is already committed."""
+        held = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        todo = {
+            tp: o for tp, o in self._processed.items() if tp in held and self._synced.get(tp) != o
+        }
+        self._commit(todo, asynchronous=False)
+        self._synced.update(todo)
 
     def _commit(self, high: dict[tuple[str, int], int], asynchronous: bool) -> None:
         if not high:

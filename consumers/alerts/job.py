@@ -246,7 +246,7 @@ class AlertsJob:
             while True:
                 got = self.step()
                 self.report_progress()
-                if exit_when_idle and got == 0 and self.source.at_end():
+                if exit_when_idle and got == 0 and self.source.caught_up():
                     break
             self.drain_webhook()
         finally:

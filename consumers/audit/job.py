@@ -139,9 +139,10 @@ class AuditWriter:
                 got = self.step()
                 self.report_progress()
                 if exit_when_idle and got == 0:
+                    # Idle: what is written is committed, then the group's offsets decide.
                     self.collect(wait=True)
-                    if self.source.at_end():
-                        self.source.commit_all()
+                    self.source.commit_all()
+                    if self.source.caught_up():
                         break
         finally:
             self.lane.close()

@@ -442,12 +442,14 @@ class Campaign:
         )
         self.prepare()
         self.supervisor = Supervisor(self.processes())
-        self.supervisor.start()
-        self.wait("the capture's slot", self.slot_ready, 120)
         workload = Workload({src: self.dsn(src, APP_ROLE) for src in SOURCES}, s.rate, s.seed)
-        workload.start()
         recoveries: list[Recovery] = []
+        # Everything after the first process starts is undone on any way out, or an aborted
+        # campaign would leave bookaudit processes retrying against a stack that is gone.
+        self.supervisor.start()
         try:
+            self.wait("the capture's slot", self.slot_ready, 120)
+            workload.start()
             for fault in plan:
                 time.sleep(fault.pause_s)
                 recovery = self.run_fault(fault)

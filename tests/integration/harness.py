@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture
@@ -196,6 +198,25 @@ class Pipeline:
             admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
         if self.config_path is not None:
             self.config_path.unlink(missing_ok=True)
+        self.drop_topics()
+
+    def drop_topics(self) -> None:
+        """Delete this pipeline's topics. A broker shared by every test of every run otherwise
+        keeps them all: 85,000 partitions took the 512 MB development broker down with an
+        OutOfMemoryError. A pipeline that shares another's prefix leaves them to that one."""
+        if self.shared_with is not None:
+            return
+        admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
+        mine = [t for t in admin.list_topics(timeout=60).topics if t.startswith(self.prefix + ".")]
+        if not mine:
+            return
+        for future in admin.delete_topics(mine, operation_timeout=60).values():
+            try:
+                future.result(timeout=120)
+            except KafkaException as exc:
+                # Already gone (a test deleted it) is the outcome we want; anything else is not.
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
 
     # --- running the stages -----------------------------------------------------------------
 

@@ -56,8 +56,9 @@ def fresh(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]
 
 
 def _work_orders(p: Pipeline, rows: int) -> None:
-    p.migrate(_CREATE)  # the owner creates the table; the application fills it
-    with p.source() as conn:
+    """The team's own table, created by its owner, with the rows it already holds."""
+    p.migrate(_CREATE)
+    with p.owner() as conn:
         conn.execute(_FILL, (rows,))
 
 
@@ -287,7 +288,9 @@ def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
 
 def test_snapshot_never_records_only_changes(fresh: Pipeline) -> None:
     _work_orders(fresh, 30)
-    out = fresh.cli("source", "install", "--table", TABLE, "--snapshot", "never").stdout
+    out = fresh.cli(
+        "source", "install", "--table", TABLE, "--snapshot", "never", "--grant-to", fresh.app_role
+    ).stdout
     assert "audit complete from" in out and "baseline" not in out
     with fresh.source() as conn:
         conn.execute("UPDATE work_orders SET memo = 'late' WHERE order_no = 3")

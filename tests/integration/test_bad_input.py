@@ -24,12 +24,14 @@ ODD = ("My Table", 'we"ird', "semi;colon.dot")
 
 def test_quotes_spaces_and_mixed_case_get_valid_topic_names(pipeline: Pipeline) -> None:
     p = pipeline
-    with p.owner() as conn:  # DDL: the owner; the application writes below
-        for name in ODD:
-            conn.execute(
-                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(sql.Identifier(name))
-            )
-    p.migrate()  # grants the application role the new tables
+    p.migrate(
+        *(
+            sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)")
+            .format(sql.Identifier(name))
+            .as_string()
+            for name in ODD
+        )
+    )
     for name in ODD:
         quoted = name.replace('"', '""')
         p.cli("source", "install", "--table", f'public."{quoted}"')

@@ -38,7 +38,7 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     p = logical
     [booking] = p.seed(1)
     p.flow()
-    with p.owner() as conn:  # the capture's state and the slot are the install role's
+    with p.owner() as conn:  # the DBA's view of the source, and the DBA's mistake
         state = conn.execute(
             "SELECT confirmed_lsn::text FROM bookaudit.capture_state WHERE slot = %s", (p.slot,)
         ).fetchone()
@@ -55,7 +55,7 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     assert len(lines) == 1 and "Traceback" not in refused.stderr
     assert f"slot {p.slot!r} does not exist" in lines[0]
     assert f"after {confirmed}" in lines[0] and "--accept-gap" in lines[0]
-    with p.owner() as conn:
+    with p.source() as conn:
         slots = conn.execute(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (p.slot,)
         ).fetchone()

@@ -135,13 +135,13 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: 
     ]  # fmt: skip
     booking = 7001
     for actor, role, statements in steps:
-        with psycopg.connect(dsn) as conn:
+        with psycopg.connect(pipeline.app_dsn) as conn:
             _as(conn, actor, role)
             for statement in statements.split("; "):
                 conn.execute(statement, {"b": booking, "c": customer[0]})
         moments.append((_moment(dsn), _state(dsn, booking)))
     # The pre-existing booking changes after install: its state before comes from the baseline.
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(pipeline.app_dsn) as conn:
         _as(conn, "dana", "dispatcher")
         conn.execute("UPDATE bookings SET price = 95.00 WHERE id = %s", (EXISTING,))
         conn.execute(
@@ -227,7 +227,7 @@ def _labels(rows: list[dict[str, Any]]) -> list[str]:
 
 def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     p = logical
-    ids = write_labelled_workload(p.source_dsn)
+    ids = write_labelled_workload(p.app_dsn)  # as the application: the non-owner role
     p.flow()
     main = str(ids["main"])
 
@@ -259,7 +259,7 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     price = [r for r in history if r["label"] == "Price changed"]
     assert [(r["actor"], r["old"], r["new"], r["approval_ref"]) for r in price] == [
         ("alice", "149.00", "189.50", "APR-1042"),
-        ("postgres (db role via psql)", "189.50", "99.00", None),
+        (f"{p.app_role} (db role via psql)", "189.50", "99.00", None),
     ]
     assert {r["booking_id"] for r in history} == {main} and {r["source"] for r in history} == {
         "bookings"
@@ -281,7 +281,7 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
         "Assigned to finn", "Unassigned finn",
     ]  # fmt: skip
     assert {r["actor"] for r in _json(p, "booking", main, "--actor", "olga")} == {"olga"}
-    assert _labels(_json(p, "booking", main, "--actor", "postgres")) == ["Price changed"]
+    assert _labels(_json(p, "booking", main, "--actor", p.app_role)) == ["Price changed"]
     assert {r["field"] for r in _json(p, "booking", main, "--field", "status")} == {"status"}
     stamps = sorted({r["committed_at"] for r in history})
     window = _json(p, "booking", main, "--since", stamps[1], "--until", stamps[2], "--tz", "UTC")

@@ -53,8 +53,8 @@ def _free_port() -> int:
 def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, int], str]]:
     """One pipeline with the labelled workload and its alerts, served by `bookaudit serve`."""
     p = Pipeline(stack).create()
-    ids = write_labelled_workload(p.source_dsn)
-    with psycopg.connect(p.source_dsn) as conn:  # markup in an actor and a value stays text
+    ids = write_labelled_workload(p.app_dsn)  # as the application: the non-owner role
+    with psycopg.connect(p.app_dsn) as conn:  # markup in an actor and a value stays text
         conn.execute("SELECT bookaudit.set_actor(%s, role => 'x')", (HOSTILE,))
         conn.execute(
             "INSERT INTO bookings (id, customer_id, service, address, price) "
@@ -144,7 +144,7 @@ def test_booking_page_shows_labels_old_new_filters_and_as_of(
     wait_for("the diff page", lambda: "t1=" in browser.current_url, timeout=10)
     diff = browser.find_element(By.ID, "diff").text
     assert "status requested cancelled dana" in diff
-    assert "price 189.50 99.00 postgres (db role via psql)" in diff
+    assert f"price 189.50 99.00 {site[0].app_role} (db role via psql)" in diff
 
 
 def test_csv_print_and_evidence(
@@ -200,7 +200,7 @@ def test_customer_log_actor_and_alerts_pages(
     ]  # fmt: skip
     browser.get(f"{url}/alerts")
     alerts = browser.find_element(By.ID, "alerts").text
-    assert "price-by-unauthorised-role" in alerts and "postgres" in alerts
+    assert "price-by-unauthorised-role" in alerts and site[0].app_role in alerts
     browser.find_element(By.NAME, "rule").send_keys("price-change-after-invoice-sent")
     browser.find_element(By.ID, "apply").click()
     wait_for("the filtered alerts", lambda: "rule=" in browser.current_url, timeout=10)

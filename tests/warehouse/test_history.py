@@ -9,11 +9,15 @@ import pytest
 
 from bookaudit.errors import ConfigError
 from bookaudit.warehouse.history import (
+    BASELINE_EVENT,
+    actor_totals,
+    booking_counts,
     entries,
     parse_moment,
     parse_zone,
     render_csv,
     render_json,
+    render_log,
     render_table,
     show_value,
     timeline_table_rows,
@@ -87,3 +91,34 @@ def test_table_escapes_control_characters_json_and_csv_stay_exact() -> None:
     assert "2026-11-26 08:05:01.123+00:00" in render_json(rows)
     csv_text = render_csv(rows, ["actor", "at"])
     assert csv_text.startswith("actor,at\n") and actor in csv_text
+
+
+def _log_row(booking: str, event: str, actor: str, **flags: bool) -> dict[str, object]:
+    names = ("rescheduled", "cancelled", "price_changed", "status_changed")
+    return {"booking_id": booking, "event": event, "actor": actor} | {
+        n: flags.get(n, False) for n in names
+    }
+
+
+def test_baseline_entries_are_neither_modifications_nor_anybody_s_work() -> None:
+    log = [
+        _log_row("1", BASELINE_EVENT, "(existing at install)"),
+        _log_row("2", BASELINE_EVENT, "(existing at install)"),
+        _log_row("2", "modified", "dana", rescheduled=True),
+        _log_row("3", "created", "alice"),
+    ]
+    counts = booking_counts(log)
+    assert [(c["booking_id"], c["existing"], c["created"]) for c in counts] == [
+        ("1", 1, 0),
+        ("2", 1, 0),
+        ("3", 0, 1),
+    ]
+    totals = actor_totals(log)
+    assert [(t["actor"], t["entries"], t["reschedules"]) for t in totals] == [
+        ("alice", 1, 0),
+        ("dana", 1, 1),
+    ]
+    head = render_log([], counts, totals, UTC, "today").splitlines()[0]
+    assert (
+        head == "Booking History Log today: 1 created, 1 modified, 2 existing at install, 0 entries"
+    )

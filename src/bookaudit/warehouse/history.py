@@ -196,6 +196,10 @@ def log_rows(dsn: str, filters: Filters) -> list[dict[str, Any]]:
     return _fetch(dsn, query, filters, {})
 
 
+# The log's event for a row recorded as it stood at install (audit.booking_history_log).
+BASELINE_EVENT = "existing at install"
+
+
 def booking_counts(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per booking: entries, and how often it was rescheduled, cancelled, repriced, re-statused."""
     counts: dict[str, dict[str, Any]] = {}
@@ -205,6 +209,7 @@ def booking_counts(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             {
                 "booking_id": row["booking_id"],
                 "created": 0,
+                "existing": 0,
                 "entries": 0,
                 "reschedules": 0,
                 "cancellations": 0,
@@ -214,6 +219,7 @@ def booking_counts(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         )
         c["entries"] += 1
         c["created"] += row["event"] == "created"
+        c["existing"] += row["event"] == BASELINE_EVENT
         c["reschedules"] += bool(row["rescheduled"])
         c["cancellations"] += bool(row["cancelled"])
         c["price_changes"] += bool(row["price_changed"])
@@ -222,10 +228,15 @@ def booking_counts(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def actor_totals(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per actor: entries, bookings created and bookings touched in the period."""
+    """Per actor: entries, bookings created and bookings touched in the period.
+
+    Baseline entries are left out: they record what stood at install, and nobody did that.
+    """
     totals: dict[str, dict[str, Any]] = {}
     touched: dict[str, set[str]] = {}
     for row in log:
+        if row["event"] == BASELINE_EVENT:
+            continue
         t = totals.setdefault(
             row["actor"],
             {"actor": row["actor"], "entries": 0, "bookings": 0, "created": 0,
@@ -244,7 +255,7 @@ def actor_totals(log: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 COUNT_KEYS = (
-    "booking_id", "created", "entries", "reschedules", "cancellations", "price_changes",
+    "booking_id", "created", "existing", "entries", "reschedules", "cancellations", "price_changes",
     "status_changes",
 )  # fmt: skip
 TOTAL_KEYS = (
@@ -295,10 +306,12 @@ def render_log(
 ) -> str:
     """The Booking History Log as a manager reads it: entries, then counts, then totals."""
     created = sum(c["created"] for c in counts)
+    modified = [c for c in counts if c["entries"] > c["created"] + c["existing"]]
+    existing = sum(c["existing"] for c in counts)
     head = (
-        f"Booking History Log {period}: {created} created, "
-        f"{len([c for c in counts if c['entries'] > c['created']])} modified, "
-        f"{len(rows)} entries"
+        f"Booking History Log {period}: {created} created, {len(modified)} modified, "
+        + (f"{existing} existing at install, " if existing else "")
+        + f"{len(rows)} entries"
     )
     return "\n\n".join(
         [

@@ -258,7 +258,14 @@ class Campaign:
                 conn.execute(SETUP.encode())
             tables = [TableName("public", t) for t in AUDITED_TABLES]
             # As `source install` does it: hooks, then (logical mode) the slot.
-            install(dsn, tables, publication="bookaudit", slot=f"fc_{source}", mode=mode)
+            install(
+                dsn,
+                tables,
+                publication="bookaudit",
+                slot=f"fc_{source}",
+                mode=mode,
+                grant_to=[APP_ROLE],
+            )
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(grants(APP_ROLE).encode())
         init_warehouse(self.dsn(WAREHOUSE_DB))

@@ -32,7 +32,9 @@ stack-up: venv
 stack-down: venv
 	$(BIN)/python -m devstack down --dir $(STACK_DIR)
 
+# The demo starts from empty bookings and audit databases, so it can be run again on one stack.
 demo: deps stack-up
+	$(BIN)/python -m devstack fresh-databases --dir $(STACK_DIR)
 	$(WITH_STACK) $(BIN)/bookaudit demo run
 
 lint: venv

@@ -202,6 +202,16 @@ def read_env(state_dir: Path) -> StackEnv | None:
     return state.env
 
 
+def fresh_databases(state_dir: Path) -> None:
+    """Recreate the stack's bookings and audit databases, for a demo that starts from nothing."""
+    state_dir = state_dir.resolve()
+    with _locked(state_dir):
+        state = _load(state_dir)
+        if state is None or not _alive(state_dir, state):
+            raise TerminalError(f"no running stack in {state_dir}: run `python -m devstack up`")
+        _postgres.recreate_databases(state.pg_port)
+
+
 def _describe(
     alive: bool, addr: str, pid: int, probe: Callable[[Any], str | None], target: Any
 ) -> str:

@@ -348,6 +348,24 @@ def create_databases(port: int) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def recreate_databases(port: int) -> None:
+    """Drop and create the source and warehouse databases again, with the slots that pin them,
+    so that a second `make demo` on the same stack starts from an empty bookings database."""
+    with psycopg.connect(dsn(port, "postgres"), autocommit=True) as conn:
+        for name in DATABASES:
+            for (slot,) in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+            ).fetchall():
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND active_pid IS NOT NULL",
+                    (slot,),
+                )
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
 def stop(bin_dir: Path | None, pg_dir: Path, pid: int | None) -> None:
     """Fast-stop the cluster; fall back to signals if pg_ctl cannot do it."""
     pids = {p for p in (pid, postmaster_pid(pg_dir)) if p is not None}

@@ -82,3 +82,11 @@ def env(state_dir: Path) -> None:
         )
     for line in current.export_lines():
         click.echo(line)
+
+
+@stack.command("fresh-databases")
+@_dir_option
+def fresh_databases(state_dir: Path) -> None:
+    """Drop and create the stack's bookings and audit databases (the demo's), and their slots."""
+    stack_api.fresh_databases(state_dir)
+    _progress(f"bookings and audit databases recreated ({state_dir})")

@@ -189,8 +189,8 @@ def test_customer_log_actor_and_alerts_pages(
     assert "Deleted" in _texts(browser, "#timeline td.label")
     browser.get(f"{url}/log")
     counts = browser.find_element(By.ID, "counts").text.splitlines()
-    # booking_id created entries reschedules cancellations price_changes status_changes
-    assert f"{ids['main']} 1 15 1 1 2 2" in counts
+    # booking, created, existing at install, entries, reschedules, cancellations, price, status
+    assert f"{ids['main']} 1 0 15 1 1 2 2" in counts
     assert "dana" in browser.find_element(By.ID, "totals").text
     browser.get(f"{url}/log?since=2000-01-01&until=2000-01-02")
     assert browser.find_element(By.ID, "empty").text.startswith("No booking created or modified")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import psycopg
 
 from bookaudit.cdc.baseline import BaselineSource, relay_baseline
-from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
+from bookaudit.cdc.decode import Keepalive, Relation, decode_copy_data, decode_message
 from bookaudit.cdc.gaps import (
     SlotLostError,
     accept_gap,
@@ -60,6 +60,7 @@ class Capture:
         self.sink.check()
         self.check_slot()
         self.catalog.check_slot(self.settings.slot, self.settings.publication)
+        self.adopt_partitions()
         self.stats.baseline = relay_baseline(
             BaselineSource(self.catalog.conn),
             self.sink,
@@ -91,6 +92,26 @@ class Capture:
             raise SlotLostError(lost_slot_message(slot, why, confirmed, now))
         self.log(accept_gap(conn, slot, why, confirmed))
 
+    def adopt_partitions(self) -> None:
+        for line in self.catalog.adopt_partitions(self.settings.publication):
+            self.log(f"capture: {line}")
+
+    def partition_identity(self, relation: Relation) -> None:
+        """pgoutput sends a partition's own relation, with the replica identity it had when its
+        changes were written, before those changes. Not FULL (a partition created or attached
+        after install, before any capture saw it): its updates and deletes until it is FULL carry
+        only the key as old values. Say so, naming it, and make it FULL from now on."""
+        root = self.catalog.partition_of(relation.oid)
+        if root is None:
+            return
+        self.log(
+            f"capture: partition {relation.namespace}.{relation.name} of {root} was written "
+            f"with REPLICA IDENTITY {'DEFAULT' if relation.replica_identity == 'd' else 'not FULL'}: "
+            "the old values of its updates and deletes until bookaudit made it FULL (now) "
+            "hold only the key"
+        )
+        self.adopt_partitions()
+
     def record_position(self, force: bool = False) -> None:
         """Keep the confirmed position outside the slot, so a lost slot can say what was lost.
         Written only when real transactions moved it, so an idle capture writes nothing."""
@@ -109,7 +130,10 @@ class Capture:
                 self.confirm(force=True)
             return
         self.server_wal_end = max(self.server_wal_end, frame.wal_end)
-        for out in self.assembler.feed(frame.wal_start, decode_message(frame.payload)):
+        message = decode_message(frame.payload)
+        if isinstance(message, Relation) and message.replica_identity != "f":
+            self.partition_identity(message)
+        for out in self.assembler.feed(frame.wal_start, message):
             if isinstance(out, RowChange):
                 self.publish(out)
             else:

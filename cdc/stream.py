@@ -86,6 +86,38 @@ class Catalog:
             )
         return bytes(row[0])
 
+    def adopt_partitions(self, publication: str) -> list[str]:
+        """Give every partition of an audited partitioned table, new ones included, the full old
+        row and the context trigger; one line per change made. A role that may not (not the
+        owner) is told the command in one line naming the partition."""
+        try:
+            return [
+                str(r[0])
+                for r in self.conn.execute(
+                    "SELECT bookaudit.adopt_partitions(%s)", (publication,)
+                ).fetchall()
+            ]
+        except psycopg.errors.UndefinedFunction:
+            raise SourceCheckError(
+                "bookaudit.adopt_partitions does not exist: rerun `bookaudit source install` "
+                "(this version audits partitioned tables)"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceCheckError(
+                f"cannot adopt a new partition: {exc.diag.message_primary}; run ALTER TABLE "
+                "<partition> REPLICA IDENTITY FULL as its owner, or rerun `bookaudit source "
+                "install`"
+            ) from None
+
+    def partition_of(self, oid: int) -> str | None:
+        """The partitioned table a partition belongs to (its root), None for any other table."""
+        row = self.conn.execute(
+            "SELECT pg_partition_root(c.oid)::text FROM pg_class c "
+            "WHERE c.oid = %s AND c.relispartition",
+            (oid,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def current_lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None

@@ -23,6 +23,7 @@ from bookaudit.cdc.decode import (
 from bookaudit.errors import DecodeError
 from bookaudit.model import (
     CONTEXT_PREFIX,
+    MOVES_PREFIX,
     NO_CONTEXT,
     ActorContext,
     Lsn,
@@ -36,8 +37,8 @@ from bookaudit.model import (
 FORGED = "forged"
 
 
-def _context_mac(key: bytes, xid: int, document: bytes) -> bytes:
-    return hmac.new(key, b"context:%d:" % xid + document, hashlib.sha256).hexdigest().encode()
+def _context_mac(key: bytes, xid: int, document: bytes, kind: bytes = b"context") -> bytes:
+    return hmac.new(key, b"%s:%d:" % (kind, xid) + document, hashlib.sha256).hexdigest().encode()
 
 
 def sign_context(key: bytes, xid: int, document: bytes) -> bytes:
@@ -56,6 +57,34 @@ def verified_context(key: bytes, xid: int, content: bytes) -> ActorContext | Non
         return ActorContext.from_message(document)
     except DecodeError:
         return None
+
+
+def sign_moves(key: bytes, xid: int, note: bytes) -> bytes:
+    """A moves message's content as bookaudit.emit_moves writes it: '<hmac hex> <note>', note
+    being 'begin <table oid>' or 'end <table oid>', signed over 'moves:<32-bit xid>:<note>'."""
+    return _context_mac(key, xid, note, b"moves") + b" " + note
+
+
+def verified_moves(key: bytes, xid: int, content: bytes) -> tuple[bool, int] | None:
+    """(True for begin, False for end, the table's oid) if the source's key signed the message
+    for this transaction; None for anything else."""
+    mac, sep, note = content.partition(b" ")
+    if not sep or not hmac.compare_digest(mac, _context_mac(key, xid, note, b"moves")):
+        return None
+    edge, _, oid = note.partition(b" ")
+    if edge not in (b"begin", b"end") or not oid.isdigit():
+        return None
+    return edge == b"begin", int(oid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A delete held back while a partitioned table's UPDATE runs: the first half of a move, if
+    the next change is that table's insert."""
+
+    wal_start: int
+    table: TableSchema
+    old: tuple[Value, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +108,10 @@ class _Open:
     forged: bool = False
     sequence: int = 0
     per_table: dict[int, int] = field(default_factory=dict)
+    # Partitioned tables whose UPDATE is running (between its moves messages), and a delete of
+    # one of them held back until the next message says whether it began a move.
+    updating: set[int] = field(default_factory=set)
+    held: _Held | None = None
 
 
 class TransactionAssembler:
@@ -100,9 +133,25 @@ class TransactionAssembler:
         return self._open is not None
 
     def feed(self, wal_start: int, message: Message) -> Iterator[Output]:
+        """A row moving between partitions reaches pgoutput as a delete and an insert of the
+        partitioned table, adjacent (only Relation messages may come between); inside that
+        table's UPDATE (its signed moves messages) such a pair is the one update it is."""
         if isinstance(message, Relation):
             self._tables[message.oid] = self._resolve(message)
-        elif isinstance(message, Begin):
+            return
+        if isinstance(message, Insert) and self._open is not None and self._open.held:
+            held = self._open.held
+            self._open.held = None
+            if held.table.oid == message.relation_oid:
+                table = held.table
+                yield self._change(
+                    held.wal_start, table, "u", _row(table, held.old), _row(table, message.new)
+                )
+                return
+            yield self._change(held.wal_start, held.table, "d", _row(held.table, held.old), None)
+        elif self._open is not None and self._open.held:
+            yield from self._release_held()
+        if isinstance(message, Begin):
             if self._open is not None:
                 raise DecodeError(f"BEGIN of xid {message.xid} inside xid {self._open.begin.xid}")
             self._open = _Open(message)
@@ -113,6 +162,8 @@ class TransactionAssembler:
         elif isinstance(message, LogicalMessage):
             if message.prefix == CONTEXT_PREFIX:
                 self._context(message)
+            elif message.prefix == MOVES_PREFIX:
+                self._moves(message)
         elif isinstance(message, Insert):
             table = self._table(message.relation_oid)
             yield self._change(wal_start, table, "c", None, _row(table, message.new))
@@ -123,7 +174,12 @@ class TransactionAssembler:
             yield self._change(wal_start, table, "u", before, after)
         elif isinstance(message, Delete):
             table = self._table(message.relation_oid)
-            yield self._change(wal_start, table, "d", _row(table, message.old), None)
+            txn = self._require_open("row change")
+            if message.relation_oid in txn.updating:
+                _row(table, message.old)  # a malformed tuple fails here, not one message later
+                txn.held = _Held(wal_start, table, message.old)
+            else:
+                yield self._change(wal_start, table, "d", _row(table, message.old), None)
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
                 yield self._change(wal_start, self._table(oid), "t", None, None)
@@ -143,6 +199,31 @@ class TransactionAssembler:
             txn.forged = True
         else:
             txn.actor = actor
+
+    def _release_held(self) -> Iterator[RowChange]:
+        """The held delete was no move's first half: it is the delete it says."""
+        txn = self._require_open("row change")
+        held, txn.held = txn.held, None
+        if held is not None:
+            yield self._change(held.wal_start, held.table, "d", _row(held.table, held.old), None)
+
+    def _moves(self, message: LogicalMessage) -> None:
+        """A forged or non-transactional moves message merges nothing and flags the transaction
+        as a forged context does."""
+        if not message.transactional and self._open is None:
+            return
+        txn = self._require_open("moves message")
+        found = (
+            verified_moves(self._key, txn.begin.xid, message.content)
+            if message.transactional
+            else None
+        )
+        if found is None:
+            txn.forged = True
+        elif found[0]:
+            txn.updating.add(found[1])
+        else:
+            txn.updating.discard(found[1])
 
     def _require_open(self, what: str) -> _Open:
         if self._open is None:

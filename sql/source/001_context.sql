@@ -154,6 +154,73 @@ BEGIN
 END
 $$;
 
+-- BEFORE and AFTER UPDATE ... FOR EACH STATEMENT on a partitioned table (logical mode): brackets
+-- the statement with '<hmac hex> begin|end <table oid>' signed over 'moves:<xid>:<begin|end> <oid>'.
+-- PostgreSQL writes a row that moves between partitions as a delete and an insert, and pgoutput
+-- sends it so; inside these brackets the capture knows that an adjacent delete and insert of the
+-- table are one row's update. Signed, so the application cannot pass its own delete and insert
+-- off as one update.
+CREATE OR REPLACE FUNCTION bookaudit.emit_moves() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    note bytea := convert_to(TG_ARGV[0] || ' ' || TG_RELID::text, 'UTF8');
+BEGIN
+    PERFORM pg_logical_emit_message(
+        true, 'bookaudit.moves',
+        convert_to(bookaudit._mac(convert_to('moves:' || bookaudit._xid() || ':', 'UTF8') || note)
+                   || ' ', 'UTF8') || note);
+    RETURN NULL;
+END
+$$;
+
+-- Every partition of the partitioned tables audited now (published in logical mode, carrying the
+-- outbox trigger in trigger mode), partitions created or attached since included: the full old
+-- row (logical mode; PostgreSQL gives a new partition the default identity, which logs only the
+-- key) and the statement trigger that an application writing the partition directly fires (a
+-- statement trigger of the partitioned table does not fire then, nor is it cloned). Returns one
+-- line per change made. Install runs it, and so do the capture and the relay when they start and
+-- (logical mode) when a partition's changes arrive without the full old row.
+CREATE OR REPLACE FUNCTION bookaudit.adopt_partitions(publication text) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    trigger_mode boolean := to_regclass('bookaudit.outbox') IS NOT NULL;
+    root oid;
+    part regclass;
+BEGIN
+    FOR root IN
+        SELECT c.oid FROM pg_class c
+         WHERE c.relkind = 'p' AND CASE WHEN trigger_mode
+             THEN EXISTS (SELECT 1 FROM pg_trigger t
+                           WHERE t.tgrelid = c.oid AND t.tgname = '0_bookaudit_outbox')
+             ELSE EXISTS (SELECT 1 FROM pg_publication_rel r
+                            JOIN pg_publication p ON p.oid = r.prpubid
+                           WHERE p.pubname = publication AND r.prrelid = c.oid) END
+         ORDER BY c.oid
+    LOOP
+        FOR part IN SELECT t.relid FROM pg_partition_tree(root) t WHERE t.relid <> root
+                     ORDER BY t.level, t.relid::text
+        LOOP
+            IF NOT trigger_mode
+               AND (SELECT c.relreplident FROM pg_class c WHERE c.oid = part) <> 'f' THEN
+                EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+                RETURN NEXT format('partition %s of %s: REPLICA IDENTITY FULL', part, root::regclass);
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                            WHERE t.tgrelid = part AND t.tgname = 'bookaudit_context') THEN
+                EXECUTE format(
+                    'CREATE TRIGGER bookaudit_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE '
+                    'ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s', part,
+                    CASE WHEN trigger_mode THEN format('bookaudit.record_context(%L)', root::text)
+                         ELSE 'bookaudit.emit_context()' END);
+                RETURN NEXT format('partition %s of %s: context trigger', part, root::regclass);
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION bookaudit.emit_moves(), bookaudit.adopt_partitions(text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION bookaudit._mac(bytea), bookaudit._setting(text),
     bookaudit.current_context(), bookaudit._context_mark(), bookaudit._xid(),
     bookaudit.emit_context(), bookaudit.set_actor(text, text, text, text, text)

@@ -13,6 +13,8 @@ from bookaudit.errors import DecodeError
 
 # The prefix of the transactional logical message the context trigger emits.
 CONTEXT_PREFIX = "bookaudit.context"
+# The prefix of the messages that bracket an UPDATE of a partitioned table (bookaudit.emit_moves).
+MOVES_PREFIX = "bookaudit.moves"
 # Named to sort first: AFTER triggers fire in name order, and the outbox row must be written
 # before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
 # other rows, so that the outbox order is the order in which the WAL records the changes.

@@ -43,7 +43,9 @@ class Capture:
         self.source = SourceInfo(
             name=settings.source_name, db=self.catalog.dbname, identity=self.catalog.identity()
         )
-        self.assembler = TransactionAssembler(self.catalog.resolve, self.catalog.context_key())
+        self.assembler = TransactionAssembler(
+            self.catalog.resolve, self.catalog.context_key(), self.catalog.render
+        )
         self.ledger = AckLedger()
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
         self.stream: ReplicationStream | None = None
@@ -106,9 +108,8 @@ class Capture:
             return
         self.log(
             f"capture: partition {relation.namespace}.{relation.name} of {root} was written "
-            f"with REPLICA IDENTITY {'DEFAULT' if relation.replica_identity == 'd' else 'not FULL'}: "
-            "the old values of its updates and deletes until bookaudit made it FULL (now) "
-            "hold only the key"
+            f"without REPLICA IDENTITY FULL: its old rows come from bookaudit's row trigger "
+            "until it is FULL, which it is made now"
         )
         self.adopt_partitions()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Mapping
 
 import psycopg
 from psycopg import pq, sql
@@ -12,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
 from bookaudit.classify import one_line, pg_connect_error, pg_transient
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
-from bookaudit.model import TableSchema, format_lsn
+from bookaudit.model import Row, TableSchema, format_lsn
 
 
 class Catalog:
@@ -117,6 +118,20 @@ class Catalog:
             (oid,),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def render(self, table: TableSchema, texts: Mapping[str, str | None]) -> Row:
+        """Column texts written in fixed settings (bookaudit._emit_old_row), read through the
+        table's types and printed as this session prints them: as pgoutput, in a walsender of
+        the same role and database, prints them."""
+        query = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("({}::text)::{}::text").format(sql.Placeholder(), sql.SQL(type_name))
+                for type_name in table.types
+            )
+        )
+        row = self.conn.execute(query, [texts.get(c) for c in table.columns]).fetchone()
+        assert row is not None
+        return {c: None if v is None else str(v) for c, v in zip(table.columns, row, strict=True)}
 
     def current_lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()

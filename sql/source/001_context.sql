@@ -126,6 +126,14 @@ $$;
 -- a marker, which the session can read, from ever passing for a message signature).
 CREATE OR REPLACE FUNCTION bookaudit.emit_context() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM bookaudit._emit_context();
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bookaudit._emit_context() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     mark text := bookaudit._context_mark();
     seen text := current_setting('bookaudit._emitted', true);
@@ -137,7 +145,7 @@ BEGIN
         xid := bookaudit._xid();
         IF left(seen, 64) = bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8'))
         THEN
-            RETURN NULL;
+            RETURN;
         END IF;
     END IF;
     xid := bookaudit._xid();
@@ -150,7 +158,6 @@ BEGIN
         'bookaudit._emitted',
         bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8')) || ' ' || mark,
         true);
-    RETURN NULL;
 END
 $$;
 
@@ -170,6 +177,59 @@ BEGIN
         convert_to(bookaudit._mac(convert_to('moves:' || bookaudit._xid() || ':', 'UTF8') || note)
                    || ' ', 'UTF8') || note);
     RETURN NULL;
+END
+$$;
+
+-- BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW on a partitioned table (logical mode), so
+-- cloned to every partition, present and future, and named to fire after the application's
+-- BEFORE triggers (so never for a row one of them skips). It matters only on a partition created
+-- or attached since install or the capture last adopted partitions (see adopt_partitions); on any
+-- other it costs one catalog lookup a row. Such a partition has the default replica identity,
+-- under which the WAL keeps only the key of an old row: this puts the whole old row in the WAL
+-- beside the change, signed: '<hmac hex> <root oid> <json object of column texts>' over
+-- 'old:<xid>:<root oid> <json>'. And it lacks the context trigger, which an application writing
+-- the partition directly would fire: this emits the context instead.
+CREATE OR REPLACE FUNCTION bookaudit.partition_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    identity "char";
+    has_context boolean;
+BEGIN
+    SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_trigger t
+                                    WHERE t.tgrelid = c.oid AND t.tgname = 'bookaudit_context')
+      INTO identity, has_context
+      FROM pg_class c WHERE c.oid = TG_RELID;
+    IF NOT has_context THEN
+        PERFORM bookaudit._emit_context();
+    END IF;
+    IF identity <> 'f' AND TG_OP <> 'INSERT' THEN
+        PERFORM bookaudit._emit_old_row(TG_RELID, TG_ARGV[0], OLD);
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+
+-- Each column's text by its output function, in settings that read back unambiguously (the
+-- capture renders it again as its own session prints it, as pgoutput does).
+CREATE OR REPLACE FUNCTION bookaudit._emit_old_row(rel oid, root text, old_row anyelement)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 1 AS $$
+DECLARE
+    names text[];
+    texts text[];
+    doc bytea;
+BEGIN
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO names FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    EXECUTE format('SELECT ARRAY[%s]::text[]',
+                   (SELECT string_agg(format('($1).%I::text', n), ', ') FROM unnest(names) n))
+       INTO texts USING old_row;
+    doc := convert_to(root || ' ' || json_object(names, texts)::text, 'UTF8');
+    PERFORM pg_logical_emit_message(
+        true, 'bookaudit.old',
+        convert_to(bookaudit._mac(convert_to('old:' || bookaudit._xid() || ':', 'UTF8') || doc)
+                   || ' ', 'UTF8') || doc);
 END
 $$;
 
@@ -219,7 +279,9 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION bookaudit.emit_moves(), bookaudit.adopt_partitions(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bookaudit.emit_moves(), bookaudit.adopt_partitions(text),
+    bookaudit.partition_row(), bookaudit._emit_old_row(oid, text, anyelement),
+    bookaudit._emit_context() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION bookaudit._mac(bytea), bookaudit._setting(text),
     bookaudit.current_context(), bookaudit._context_mark(), bookaudit._xid(),

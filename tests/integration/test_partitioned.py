@@ -168,7 +168,9 @@ def test_a_partitioned_table_is_audited_as_one_table(partitioned: Pipeline) -> N
         "VALUES (108, 2, '2027-05-02 09:00+00', 210.00)",
         "UPDATE bookings SET scheduled_start = '2027-06-30 09:00+00' WHERE id = 103",
     )
-    _write(p, "frank", "UPDATE bookings_2027q2 SET price = 205.00, note = 'discount' WHERE id = 108")
+    _write(
+        p, "frank", "UPDATE bookings_2027q2 SET price = 205.00, note = 'discount' WHERE id = 108"
+    )
     _write(p, "gina", "DELETE FROM bookings_2027q2 WHERE id = 103")
 
     p.flow()

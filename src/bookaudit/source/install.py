@@ -18,6 +18,9 @@ TRUNCATE_TRIGGER = "0_bookaudit_truncate"
 # On a partitioned table, around each UPDATE: a row moving between partitions is one update.
 MOVES_BEGIN = "bookaudit_moves_begin"
 MOVES_END = "bookaudit_moves_end"
+# Logical mode, on a partitioned table, cloned to its partitions: the old row and the context of a
+# partition not yet adopted. Named to fire after the application's BEFORE ROW triggers.
+PARTITION_TRIGGER = "zz_bookaudit_partition"
 SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
 
 
@@ -267,9 +270,16 @@ def _plan_hooks(
                 "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.emit_context()"
             ).format(sql.Identifier(TRIGGER_NAME), table.ident())
         )
-        if partitioned_oid(conn, table) is not None:
+        oid = partitioned_oid(conn, table)
+        if oid is not None:
             partitioned = True
             statements.extend(_move_triggers(table, "bookaudit.emit_moves"))
+            statements.append(
+                sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION bookaudit.partition_row({})"
+                ).format(sql.Identifier(PARTITION_TRIGGER), table.ident(), sql.Literal(str(oid)))
+            )
     pub = sql.Identifier(publication)
     # Accepted gaps travel the pipeline like any change (sql/source/003_capture_state.sql).
     published = [*tables, GAPS_TABLE]

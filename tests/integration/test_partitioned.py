@@ -210,3 +210,60 @@ def test_a_partitioned_table_is_audited_as_one_table(partitioned: Pipeline) -> N
     assert len(deleted) == len(changed) - 3 == len(COLUMNS)
     assert ("scheduled_start", "2027-06-30 09:00:00+00") in deleted
     assert ("note", "two boilers") in deleted and ("status", "moved") in deleted
+
+
+def _bookaudit_hooks(p: Pipeline) -> list[tuple[str, str, str]]:
+    """Every bookaudit trigger on the bookings tables, and each one's replica identity."""
+    with p.owner() as conn:
+        rows = conn.execute(
+            "SELECT c.relname, c.relreplident::text, coalesce(string_agg(t.tgname, ',' "
+            "ORDER BY t.tgname), '') FROM pg_class c LEFT JOIN pg_trigger t "
+            "ON t.tgrelid = c.oid AND t.tgname LIKE '%%bookaudit%%' "
+            "WHERE c.relname LIKE 'bookings%%' AND c.relkind IN ('r', 'p') "
+            "GROUP BY 1, 2 ORDER BY 1"
+        ).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def test_install_adopts_new_partitions_and_uninstall_leaves_none(partitioned: Pipeline) -> None:
+    """A rerun of install adopts a partition attached since, and upgrades a publication made
+    without publish_via_partition_root; uninstall takes every trace off every partition."""
+    p = partitioned
+    p.migrate(
+        "CREATE TABLE bookings_2027q2 (LIKE bookings)",
+        "ALTER TABLE bookings ATTACH PARTITION bookings_2027q2 "
+        "FOR VALUES FROM ('2027-04-01 00:00+00') TO ('2027-07-01 00:00+00')",
+    )
+    if p.mode == "logical":
+        with p.owner() as conn:
+            conn.execute("ALTER PUBLICATION bookaudit SET (publish_via_partition_root = false)")
+    p.cli("source", "install", "--table", "customers", "--table", "bookings")
+    hooks = _bookaudit_hooks(p)
+    if p.mode == "logical":
+        with p.owner() as conn:
+            via_root = conn.execute(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = 'bookaudit'"
+            ).fetchone()
+        assert via_root == (True,)
+        on_partition = "bookaudit_context,zz_bookaudit_partition"
+        assert hooks == [
+            ("bookings", "f", "bookaudit_context,bookaudit_moves_begin,bookaudit_moves_end,"
+                              "zz_bookaudit_partition"),
+            *[(name, "f", on_partition) for name in
+              ("bookings_2026q4", "bookings_2027q1", "bookings_2027q2", "bookings_other")],
+        ]  # fmt: skip
+    else:
+        on_partition = "0_bookaudit_outbox,bookaudit_context"
+        assert hooks == [
+            ("bookings", "d", "0_bookaudit_outbox,0_bookaudit_truncate,bookaudit_context,"
+                              "bookaudit_moves_begin,bookaudit_moves_end"),
+            *[(name, "d", on_partition) for name in
+              ("bookings_2026q4", "bookings_2027q1", "bookings_2027q2", "bookings_other")],
+        ]  # fmt: skip
+    p.capture()  # nothing written: a capture that starts and drains the baseline
+    p.cli("source", "uninstall")
+    assert _bookaudit_hooks(p) == [
+        (name, "d", "")
+        for name in ("bookings", "bookings_2026q4", "bookings_2027q1", "bookings_2027q2",
+                     "bookings_other")
+    ]  # fmt: skip

@@ -188,8 +188,12 @@ def _adopt_partitions(publication: str) -> sql.Composable:
 
 
 def _published(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> set[TableName]:
+    """The tables the publication names, as install added them (pg_publication_tables would
+    list a partitioned table's partitions instead, unless it publishes via the root)."""
     rows = conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r "
+        "JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
         (publication,),
     ).fetchall()
     return {TableName(str(s), str(t)) for s, t in rows}

@@ -69,7 +69,7 @@ def moves(edge: str, oid: int = ROOT, key: bytes = KEY) -> LogicalMessage:
     return LogicalMessage(True, 0, MOVES_PREFIX, sign_moves(key, XID, note))
 
 
-def old_row(texts: dict[str, str | None], key: bytes = KEY) -> LogicalMessage:
+def old_row(texts: Mapping[str, str | None], key: bytes = KEY) -> LogicalMessage:
     document = f"{ROOT} ".encode() + json.dumps(texts).encode()
     return LogicalMessage(True, 0, OLD_ROW_PREFIX, sign_old_row(key, XID, document))
 

@@ -22,6 +22,7 @@ from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, Capture
 from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.classify import kafka_error, pg_error
+from bookaudit.errors import SourceCheckError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
@@ -95,7 +96,13 @@ class Capture:
         self.log(accept_gap(conn, slot, why, confirmed))
 
     def adopt_partitions(self) -> None:
-        for line in self.catalog.adopt_partitions(self.settings.publication):
+        """Adopting is what keeps the row trigger idle; until it can, that trigger loses
+        nothing, so a refusal is said and the capture goes on."""
+        try:
+            lines = self.catalog.adopt_partitions(self.settings.publication)
+        except SourceCheckError as exc:
+            lines = [str(exc)]
+        for line in lines:
             self.log(f"capture: {line}")
 
     def partition_identity(self, relation: Relation) -> None:

@@ -260,20 +260,29 @@ BEGIN
         FOR part IN SELECT t.relid FROM pg_partition_tree(root) t WHERE t.relid <> root
                      ORDER BY t.level, t.relid::text
         LOOP
-            IF NOT trigger_mode
-               AND (SELECT c.relreplident FROM pg_class c WHERE c.oid = part) <> 'f' THEN
-                EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
-                RETURN NEXT format('partition %s of %s: REPLICA IDENTITY FULL', part, root::regclass);
-            END IF;
-            IF NOT EXISTS (SELECT 1 FROM pg_trigger t
-                            WHERE t.tgrelid = part AND t.tgname = 'bookaudit_context') THEN
-                EXECUTE format(
-                    'CREATE TRIGGER bookaudit_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE '
-                    'ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s', part,
-                    CASE WHEN trigger_mode THEN format('bookaudit.record_context(%L)', root::text)
-                         ELSE 'bookaudit.emit_context()' END);
-                RETURN NEXT format('partition %s of %s: context trigger', part, root::regclass);
-            END IF;
+            BEGIN
+                IF NOT trigger_mode
+                   AND (SELECT c.relreplident FROM pg_class c WHERE c.oid = part) <> 'f' THEN
+                    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+                    RETURN NEXT format('partition %s of %s: REPLICA IDENTITY FULL', part,
+                                       root::regclass);
+                END IF;
+                IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                WHERE t.tgrelid = part AND t.tgname = 'bookaudit_context') THEN
+                    EXECUTE format(
+                        'CREATE TRIGGER bookaudit_context BEFORE INSERT OR UPDATE OR DELETE OR '
+                        'TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s', part,
+                        CASE WHEN trigger_mode
+                             THEN format('bookaudit.record_context(%L)', root::text)
+                             ELSE 'bookaudit.emit_context()' END);
+                    RETURN NEXT format('partition %s of %s: context trigger', part, root::regclass);
+                END IF;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'partition % of % is not adopted: role % does not own it; as its '
+                                'owner run ALTER TABLE % REPLICA IDENTITY FULL, then `bookaudit '
+                                'source install` again', part, root::regclass, current_user, part
+                      USING ERRCODE = 'insufficient_privilege';
+            END;
         END LOOP;
     END LOOP;
 END

@@ -260,8 +260,48 @@ CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbo
 -- The settings-based bookkeeping of earlier installs, which an application could preset.
 DROP FUNCTION IF EXISTS bookaudit._note_context();
 
+-- Every partition of the partitioned tables that carry the outbox trigger, partitions created or
+-- attached since included: the statement trigger that an application writing the partition
+-- directly fires (a statement trigger of the partitioned table does not fire then, nor is it
+-- cloned; the outbox trigger is). Returns one line per change made; install and the relay run it.
+-- The argument only matches logical mode's (005_partitions.sql).
+CREATE OR REPLACE FUNCTION bookaudit.adopt_partitions(publication text) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    root oid;
+    part regclass;
+BEGIN
+    FOR root IN
+        SELECT c.oid FROM pg_class c
+         WHERE c.relkind = 'p'
+           AND EXISTS (SELECT 1 FROM pg_trigger t
+                        WHERE t.tgrelid = c.oid AND t.tgname = '0_bookaudit_outbox')
+         ORDER BY c.oid
+    LOOP
+        FOR part IN SELECT t.relid FROM pg_partition_tree(root) t WHERE t.relid <> root
+                     ORDER BY t.level, t.relid::text
+        LOOP
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger t
+                                   WHERE t.tgrelid = part AND t.tgname = 'bookaudit_context');
+            BEGIN
+                EXECUTE format(
+                    'CREATE TRIGGER bookaudit_context BEFORE INSERT OR UPDATE OR DELETE OR '
+                    'TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION '
+                    'bookaudit.record_context(%L)', part, root::text);
+                RETURN NEXT format('partition %s of %s: context trigger', part, root::regclass);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'partition % of % is not adopted: role % does not own it; as its '
+                                'owner run `bookaudit source install --mode trigger` again',
+                                part, root::regclass, current_user
+                      USING ERRCODE = 'insufficient_privilege';
+            END;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
 REVOKE ALL ON bookaudit.outbox, bookaudit.outbox_commits, bookaudit.outbox_shapes FROM PUBLIC;
 REVOKE ALL ON SEQUENCE bookaudit.commit_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION bookaudit._exact_text(anyelement), bookaudit.outbox_row(),
     bookaudit.register_commit(), bookaudit._shape(oid), bookaudit.record_context(),
-    bookaudit.note_moves(), bookaudit._moving(oid) FROM PUBLIC;
+    bookaudit.note_moves(), bookaudit._moving(oid), bookaudit.adopt_partitions(text) FROM PUBLIC;

@@ -265,6 +265,7 @@ def _plan_hooks(
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
     statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))
+    statements.append(sql.SQL(read_text("sql", "source", "005_partitions.sql")))
     partitioned = False
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))

@@ -314,14 +314,19 @@ def _met(ok: bool) -> str:
 
 
 @click.command()
-def main() -> None:
+@click.option("--drain-only", is_flag=True, help="Only the backlog drain, not the steady load.")
+def main(drain_only: bool) -> None:
     admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
         raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
     d = drain(admin, bootstrap)
-    s = steady(admin, bootstrap)
+    report_drain(d)
+    if not drain_only:
+        report_steady(steady(admin, bootstrap))
 
+
+def report_drain(d: Drain) -> None:
     capture_rate, writer_rate = ROWS / d.capture_s, ROWS / d.writer_s
     ratio = writer_rate / capture_rate
     click.echo(f"backlog, one {ROWS:,}-row UPDATE of a 10-column table:")
@@ -347,6 +352,9 @@ def main() -> None:
         click.echo(
             f"    {phase:40s} {seconds:6.2f} s  {seconds / total:5.1%}  {seconds / ROWS * 1e6:6.1f} µs/change"
         )
+
+
+def report_steady(s: Steady) -> None:
     click.echo("commit → visible, ms, one-row transactions (pgbench -R, 4 clients):")
     click.echo("                                          p50     p95     p99     max")
     for rate in RATES:

@@ -18,7 +18,7 @@ from bookaudit.kafka.serde import (
     Headers,
     KeyDeserializer,
 )
-from bookaudit.model import MODES, ActorContext, Envelope, Position, Row
+from bookaudit.model import MODES, ActorContext, CommitSeq, Envelope, Lsn, Position, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +255,11 @@ def _fast_change(record: Record) -> Change | None:
         return None
     action = ACTIONS.get(op)
     image = _REQUIRED.get(op)
-    if action is None or mode not in MODES or (image is not None and (before, after)[image] is None):
+    if (
+        action is None
+        or mode not in MODES
+        or (image is not None and (before, after)[image] is None)
+    ):
         return None
     if before is None or after is None:
         fields = changed_fields(before, after, order or list((after or before or {}).keys()))
@@ -265,9 +269,11 @@ def _fast_change(record: Record) -> Change | None:
             order = tuple(after)
         get_b, get_a = before.get, after.get
         diff = tuple((c, b, a) for c in order if (b := get_b(c)) != (a := get_a(c)))
+    # A position's kind follows the capture mode, as the typed Envelope has it.
+    kind = CommitSeq if mode == "trigger" else Lsn
     return Change(
-        (name, commit, seq), (record.topic, record.partition, record.offset), lsn, txid, ts,
-        schema, table, action, row_key, before, after, actor, mode, diff,
+        (name, kind(commit), seq), (record.topic, record.partition, record.offset), kind(lsn),
+        txid, ts, schema, table, action, row_key, before, after, actor, mode, diff,
     )  # fmt: skip
 
 

@@ -201,7 +201,9 @@ def prepare_rows(
             (cid, f, n, old, new) for n, (f, old, new) in enumerate(change.fields, start=1)
         )
         key_json, before_json, after_json = (
-            dump(change.row_key), dump(change.before), dump(change.after)
+            dump(change.row_key),
+            dump(change.before),
+            dump(change.after),
         )
         head = dump(
             [ROW_FORM, cid, source, commit, seq, lsn, change.txid, committed_us,

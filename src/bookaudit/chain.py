@@ -85,6 +85,7 @@ def dump_json(value: Any) -> str:
         return _ENCODER.encode(value)
     return "".join(_C_ENCODE(value, 0))
 
+
 FieldRow = tuple[str, int, str | None, str | None]
 """One audit.field_changes row: field, position, old value, new value."""
 

@@ -51,6 +51,8 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
         "schema_name, table_name, action, actor_origin, kafka_topic, kafka_partition, "
         "kafka_offset) VALUES ('bookings', '0/1', 0, '0/1', 1, now(), 'public', 'bookings', "
         "'delete', 'application', 'x', 0, 0)",
+        "INSERT INTO audit.field_changes (change_id, field, position, new_value) "
+        "VALUES (-7, 'price', 1, '0.00')",
     )
     result = pipeline.cli("warehouse", "verify", check=False)
     assert result.returncode == 1, result.stderr
@@ -63,9 +65,13 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
         ]
     )  # fmt: skip
     assert lines[:3] == [f"TAMPERED: {text}" for _, text in expected]
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[3].startswith("TAMPERED: audit row ")
     assert lines[3].endswith("is not in the chain: it was written around the audit writer")
+    assert lines[4] == (
+        "TAMPERED: field rows of change -7 belong to no chained audit row: "
+        "they were written around the audit writer"
+    )
 
 
 def _price_change_after_invoice(p: Pipeline) -> None:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
-from bookaudit.entity_map import EntityMap, TableRef, default_map, parse_map
+from bookaudit.entity_map import Entity, EntityMap, TableRef, default_map, parse_map
 
 # A row's primary key as the source returns it: bigint ids on the sample, text job numbers on jobs.
 Key = int | str
@@ -171,6 +171,7 @@ class Writes:
 
     customer: str  # one customer named %(name)s, RETURNING its key
     bookings: str  # %(count)s bookings of customer %(customer)s at price %(price)s, RETURNING keys
+    note: str  # one note with body %(body)s on booking %(booking)s
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ class Schema:
             key=sql.Identifier(self.booking_key),
         )
 
+    @property
+    def notes(self) -> Entity:
+        """The related table the map names as notes (`public.notes`, `ops.job_notes`)."""
+        [notes] = [e for e in self.entity_map.related if e.kind == "note"]
+        return notes
+
     def topic(self, prefix: str, table: TableRef | str) -> str:
         """The Kafka topic of one of the schema's tables: `<prefix>.<schema>.<table>`."""
         ref = TableRef.parse(table) if isinstance(table, str) else table
@@ -268,6 +275,7 @@ SAMPLE = Schema(
         bookings="INSERT INTO bookings (customer_id, service, address, price) "
         "SELECT %(customer)s, 'Boiler check', 'Elm St ' || g, %(price)s::numeric "
         "FROM generate_series(1, %(count)s) g RETURNING id",
+        note="INSERT INTO notes (booking_id, author, body) VALUES (%(booking)s, 'finn', %(body)s)",
     ),
 )
 
@@ -296,6 +304,7 @@ JOBS = Schema(
         "SELECT 'J-' || %(customer)s || '-' || lpad(g::text, 6, '0'), %(customer)s, "
         "'Boiler check ' || g, %(price)s::numeric FROM generate_series(1, %(count)s) g "
         "RETURNING job_no",
+        note="INSERT INTO ops.job_notes (job_ref, body) VALUES (%(booking)s, %(body)s)",
     ),
 )
 

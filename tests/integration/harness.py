@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture
@@ -354,6 +355,18 @@ class Pipeline:
             conn.execute("SELECT bookaudit.set_actor(%s)", (actor,))
             return self.schema.seed(conn, bookings, price)
 
+    def column_type(self, table: str, column: str) -> str:
+        """A source column's type as SQL spells it (`bigint`, `text`): for a migration's table
+        that refers to the schema's own key."""
+        with self.owner() as conn:
+            row = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+                (str(TableName.parse(table).ident().as_string(conn)), column),
+            ).fetchone()
+        assert row is not None, f"{table} has no column {column}"
+        return str(row[0])
+
     def topic(self, table: str) -> str:
         """This pipeline's Kafka topic for a source table (`customers`, `ops.jobs`)."""
         return self.schema.topic(self.prefix, table)
@@ -366,7 +379,7 @@ class Pipeline:
         """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
 
-    def migrate(self, *statements: str) -> None:
+    def migrate(self, *statements: str | sql.Composable) -> None:
         """A schema migration, run by the owner; like a deploy script, it then grants the
         application role its privileges on what the migration created."""
         with self.owner() as conn:

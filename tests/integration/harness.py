@@ -379,7 +379,7 @@ class Pipeline:
         """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
 
-    def migrate(self, *statements: str | sql.Composable) -> None:
+    def migrate(self, *statements: str | sql.Composed) -> None:
         """A schema migration, run by the owner; like a deploy script, it then grants the
         application role its privileges on what the migration created."""
         with self.owner() as conn:

@@ -38,7 +38,7 @@ from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv, _postgres
+from devstack import StackEnv, _postgres, reset_databases
 from tests.integration.schemas import SAMPLE, Key, Schema
 
 
@@ -181,21 +181,10 @@ class Pipeline:
         )
 
     def drop(self) -> None:
+        # Every slot of the source database goes too (the capture's and any probe slot a test
+        # made): a logical slot left behind would keep the database from being dropped.
+        reset_databases(self.stack.admin_dsn, (f"{self.name}_src", f"{self.name}_wh"), create=False)
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
-            # Every slot of the source database (the capture's and any probe slot a test made):
-            # a logical slot left behind would keep the database from being dropped.
-            admin.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE database = %s AND active_pid IS NOT NULL",
-                (f"{self.name}_src",),
-            )
-            with psycopg.connect(self.source_dsn, autocommit=True) as src:
-                src.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = current_database()"
-                )
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
         if self.config_path is not None:
             self.config_path.unlink(missing_ok=True)

@@ -232,16 +232,21 @@ def change_of(entry: AuditEntry) -> Change:
     )
 
 
-_HEADERS = ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)
 _REQUIRED = {"c": 1, "r": 1, "u": 1, "d": 0}  # which image the op needs: 0 before, 1 after
 
 
 def _fast_change(record: Record) -> Change | None:
-    """The record's Change if it is a plain, well-formed event; None for anything else (a
-    missing or odd header, bytes that do not read, a value the typed path refuses), which the
-    typed path then decodes or dead-letters with its own words."""
+    """The record's Change if it is a well-formed event; None for anything else (no or another
+    schema header, bytes that do not read, a value the typed path refuses), which the typed
+    path then decodes or dead-letters in its own words."""
     value = record.value
-    if value is None or record.error is not None or record.headers != _HEADERS:
+    if value is None or record.error is not None:
+        return None
+    schema = None
+    for header, header_value in record.headers:
+        if header == SCHEMA_HEADER:
+            schema = header_value
+    if schema != ENVELOPE_SCHEMA_ID:
         return None
     try:
         before, after, name, schema, table, txid, lsn, commit, seq, ts, mode, op, actor, order = (

@@ -15,6 +15,7 @@ from bookaudit.consumers.records import (
     Change,
     Decoded,
     Record,
+    _fast_change,
     change_of,
     decode_and_map,
     distinct_changes,
@@ -90,6 +91,7 @@ def _reference(record: Record) -> Change:
 
 def test_fast_changes_equal_fastavros_typed_path() -> None:
     records = _records(_changes())
+    assert all(_fast_change(r) is not None for r in records), "the fast path took them all"
     changes, dead = read_changes(records)
     assert dead == []
     assert changes == [_reference(r) for r in records]

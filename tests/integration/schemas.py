@@ -161,6 +161,25 @@ def _create_jobs(dsn: str) -> None:
 
 
 @dataclass(frozen=True)
+class Writes:
+    """The application's everyday writes as one schema spells them, for workloads that must
+    mean the same on every schema. Named parameters: %(b)s a booking's key, %(c)s a customer's,
+    %(n)s a count, %(v)s a value (price, status, start, amount), %(who)s a person, %(body)s a
+    note's text, %(number)s an invoice number, %(sent)s when an invoice went out (or None);
+    a statement ignores the ones its schema has no column for."""
+
+    customer: str  # one customer; returns its key
+    bookings: str  # %(n)s bookings of customer %(c)s priced %(v)s; returns their keys as text
+    price: str
+    status: str
+    schedule: str  # the start of the booking's window
+    note: str
+    assign: str  # a fieldworker assigned: a row of its own, or a column of the booking
+    invoice: str
+    assigned_as: tuple[str, str]  # the (table, action) an assignment is recorded as
+
+
+@dataclass(frozen=True)
 class Schema:
     """A source schema: how to create it, what to audit, its entity map, and its day."""
 
@@ -171,6 +190,15 @@ class Schema:
     play_day: Callable[[str, str], str]  # (application DSN, owner DSN) -> booking
     # The sample schema's table names as this schema spells them, for shared assertions.
     names: dict[str, str]
+    writes: Writes
+
+    def seed(self, conn: psycopg.Connection[Any], bookings: int, price: str) -> list[str]:
+        """One new customer with `bookings` bookings, in the caller's transaction; returns the
+        bookings' keys as text, in key order."""
+        customer = conn.execute(self.writes.customer).fetchone()
+        assert customer is not None
+        rows = conn.execute(self.writes.bookings, {"c": customer[0], "n": bookings, "v": price})
+        return [str(r[0]) for r in rows.fetchall()]
 
     @property
     def entity_map(self) -> EntityMap:
@@ -195,6 +223,20 @@ SAMPLE = Schema(
         "customer_id": "customer_id",
         "updated_at": "updated_at",
     },
+    writes=Writes(
+        customer="INSERT INTO customers (name) VALUES ('Ada') RETURNING id",
+        bookings="WITH made AS (INSERT INTO bookings (customer_id, service, address, price) "
+        "SELECT %(c)s, 'Boiler check', 'Elm St ' || g, %(v)s::numeric "
+        "FROM generate_series(1, %(n)s) g RETURNING id) SELECT id::text FROM made ORDER BY id",
+        price="UPDATE bookings SET price = %(v)s WHERE id = %(b)s",
+        status="UPDATE bookings SET status = %(v)s WHERE id = %(b)s",
+        schedule="UPDATE bookings SET scheduled_start = %(v)s WHERE id = %(b)s",
+        note="INSERT INTO notes (booking_id, author, body) VALUES (%(b)s, %(who)s, %(body)s)",
+        assign="INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, %(who)s)",
+        invoice="INSERT INTO invoices (booking_id, number, amount, sent_at) "
+        "VALUES (%(b)s, %(number)s, %(v)s, %(sent)s)",
+        assigned_as=("assignments", "insert"),
+    ),
 )
 
 JOBS = Schema(
@@ -213,6 +255,23 @@ JOBS = Schema(
         "customer_id": "client_ref",
         "updated_at": "modified_at",
     },
+    writes=Writes(
+        # Text keys numbered on from the rows already there, so a test may seed twice.
+        customer="INSERT INTO ops.clients (client_no, full_name) "
+        "SELECT 'CL-' || (count(*) + 1), 'Ada' FROM ops.clients RETURNING client_no",
+        bookings="WITH made AS (INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total) "
+        "SELECT 'J-' || lpad((k.n + g)::text, 6, '0'), %(c)s, 'Boiler check', %(v)s::numeric "
+        "FROM generate_series(1, %(n)s) g, (SELECT count(*) AS n FROM ops.jobs) k "
+        "RETURNING job_no) SELECT job_no FROM made ORDER BY job_no",
+        price="UPDATE ops.jobs SET quoted_total = %(v)s WHERE job_no = %(b)s",
+        status="UPDATE ops.jobs SET state = %(v)s WHERE job_no = %(b)s",
+        schedule="UPDATE ops.jobs SET window_from = %(v)s WHERE job_no = %(b)s",
+        note="INSERT INTO ops.job_notes (job_ref, body) VALUES (%(b)s, %(body)s)",
+        assign="UPDATE ops.jobs SET technician = %(who)s WHERE job_no = %(b)s",
+        invoice="INSERT INTO billing.invoices (job_ref, total, issued_at) "
+        "VALUES (%(b)s, %(v)s, %(sent)s)",
+        assigned_as=("jobs", "update"),
+    ),
 )
 
 SCHEMAS = (SAMPLE, JOBS)

@@ -40,7 +40,9 @@ class Capture:
         self.log = log
         self.stats = CaptureStats()
         self.catalog = Catalog(settings.source_dsn)
-        self.source = SourceInfo(name=settings.source_name, db=self.catalog.dbname)
+        self.source = SourceInfo(
+            name=settings.source_name, db=self.catalog.dbname, identity=self.catalog.identity()
+        )
         self.assembler = TransactionAssembler(self.catalog.resolve, self.catalog.context_key())
         self.ledger = AckLedger()
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))

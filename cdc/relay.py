@@ -300,7 +300,12 @@ class OutboxRelay:
         self.log = log
         self.stats = CaptureStats()
         self.outbox = OutboxSource(settings.source_dsn)
-        self.source = SourceInfo(name=settings.source_name, db=self.outbox.dbname, mode="trigger")
+        self.source = SourceInfo(
+            name=settings.source_name,
+            db=self.outbox.dbname,
+            mode="trigger",
+            identity=self.outbox.catalog.identity(),
+        )
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
         self.ledger = AckLedger()
         self._after = 0

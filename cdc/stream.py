@@ -31,6 +31,15 @@ class Catalog:
     def dbname(self) -> str:
         return self.conn.info.dbname
 
+    def identity(self) -> str:
+        """'<system identifier>/<database name>': the same for every capture of this database
+        (and its physical standbys), different for any other database."""
+        row = self.conn.execute(
+            "SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()"
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
     def check_slot(self, slot: str, publication: str) -> None:
         """The slot `source install` created must be there: the capture never creates one, since
         changes committed before a slot exists are not in its stream."""

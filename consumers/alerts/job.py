@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
@@ -18,6 +18,7 @@ from bookaudit.consumers.alerts.ruleset import AfterInvoiceSent, RuleSet
 from bookaudit.consumers.alerts.sink import KafkaOutput, StdoutOutput, WebhookOutput
 from bookaudit.consumers.alerts.state import AlertStore, Pending, RecordedAlert
 from bookaudit.consumers.records import DeadLetter, Record, decode_and_map
+from bookaudit.consumers.sources import SourceGuard
 from bookaudit.errors import TerminalError
 from bookaudit.kafka.alert import alerts_topic
 
@@ -119,6 +120,7 @@ class AlertsJob:
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.channels = ("kafka", "webhook") if settings.webhook_url else ("kafka",)
         self.store = AlertStore(settings.warehouse_dsn, "bookaudit-alerts")
+        self.guard = SourceGuard(settings.warehouse_dsn)
         self.stdout = None if out is None else StdoutOutput(out)
         self.kafka = KafkaOutput(settings.consumer.bootstrap, settings.topic, self.store)
         self.webhook: WebhookOutput | None = None
@@ -214,7 +216,11 @@ class AlertsJob:
     def step(self) -> int:
         records = self.poll()
         if records:
-            batch = decode_batch(records, self.rules)
+            # Events of a second database under a bound source name are the audit writer's
+            # dead letters too: alerts never judge one database's edits by another's.
+            admitted, foreign = self.guard.admit(records)
+            batch = decode_batch(admitted, self.rules)
+            batch = replace(batch, records=tuple(records), dead=(*batch.dead, *foreign))
             recorded = self.record(batch)
             self.emit(recorded)
             self.commit(records)
@@ -271,3 +277,4 @@ class AlertsJob:
         if self.webhook is not None:
             self.webhook.close()
         self.store.close()
+        self.guard.close()

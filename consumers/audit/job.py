@@ -11,6 +11,7 @@ from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.lane import Batch, WarehouseLane
 from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
 from bookaudit.consumers.records import decode_and_map, distinct_entries
+from bookaudit.consumers.sources import SourceGuard
 
 PROGRESS_INTERVAL_S = 5.0
 
@@ -70,6 +71,7 @@ class AuditWriter:
         self.phases = Phases()
         self.writer = WarehouseWriter(warehouse_dsn, self.phases)
         self.ids = IdPool(warehouse_dsn)
+        self.guard = SourceGuard(warehouse_dsn)
         try:
             self.source = KafkaSource(settings)
         except BaseException:
@@ -89,7 +91,9 @@ class AuditWriter:
         if not records:
             return 0
         started = lap("poll Kafka", started)
-        entries, dead = decode_and_map(records)
+        admitted, foreign = self.guard.admit(records)
+        entries, dead = decode_and_map(admitted)
+        dead += foreign
         started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
@@ -149,6 +153,7 @@ class AuditWriter:
             self.source.close()
             self.writer.close()
             self.ids.close()
+            self.guard.close()
         self.log(
             f"audit writer: done, {self.stats.written} entries, "
             f"{self.stats.duplicates} duplicates dropped, {self.stats.dead_letters} dead letters"

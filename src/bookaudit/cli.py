@@ -330,6 +330,40 @@ def warehouse_verify(ctx: click.Context, /, **flags: Any) -> None:
         )
 
 
+@warehouse.command("sources")
+@_connection_options("warehouse_dsn")
+@click.option(
+    "--release",
+    "release_name",
+    metavar="NAME",
+    help="forget which database NAME belongs to (after a restore or migration): the next "
+    "writer binds it to the database its events then come from",
+)
+@click.pass_context
+def warehouse_sources(ctx: click.Context, /, release_name: str | None, **flags: Any) -> None:
+    """List which source database each source name belongs to. Events under a name from any
+    other database are dead-lettered, never mixed in."""
+    from bookaudit.terminal import printable
+    from bookaudit.warehouse.sources import list_bindings, release
+
+    cfg = config_from(ctx, **flags)
+    warehouse_dsn = cfg.need("warehouse_dsn")
+    if release_name is not None:
+        was = release(warehouse_dsn, release_name)
+        if was is None:
+            raise click.ClickException(f"source {release_name!r} is not bound in this warehouse")
+        log(f"warehouse: source {release_name!r} released from database {was!r}")
+        return
+    bindings = list_bindings(warehouse_dsn)
+    if not bindings:
+        log("warehouse: no source has written here yet")
+    for b in bindings:
+        click.echo(
+            f"{printable(b.name)}\t{printable(b.identity)}\t"
+            f"bound {b.bound_at.isoformat(timespec='seconds')}\t{b.entries} entries"
+        )
+
+
 @main.group()
 def consume() -> None:
     """Run a consumer group."""

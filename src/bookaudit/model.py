@@ -219,6 +219,9 @@ class SourceInfo:
     name: str
     db: str
     mode: str = "logical"
+    # '<system identifier>/<database name>': tells apart two sources given the same name, which
+    # the warehouse refuses to mix (consumers/sources.py).
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv, _postgres
-from tests.integration.schemas import SAMPLE, Schema
+from tests.integration.schemas import SAMPLE, Key, Schema
 
 
 @contextmanager
@@ -347,21 +347,16 @@ class Pipeline:
 
     # --- databases --------------------------------------------------------------------------
 
-    def seed(self, bookings: int = 1, price: str = "100.00", actor: str = "seed") -> list[int]:
-        """One customer with `bookings` bookings, written in one transaction by `actor`."""
+    def seed(self, bookings: int = 1, price: str = "100.00", actor: str = "seed") -> list[Key]:
+        """One customer with `bookings` bookings, written in one transaction by `actor`, in the
+        schema's own tables; returns the bookings' keys (ids, or job numbers)."""
         with self.source() as conn:
             conn.execute("SELECT bookaudit.set_actor(%s)", (actor,))
-            customer = conn.execute(
-                "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
-            ).fetchone()
-            assert customer is not None
-            rows = conn.execute(
-                "INSERT INTO bookings (customer_id, service, address, price) "
-                "SELECT %s, 'Boiler check', 'Elm St ' || g, %s::numeric "
-                "FROM generate_series(1, %s) g RETURNING id",
-                (customer[0], price, bookings),
-            ).fetchall()
-        return sorted(int(r[0]) for r in rows)
+            return self.schema.seed(conn, bookings, price)
+
+    def topic(self, table: str) -> str:
+        """This pipeline's Kafka topic for a source table (`customers`, `ops.jobs`)."""
+        return self.schema.topic(self.prefix, table)
 
     def source(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
         """A connection as the application: the non-owner role, granted only its tables."""

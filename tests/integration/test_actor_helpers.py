@@ -17,7 +17,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from bookaudit.actor import Actor, ActorError, acting_as
 from tests.integration.harness import Pipeline
-from tests.integration.workloads import seed_any
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "application-actor.md"
 
@@ -50,18 +49,18 @@ def _snippet(name: str) -> dict[str, Any]:
 def test_acting_as_attributes_one_transaction_and_commits_it(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
     w = p.schema.writes
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="psycopg-app") as conn:
         conn.autocommit = True
         with acting_as(conn, "alice", role="admin", approval_ref="APR-1", request_id="r-1"):
-            conn.execute(w.price, {"b": booking, "v": "189.50"})
+            conn.execute(w.price, {"booking": booking, "price": "189.50"})
         with acting_as(conn, Actor("finn", role="fieldworker")):
-            conn.execute(w.status, {"b": booking, "v": "completed"})
+            conn.execute(w.status, {"booking": booking, "status": "completed"})
         with pytest.raises(ZeroDivisionError), acting_as(conn, "mallory"):
-            conn.execute(w.price, {"b": booking, "v": "1.00"})
+            conn.execute(w.price, {"booking": booking, "price": "1.00"})
             raise ZeroDivisionError
         # The actor ended with its transaction: this change is the session's, not finn's.
-        conn.execute(w.status, {"b": booking, "v": "closed"})
+        conn.execute(w.status, {"booking": booking, "status": "closed"})
     p.flow()
 
     start = _NEW[p.schema.name]
@@ -137,7 +136,7 @@ def test_sqlalchemy_snippet_names_the_request_user_in_every_transaction(
     schema_pipeline: Pipeline,
 ) -> None:
     p = schema_pipeline
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     mapped = _ORM[p.schema.name]
     snippet = _snippet("sqlalchemy")
     engine = create_engine(_sqlalchemy_url(p.app_dsn), connect_args={"application_name": "sa-app"})
@@ -209,7 +208,7 @@ def _configure_django(dsn: str) -> None:
 def test_django_middleware_snippet_names_the_request_user(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     snippet = _snippet("django")
     _configure_django(p.app_dsn)
     from django.db import connection, connections, transaction
@@ -218,15 +217,15 @@ def test_django_middleware_snippet_names_the_request_user(schema_pipeline: Pipel
 
     def edit(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:  # autocommit: one statement, one transaction
-            cursor.execute(w.price, {"b": booking, "v": "120.00"})
+            cursor.execute(w.price, {"booking": booking, "price": "120.00"})
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(w.status, {"b": booking, "v": "scheduled"})
-            cursor.execute(w.note, {"b": booking, "who": "web", "body": "moved"})
+            cursor.execute(w.status, {"booking": booking, "status": "scheduled"})
+            cursor.execute(w.note, {"booking": booking, "body": "moved"})
         return HttpResponse("ok")
 
     def confirm(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:
-            cursor.execute(w.status, {"b": booking, "v": "confirmed"})
+            cursor.execute(w.status, {"booking": booking, "status": "confirmed"})
         return HttpResponse("ok")
 
     factory = RequestFactory()

@@ -9,7 +9,6 @@ import psycopg
 from psycopg import sql
 
 from tests.integration.harness import Pipeline
-from tests.integration.workloads import seed_any
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 SEED = "seed"
@@ -36,28 +35,22 @@ def _status(p: Pipeline) -> str:
     return p.schema.entity_map.booking.fields.status[0]
 
 
-def _key(p: Pipeline) -> str:
-    key = p.schema.entity_map.booking.key
-    assert key is not None
-    return key
-
-
 def test_set_actor_once_covers_every_statement_of_the_transaction(
     schema_pipeline: Pipeline,
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source() as conn:
         conn.execute(
             "SELECT bookaudit.set_actor('ann', role => 'dispatcher', reason => 'customer call', "
             "approval_ref => 'APR-1', request_id => 'req-1')"
         )
-        conn.execute(w.status, {"b": booking, "v": "scheduled"})
-        conn.execute(w.schedule, {"b": booking, "v": "2026-12-01 09:00+00"})
-        conn.execute(w.assign, {"b": booking, "who": "finn"})
-        conn.execute(w.note, {"b": booking, "who": "ann", "body": "called"})
-        conn.execute(w.price, {"b": booking, "v": "120.00"})
+        conn.execute(w.status, {"booking": booking, "status": "scheduled"})
+        conn.execute(w.schedule, {"booking": booking, "start": "2026-12-01 09:00+00"})
+        conn.execute(w.assign, {"booking": booking, "fieldworker": "finn"})
+        conn.execute(w.note, {"booking": booking, "body": "called"})
+        conn.execute(w.price, {"booking": booking, "price": "120.00"})
     p.flow()
 
     context = ("ann", "dispatcher", "customer call", "APR-1", "req-1", "application")
@@ -75,17 +68,17 @@ def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_contex
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source() as conn:
         xid = _xid(conn)
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
-        conn.execute(w.status, {"b": booking, "v": "scheduled"})
+        conn.execute(w.status, {"booking": booking, "status": "scheduled"})
         conn.execute("SELECT bookaudit.set_actor('bob', role => 'admin', approval_ref => 'APR-2')")
-        conn.execute(w.price, {"b": booking, "v": "150.00"})
-        conn.execute(w.note, {"b": booking, "who": "bob", "body": "approved"})
+        conn.execute(w.price, {"booking": booking, "price": "150.00"})
+        conn.execute(w.note, {"booking": booking, "body": "approved"})
         # Back to the first context: it must be announced again, not assumed.
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
-        conn.execute(w.status, {"b": booking, "v": "confirmed"})
+        conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
     rows = p.warehouse(
@@ -109,17 +102,17 @@ def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_contex
 def test_set_local_settings_attribute_without_a_function_call(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source() as conn:
         conn.execute("SET LOCAL bookaudit.actor = 'carl'")
         conn.execute("SET LOCAL bookaudit.role = 'support'")
         conn.execute("SET LOCAL bookaudit.reason = 'goodwill discount'")
         conn.execute("SET LOCAL bookaudit.approval_ref = 'APR-3'")
         conn.execute("SET LOCAL bookaudit.request_id = 'req-3'")
-        conn.execute(w.price, {"b": booking, "v": "90.00"})
+        conn.execute(w.price, {"booking": booking, "price": "90.00"})
         # Changing one setting mid-transaction changes the context of what follows.
         conn.execute("SET LOCAL bookaudit.actor = 'dora'")
-        conn.execute(w.status, {"b": booking, "v": "confirmed"})
+        conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
     assert p.warehouse(_ROWS) == [
@@ -136,7 +129,7 @@ def test_bulk_update_records_one_context_and_attributes_every_row(
     p = schema_pipeline
     booking = p.schema.entity_map.booking
     rows = 10_000
-    seed_any(p, bookings=rows)
+    p.seed(bookings=rows)
     p.start_context_probe()
     with p.source() as conn:
         xid = _xid(conn)
@@ -219,22 +212,24 @@ def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    kept, removed = seed_any(p, bookings=2)
+    kept, removed = (str(k) for k in p.seed(bookings=2))  # as the warehouse's row keys show
     with p.owner() as conn:
         conn.execute(_HELPERS[p.schema.name])  # the schema's owner deploys these, not the app
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor(%s)", (SEED,))
-        conn.execute(w.invoice, {"b": removed, "number": "INV-9", "v": "100.00", "sent": None})
-        conn.execute(w.note, {"b": removed, "who": "ann", "body": "gate code 12"})
+        conn.execute(
+            w.invoice, {"booking": removed, "number": "INV-9", "amount": "100.00", "sent": None}
+        )
+        conn.execute(w.note, {"booking": removed, "body": "gate code 12"})
     with p.source() as conn:
         xid = _xid(conn)
         conn.execute("SELECT bookaudit.set_actor('erin', role => 'admin', reason => 'cleanup')")
         conn.execute("SELECT reprice(%s, 175.00)", (kept,))
-        conn.execute(w.assign, {"b": kept, "who": "finn"})
+        conn.execute(w.assign, {"booking": kept, "fieldworker": "finn"})
         conn.execute(
             sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                sql.Identifier(p.schema.entity_map.booking.table.schema, n["bookings"]),
-                sql.Identifier(_key(p)),
+                sql.Identifier(p.schema.bookings_table.schema, p.schema.bookings_table.name),
+                sql.Identifier(p.schema.booking_key),
             ),
             (removed,),
         )
@@ -252,7 +247,8 @@ def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
     erin = ("erin", "admin", "cleanup", "application")
     assigned, assigned_action = w.assigned_as
     got = sorted(
-        (r[0], r[1], r[2][_key(p)] if r[0] == n["bookings"] else None, *r[3:]) for r in rows
+        (r[0], r[1], r[2][p.schema.booking_key] if r[0] == n["bookings"] else None, *r[3:])
+        for r in rows
     )
     assert got == sorted([
         (n["bookings"], "update", kept, *erin),  # by the function
@@ -276,25 +272,25 @@ def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('gil', role => 'dispatcher')")
-        conn.execute(w.note, {"b": booking, "who": "gil", "body": "kept before"})
+        conn.execute(w.note, {"booking": booking, "body": "kept before"})
         conn.execute("SAVEPOINT attempt")
         conn.execute("SELECT bookaudit.set_actor('mallory', role => 'intruder')")
-        conn.execute(w.price, {"b": booking, "v": "1.00"})
-        conn.execute(w.note, {"b": booking, "who": "mallory", "body": "rolled back"})
+        conn.execute(w.price, {"booking": booking, "price": "1.00"})
+        conn.execute(w.note, {"booking": booking, "body": "rolled back"})
         conn.execute("ROLLBACK TO SAVEPOINT attempt")
-        conn.execute(w.status, {"b": booking, "v": "scheduled"})
-        conn.execute(w.note, {"b": booking, "who": "gil", "body": "kept after"})
+        conn.execute(w.status, {"booking": booking, "status": "scheduled"})
+        conn.execute(w.note, {"booking": booking, "body": "kept after"})
     with p.source() as conn:
         # The first context of this transaction is recorded inside the savepoint, so it rolls
         # back with it; the change after the rollback must still be attributed.
         conn.execute("SELECT bookaudit.set_actor('ivy', role => 'billing')")
         conn.execute("SAVEPOINT attempt")
-        conn.execute(w.price, {"b": booking, "v": "2.00"})
+        conn.execute(w.price, {"booking": booking, "price": "2.00"})
         conn.execute("ROLLBACK TO SAVEPOINT attempt")
-        conn.execute(w.status, {"b": booking, "v": "confirmed"})
+        conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
     rows = p.warehouse(
@@ -321,20 +317,20 @@ def test_pooled_session_never_carries_one_transactions_actor_into_the_next(
 ) -> None:
     p = schema_pipeline
     w = p.schema.writes
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="pool") as conn:
         conn.execute("SELECT bookaudit.set_actor('jo', role => 'billing', request_id => 'r-1')")
-        conn.execute(w.price, {"b": booking, "v": "101.00"})
+        conn.execute(w.price, {"booking": booking, "price": "101.00"})
         conn.commit()
         # The pitfall the design notes: once set in a session, the setting reads '' later on.
         leftover = conn.execute("SELECT current_setting('bookaudit.actor', true)").fetchone()
         assert leftover == ("",)
-        conn.execute(w.price, {"b": booking, "v": "102.00"})
+        conn.execute(w.price, {"booking": booking, "price": "102.00"})
         conn.commit()
         conn.execute("SET LOCAL bookaudit.actor = 'kim'")
-        conn.execute(w.price, {"b": booking, "v": "103.00"})
+        conn.execute(w.price, {"booking": booking, "price": "103.00"})
         conn.commit()
-        conn.execute(w.price, {"b": booking, "v": "104.00"})
+        conn.execute(w.price, {"booking": booking, "price": "104.00"})
         conn.commit()
     p.flow()
 
@@ -355,11 +351,11 @@ def test_no_context_records_db_role_application_and_client_address(
     schema_pipeline: Pipeline,
 ) -> None:
     p = schema_pipeline
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="psql-hotfix") as conn:
         session = conn.execute("SELECT session_user::text, host(inet_client_addr())").fetchone()
         assert session is not None
-        conn.execute(p.schema.writes.price, {"b": booking, "v": "0.01"})
+        conn.execute(p.schema.writes.price, {"booking": booking, "price": "0.01"})
     p.flow()
 
     rows = p.warehouse(
@@ -379,18 +375,18 @@ def test_interleaved_transactions_each_keep_their_own_actor_in_commit_order(
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    b1, b2, b3 = seed_any(p, bookings=3)
+    b1, b2, b3 = (str(k) for k in p.seed(bookings=3))  # as the warehouse's row keys show
     lea, max_, ned = (p.source(application_name=a) for a in ("lea", "max", "ned"))
     try:
         lea.execute("SELECT bookaudit.set_actor('lea', role => 'dispatcher')")
         max_.execute("SELECT bookaudit.set_actor('max', role => 'admin')")
         ned.execute("SELECT bookaudit.set_actor('ned', role => 'fieldworker')")
-        lea.execute(w.status, {"b": b1, "v": "scheduled"})
-        max_.execute(w.price, {"b": b2, "v": "200.00"})
-        ned.execute(w.note, {"b": b3, "who": "ned", "body": "on my way"})
-        lea.execute(w.note, {"b": b1, "who": "lea", "body": "slot 9-11"})
-        max_.execute(w.status, {"b": b2, "v": "approved"})
-        ned.execute(w.status, {"b": b3, "v": "in_progress"})
+        lea.execute(w.status, {"booking": b1, "status": "scheduled"})
+        max_.execute(w.price, {"booking": b2, "price": "200.00"})
+        ned.execute(w.note, {"booking": b3, "body": "on my way"})
+        lea.execute(w.note, {"booking": b1, "body": "slot 9-11"})
+        max_.execute(w.status, {"booking": b2, "status": "approved"})
+        ned.execute(w.status, {"booking": b3, "status": "in_progress"})
         # lea began first and commits last: the stream must follow commit order.
         max_.commit()
         ned.commit()
@@ -400,12 +396,11 @@ def test_interleaved_transactions_each_keep_their_own_actor_in_commit_order(
             conn.close()
     p.flow()
 
-    [note] = p.schema.entity_map.of_kind("note")
     rows = p.warehouse(
         "SELECT actor, actor_role, application, table_name, action, "
         "coalesce(after, before) ->> %s, row_key ->> %s "
         "FROM audit.row_changes WHERE actor IS DISTINCT FROM 'seed' ORDER BY commit_lsn, sequence",
-        (note.booking_column, _key(p)),
+        (p.schema.notes.booking_column, p.schema.booking_key),
     )
     b, notes = n["bookings"], n["notes"]
     assert rows == [

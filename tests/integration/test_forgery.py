@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from tests.integration.harness import Pipeline
-from tests.integration.workloads import seed_any
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -60,7 +59,7 @@ def test_an_emitted_context_message_cannot_forge_the_database_facts(
 ) -> None:
     p = schema_pipeline
     price = p.schema.writes.price
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         # Before the real context, and again after it: neither may be believed.
@@ -68,17 +67,17 @@ def test_an_emitted_context_message_cannot_forge_the_database_facts(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
-        conn.execute(price, {"b": booking, "v": "101.00"})
+        conn.execute(price, {"booking": booking, "price": "101.00"})
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
-        conn.execute(price, {"b": booking, "v": "102.00"})
+        conn.execute(price, {"booking": booking, "price": "102.00"})
     with p.source(application_name="web") as conn:
         # Alone, with no actor named: the database still knows who the session is.
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
-        conn.execute(price, {"b": booking, "v": "103.00"})
+        conn.execute(price, {"booking": booking, "price": "103.00"})
     p.flow()
     p.alerts()
 
@@ -100,7 +99,7 @@ def test_an_emitted_context_message_cannot_forge_the_database_facts(
 def test_a_preset_emitted_marker_cannot_suppress_the_context(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
     price = p.schema.writes.price
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -109,24 +108,24 @@ def test_a_preset_emitted_marker_cannot_suppress_the_context(schema_pipeline: Pi
         # The marker as earlier versions kept it (the bare mark), and in today's form with a
         # made-up signature: neither keeps the context from being recorded.
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (_mark("web"),))
-        conn.execute(price, {"b": booking, "v": "111.00"})
+        conn.execute(price, {"booking": booking, "price": "111.00"})
     with p.source(application_name="web") as conn:
         conn.execute("SELECT bookaudit.set_actor('bea')")
         conn.execute(
             "SELECT set_config('bookaudit._emitted', %s, true)",
             ("0" * 64 + " " + _mark("web", "bea"),),
         )
-        conn.execute(price, {"b": booking, "v": "112.00"})
+        conn.execute(price, {"booking": booking, "price": "112.00"})
     with p.source(application_name="web") as conn:
         # A marker that was genuine, in an earlier transaction, is no good in this one.
         conn.execute("SELECT bookaudit.set_actor('bea')")
-        conn.execute(price, {"b": booking, "v": "113.00"})
+        conn.execute(price, {"booking": booking, "price": "113.00"})
         genuine = conn.execute("SELECT current_setting('bookaudit._emitted', true)").fetchone()
     assert genuine is not None
     with p.source(application_name="web") as conn:
         conn.execute("SELECT bookaudit.set_actor('bea')")
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (genuine[0] or "",))
-        conn.execute(price, {"b": booking, "v": "114.00"})
+        conn.execute(price, {"booking": booking, "price": "114.00"})
     p.flow()
 
     app = p.app_role
@@ -142,7 +141,7 @@ def test_preset_trigger_mode_settings_change_nothing(schema_pipeline: Pipeline) 
     """Every setting trigger mode ever kept its state or a cache in, preset at once."""
     p = schema_pipeline
     price = p.schema.writes.price
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         relid = conn.execute(
@@ -159,10 +158,10 @@ def test_preset_trigger_mode_settings_change_nothing(schema_pipeline: Pipeline) 
             ("bookaudit._commit_registered", "yes"),
         ):
             conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-        conn.execute(price, {"b": booking, "v": "121.00"})
+        conn.execute(price, {"booking": booking, "price": "121.00"})
         conn.execute("SELECT bookaudit.set_actor('cy', role => 'billing')")
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (_mark("web", "cy"),))
-        conn.execute(price, {"b": booking, "v": "122.00"})
+        conn.execute(price, {"booking": booking, "price": "122.00"})
     p.flow()
 
     app = p.app_role
@@ -216,11 +215,11 @@ def test_a_marker_replayed_from_a_rolled_back_savepoint_is_flagged(
     with no context at all, and is stored and alerted as such, never as someone else's."""
     p = schema_pipeline
     w = p.schema.writes
-    [booking] = seed_any(p)
+    [booking] = p.seed()
     with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         conn.execute("SAVEPOINT s")
-        conn.execute(w.status, {"b": booking, "v": "x"})
+        conn.execute(w.status, {"booking": booking, "status": "x"})
         marker = conn.execute("SELECT current_setting('bookaudit._emitted', true)").fetchone()
         conn.execute("ROLLBACK TO SAVEPOINT s")
         assert marker is not None
@@ -228,7 +227,7 @@ def test_a_marker_replayed_from_a_rolled_back_savepoint_is_flagged(
             assert marker[0], "logical mode keeps its signed marker in the setting"
         replay = marker[0] or _mark("web")  # trigger mode keeps no marker: try the bare mark
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (replay,))
-        conn.execute(w.price, {"b": booking, "v": "131.00"})
+        conn.execute(w.price, {"booking": booking, "price": "131.00"})
     p.flow()
     p.alerts()
 

@@ -25,11 +25,13 @@ from bookaudit.web.app import create_app
 from bookaudit.web.serve import ServeSettings, reader_dsn
 from devstack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Schema
 
 
 @pytest.fixture
-def logical(stack: StackEnv) -> Iterator[Pipeline]:
-    p = Pipeline(stack, mode="logical").create()
+def logical(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
+    """Each schema, in logical mode: only a replication slot can be lost."""
+    p = Pipeline(stack, mode="logical", schema=schema).create()
     yield p
     p.drop()
 
@@ -46,7 +48,7 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
         confirmed = str(state[0])
         conn.execute("SELECT pg_drop_replication_slot(%s)", (p.slot,))
     with p.source() as conn:
-        conn.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", (booking,))  # lost
+        p.schema.set_price(conn, [booking], "120.00")  # lost
     assert parse_lsn(confirmed) > 0
 
     refused = p.cli("capture", "--exit-when-idle", check=False)
@@ -64,13 +66,15 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     accepted = p.cli("capture", "--exit-when-idle", "--accept-gap")
     assert "gap accepted" in accepted.stderr
     with p.source() as conn:
-        conn.execute("UPDATE bookings SET price = 130.00 WHERE id = %s", (booking,))
+        p.schema.set_price(conn, [booking], "130.00")
     p.capture()  # the replacement slot streams on, without the flag
     p.consume()
 
+    bookings = p.schema.bookings_table
     prices = p.warehouse(
-        "SELECT after ->> 'price' FROM audit.row_changes WHERE table_name = 'bookings' "
-        "ORDER BY commit_lsn"
+        "SELECT after ->> %s FROM audit.row_changes WHERE schema_name = %s AND table_name = %s "
+        "ORDER BY commit_lsn",
+        (p.schema.names["price"], bookings.schema, bookings.name),
     )
     assert prices == [("100.00",), ("130.00",)]
     gaps = p.warehouse(

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import psycopg
 
 from tests.integration.harness import Pipeline
-from tests.integration.workloads import seed_any
 
 # Three customers, then each one's e-mail address, as each schema spells them.
 _CUSTOMERS = {
@@ -90,17 +89,19 @@ def test_modified_deleted_and_inserted_rows_are_reported(schema_pipeline: Pipeli
 
 def _price_change_after_invoice(p: Pipeline) -> None:
     w = p.schema.writes
-    [booking] = seed_any(p, price="100.00")
+    [booking] = p.seed(price="100.00")
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('olga', role => 'billing')")
         sent = datetime.now(UTC)
-        conn.execute(w.invoice, {"b": booking, "number": "INV-1", "v": "100.00", "sent": sent})
+        conn.execute(
+            w.invoice, {"booking": booking, "number": "INV-1", "amount": "100.00", "sent": sent}
+        )
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin', approval_ref => 'A-1')")
-        conn.execute(w.price, {"b": booking, "v": "101.00"})
+        conn.execute(w.price, {"booking": booking, "price": "101.00"})
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('dan', role => 'dispatcher')")
-        conn.execute(w.price, {"b": booking, "v": "150.00"})
+        conn.execute(w.price, {"booking": booking, "price": "150.00"})
     p.flow()
     p.alerts()
 

@@ -159,13 +159,3 @@ def write_labelled_workload(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
         conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
     return {**ids, "customer": customer}
-
-
-def seed_any(
-    p: Pipeline, bookings: int = 1, price: str = "100.00", actor: str = "seed"
-) -> list[str]:
-    """On the pipeline's own schema: one customer with `bookings` bookings, written in one
-    transaction by `actor` as the application; returns the bookings' keys as text."""
-    with p.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor(%s)", (actor,))
-        return p.schema.seed(conn, bookings, price)

@@ -38,6 +38,10 @@ from bookaudit.model import (
 
 SCHEMA_HEADER = "bookaudit.schema"
 ENVELOPE_SCHEMA_ID = b"bookaudit.Envelope/1"
+# The source name and the identity of the database behind it, readable without decoding the
+# value: the audit writer checks them per batch before it decodes anything.
+SOURCE_HEADER = "bookaudit.source"
+SOURCE_ID_HEADER = "bookaudit.source-id"
 # The Avro names the typed Envelope spells its own way; every other field keeps its Avro name.
 SOURCE_NAMES = {"txId": "txid", "lsn": "position", "commit_lsn": "commit_position"}
 
@@ -138,7 +142,18 @@ def to_kafka(change: RowChange, source: SourceInfo, prefix: str, now_ms: int) ->
         topic=topic_for(prefix, table.schema, table.name),
         key=_WRITER.key(change),
         value=_WRITER.envelope(change, source, now_ms),
-        headers=((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),),
+        headers=record_headers(source),
+    )
+
+
+def record_headers(source: SourceInfo) -> tuple[tuple[str, bytes], ...]:
+    """The headers every change record carries: its schema, and its source when it is known."""
+    if not source.identity:
+        return ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)
+    return (
+        (SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),
+        (SOURCE_HEADER, source.name.encode()),
+        (SOURCE_ID_HEADER, source.identity.encode()),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,7 @@ from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
+from devstack import reset_databases
 
 ROWS = 200_000
 STEADY_ROWS = 10_000
@@ -63,19 +65,7 @@ def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
     try:
         yield name, source, warehouse
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE database = %s AND active_pid IS NOT NULL",
-                (f"{name}_src",),
-            )
-            with psycopg.connect(source, autocommit=True) as src:
-                src.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = current_database()"
-                )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_src" WITH (FORCE)')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_wh" WITH (FORCE)')
+        reset_databases(admin_dsn, (f"{name}_src", f"{name}_wh"), create=False)
 
 
 def prepare(source: str, warehouse: str, slot: str, rows: int) -> None:
@@ -235,7 +225,23 @@ class Steady:
     new_table_ms: list[float]
 
 
-def steady(admin: str, bootstrap: str) -> Steady:
+def _spawn_logged(
+    args: list[str], env: dict[str, str], logs: Path | None
+) -> subprocess.Popen[bytes]:
+    """`bookaudit ARGS` as a process; its log kept in `logs` when given (for profiling)."""
+    if logs is None:
+        return spawn(args, env)
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{args[-1]}.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bookaudit", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
     with databases(admin) as (name, source, warehouse):
         _log(f"steady: {STEADY_ROWS:,} bookings, capture and consume audit as processes ...")
         prepare(source, warehouse, name, STEADY_ROWS)
@@ -248,7 +254,11 @@ def steady(admin: str, bootstrap: str) -> Steady:
             "BOOKAUDIT_TOPIC_PREFIX": name,
             "BOOKAUDIT_GROUP_ID": f"{name}-audit",
         }
-        processes = [spawn(["capture"], env), spawn(["consume", "audit"], env)]
+        processes = [
+            _spawn_logged(["capture"], env, logs),
+            _spawn_logged(["consume", "audit"], env, logs),
+        ]
+        _log(f"steady: capture pid {processes[0].pid}, writer pid {processes[1].pid}")
         poller = WarehousePoller(warehouse)
         probe = Probe(bootstrap, f"{name}.public.bench_bookings", since_ms=0)
         threads = [threading.Thread(target=poller.run), threading.Thread(target=probe.run)]
@@ -313,15 +323,7 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-@click.command()
-def main() -> None:
-    admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
-    bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
-    if not admin or not bootstrap:
-        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
-    d = drain(admin, bootstrap)
-    s = steady(admin, bootstrap)
-
+def report_drain(d: Drain) -> None:
     capture_rate, writer_rate = ROWS / d.capture_s, ROWS / d.writer_s
     ratio = writer_rate / capture_rate
     click.echo(f"backlog, one {ROWS:,}-row UPDATE of a 10-column table:")
@@ -347,6 +349,9 @@ def main() -> None:
         click.echo(
             f"    {phase:40s} {seconds:6.2f} s  {seconds / total:5.1%}  {seconds / ROWS * 1e6:6.1f} µs/change"
         )
+
+
+def report_steady(s: Steady) -> None:
     click.echo("commit → visible, ms, one-row transactions (pgbench -R, 4 clients):")
     click.echo("                                          p50     p95     p99     max")
     for rate in RATES:
@@ -367,6 +372,32 @@ def main() -> None:
         f"new table's first change in the warehouse: {shown} ms  target < {TARGET_NEW_TABLE_MS:.0f} ms: {_met(worst < TARGET_NEW_TABLE_MS)}"
     )
     click.echo(f"(warehouse visibility polled every {POLL_S * 1000:.0f} ms)")
+
+
+@click.command()
+@click.option(
+    "--only",
+    type=click.Choice(["drain", "steady"]),
+    default=None,
+    help="Run one part alone: the backlog drain, or the steady latency and new tables.",
+)
+@click.option(
+    "--logs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the steady part's capture and writer logs in this directory.",
+)
+def main(only: str | None, logs: Path | None) -> None:
+    admin = os.environ.get("BOOKAUDIT_ADMIN_DSN")
+    bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
+    if not admin or not bootstrap:
+        raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
+    d = drain(admin, bootstrap) if only in (None, "drain") else None
+    s = steady(admin, bootstrap, logs) if only in (None, "steady") else None
+    if d is not None:
+        report_drain(d)
+    if s is not None:
+        report_steady(s)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,20 @@ BEGIN
 END
 $$;
 
+-- HMAC-SHA256 of msg under the pads of a key, hex. Inlined where it is called (a plain
+-- expression), so signing costs the two sha256 calls and nothing more.
+CREATE OR REPLACE FUNCTION bookaudit._hmac(inner_pad bytea, outer_pad bytea, msg bytea)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.encode(pg_catalog.sha256(outer_pad || pg_catalog.sha256(inner_pad || msg)),
+                             'hex')
+$$;
+
 -- HMAC-SHA256 of msg under the context key, hex. Callable only by the install role (so only from
 -- inside the SECURITY DEFINER triggers): a role that could call it could sign anything.
 CREATE OR REPLACE FUNCTION bookaudit._mac(msg bytea) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad || msg)), 'hex')
-    FROM bookaudit.context_key k
+    SELECT bookaudit._hmac(k.inner_pad, k.outer_pad, msg) FROM bookaudit.context_key k
 $$;
 
 -- Transaction-scoped (is_local) so a pooled session never carries one request's actor into the next.
@@ -124,6 +132,11 @@ $$;
 -- that anyone could set, so the setting carries its own HMAC over 'emitted:<xid>:<mark>': the
 -- application can neither preset it nor carry it into another transaction (the two prefixes keep
 -- a marker, which the session can read, from ever passing for a message signature).
+--
+-- The key's pads are read by the function's own statement (PL/pgSQL keeps its plan for the
+-- session) and the MACs are computed inline: calling _mac, an SQL function with a FROM clause,
+-- planned its query anew in every transaction and more than doubled the backend's CPU per
+-- one-row transaction (about 470 against 210 µs, measured with pgbench).
 CREATE OR REPLACE FUNCTION bookaudit.emit_context() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -139,11 +152,15 @@ DECLARE
     seen text := current_setting('bookaudit._emitted', true);
     xid text;
     context bytea;
+    ipad bytea;
+    opad bytea;
 BEGIN
+    SELECT k.inner_pad, k.outer_pad INTO ipad, opad FROM bookaudit.context_key k;
     -- Cheap test first: the mark must match before the signature is worth checking.
     IF seen IS NOT NULL AND substr(seen, 66) = mark THEN
         xid := bookaudit._xid();
-        IF left(seen, 64) = bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8'))
+        IF left(seen, 64)
+           = bookaudit._hmac(ipad, opad, convert_to('emitted:' || xid || ':' || mark, 'UTF8'))
         THEN
             RETURN;
         END IF;
@@ -152,16 +169,19 @@ BEGIN
     context := convert_to(bookaudit.current_context()::text, 'UTF8');
     PERFORM pg_logical_emit_message(
         true, 'bookaudit.context',
-        convert_to(bookaudit._mac(convert_to('context:' || xid || ':', 'UTF8') || context) || ' ',
+        convert_to(bookaudit._hmac(ipad, opad, convert_to('context:' || xid || ':', 'UTF8')
+                                                || context) || ' ',
                    'UTF8') || context);
     PERFORM set_config(
         'bookaudit._emitted',
-        bookaudit._mac(convert_to('emitted:' || xid || ':' || mark, 'UTF8')) || ' ' || mark,
+        bookaudit._hmac(ipad, opad, convert_to('emitted:' || xid || ':' || mark, 'UTF8'))
+            || ' ' || mark,
         true);
 END
 $$;
 
-REVOKE ALL ON FUNCTION bookaudit._mac(bytea), bookaudit._setting(text),
+REVOKE ALL ON FUNCTION bookaudit._mac(bytea), bookaudit._hmac(bytea, bytea, bytea),
+    bookaudit._setting(text),
     bookaudit.current_context(), bookaudit._context_mark(), bookaudit._xid(),
     bookaudit.emit_context(), bookaudit._emit_context(),
     bookaudit.set_actor(text, text, text, text, text)

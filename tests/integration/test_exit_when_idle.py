@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.integration.harness import Pipeline, wait_for
-from tests.integration.workloads import booking_topic, seed_any
+from tests.integration.workloads import book, booking_topic
 
 # Longer than the ten seconds after which the consumer used to give up when it had no partitions.
 STALL_S = 12.0
@@ -86,7 +86,7 @@ def _committed_to_the_end(p: Pipeline, group_id: str) -> bool:
 @pytest.mark.slow
 def test_exit_when_idle_waits_out_a_slow_group_join(schema_pipeline: Pipeline) -> None:
     p = schema_pipeline
-    seed_any(p, 30)
+    book(p, bookings=30)
     p.capture()
     with stalled_member(p, p.group_id) as member:
         stats = p.consume()

@@ -15,7 +15,7 @@ import pytest
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
 from tests.integration.schemas import Schema
-from tests.integration.workloads import schema_sql, seed_any
+from tests.integration.workloads import book, schema_sql
 
 # A newline that would print a fake history line, then ANSI: clear screen, red, window title.
 ACTOR = "mallory\n2026-11-26 06:17:43+00:00  alice  admin  update\x1b[2J\x1b[31m"
@@ -41,14 +41,14 @@ def pipeline(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
 
 
 def test_control_characters_are_escaped_in_tables_and_exact_in_json(pipeline: Pipeline) -> None:
-    [booking] = seed_any(pipeline)
+    [booking] = book(pipeline, actor="seed", role=None)
     with pipeline.source() as conn:
         conn.execute("SELECT bookaudit.set_actor(%s, role => %s)", (ACTOR, ROLE))
         conn.execute(
             schema_sql(pipeline.schema, "UPDATE {bookings} SET {price} = 250.00 WHERE {key} = %s"),
             (booking,),
         )
-        conn.execute(pipeline.schema.writes.note, {"b": booking, "who": "x", "body": NOTE})
+        conn.execute(pipeline.schema.writes.note, {"booking": booking, "body": NOTE})
     pipeline.flow()
     pipeline.alerts(out=[])
 

@@ -223,13 +223,13 @@ def add_customer(p: Pipeline, conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def customer_names(p: Pipeline) -> list[tuple[str, int]]:
-    """How many audit entries each customer's insert got, by name."""
+    """How many audit entries each customer got, by name."""
     column = NAMED_CUSTOMER[p.schema.name][1]
     return [
         (str(r[0]), int(r[1]))
         for r in p.warehouse(
             "SELECT after ->> %s, count(*) FROM audit.row_changes "
-            "WHERE table_name = %s AND action = 'insert' GROUP BY 1 ORDER BY 1",
+            "WHERE table_name = %s GROUP BY 1 ORDER BY 1",
             (column, p.schema.names["customers"]),
         )
     ]
@@ -252,7 +252,7 @@ def book(
 # An invoice of %(amount)s for booking %(booking)s, per schema (their columns differ).
 INVOICE = {
     "sample": "INSERT INTO invoices (booking_id, number, amount) "
-    "VALUES (%(booking)s, 'INV-' || %(booking)s, %(amount)s)",
+    "VALUES (%(booking)s::bigint, 'INV-' || %(booking)s::text, %(amount)s)",
     "jobs": "INSERT INTO billing.invoices (job_ref, total) VALUES (%(booking)s, %(amount)s)",
 }
 

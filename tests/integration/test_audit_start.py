@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from bookaudit.cdc.settings import CaptureStats
 from bookaudit.errors import SourceCheckError
 from bookaudit.model import BASELINE_LABEL
 from bookaudit.source.audit_start import install
@@ -340,6 +341,22 @@ def test_install_while_the_application_writes(fresh: Pipeline) -> None:
     assert set(writer.after_install) <= audited
 
 
+def _capture_with_writers_running(p: Pipeline) -> CaptureStats:
+    """Capture and audit writers at once, as deployed: a writer process follows the stream while
+    the capture sends the baseline, and once the capture is done a second writer joins the
+    group for the backlog and exits when the group has committed all of it. The writers' work
+    (most of this test's time) overlaps the capture's and is shared by two processes."""
+    follower = p.spawn("consume", "audit")
+    try:
+        stats = p.capture()
+        p.consume(batch_size=5000)
+    finally:
+        # The group has committed every event the capture sent: the follower has nothing left.
+        follower.terminate()
+        follower.wait(timeout=60)
+    return stats
+
+
 @pytest.mark.slow
 def test_200k_existing_rows_and_concurrent_writes_match_the_source_row_by_row(
     fresh: Pipeline,
@@ -348,9 +365,8 @@ def test_200k_existing_rows_and_concurrent_writes_match_the_source_row_by_row(
     # keys outside `public` and a map of its own; the size is proven once, and 20,000 rows
     # still span four baseline chunks while the application writes.
     writer = _install_under_writes(fresh, 200_000 if fresh.schema.name == "sample" else 20_000)
-    stats = fresh.capture()
+    stats = _capture_with_writers_running(fresh)
     assert stats.baseline > 0 and writer.after_install
-    fresh.consume(batch_size=5000)
     actions = _assert_audit_equals_source(fresh)
     assert actions["existing"] == stats.baseline
     # One snapshot event says it is the last, as Debezium marks the end of a snapshot.
@@ -477,7 +493,16 @@ def test_install_refuses_when_no_replication_slot_is_free() -> None:
         assert not _installed(dsn), "a refused install changed the source"
 
 
-def test_demo_shows_a_pre_existing_booking_from_its_baseline(fresh: Pipeline) -> None:
+@pytest.fixture(params=["logical", "trigger"])
+def fresh_sample(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """The demo creates and plays the sample schema itself: no other schema applies."""
+    p = Pipeline(stack, mode=request.param).create(install=False)
+    yield p
+    p.drop()
+
+
+def test_demo_shows_a_pre_existing_booking_from_its_baseline(fresh_sample: Pipeline) -> None:
+    fresh = fresh_sample
     out = fresh.cli("demo", "run").stdout
     found = re.search(r"Timeline of booking (\d+), which existed before the install:", out)
     assert found is not None, out

@@ -28,7 +28,7 @@ from bookaudit.kafka import producer
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.schemas import Schema
-from tests.integration.workloads import book, unapproved_edits_any
+from tests.integration.workloads import seed_bookings, unapproved_edits
 
 TOKEN = "Xq7TOKENzz91secret"
 
@@ -116,7 +116,7 @@ def test_webhook_4xx_parks_5xx_and_timeout_retry_and_the_token_stays_hidden(
 ) -> None:
     p = alerting
     url = f"http://127.0.0.1:{free_port()}/services/T0AAA/B0BBB/{TOKEN}"
-    unapproved_edits_any(p, book(p, bookings=3), 1)
+    unapproved_edits(p, seed_bookings(p, 3), 1)
     p.capture()
     hook = PickyWebhook(int(url.split(":")[2].split("/")[0]))
     with hook.listening():

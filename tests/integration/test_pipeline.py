@@ -8,7 +8,7 @@ import json
 import psycopg
 
 from tests.integration.harness import Pipeline
-from tests.integration.workloads import INVOICE, book, schema_sql
+from tests.integration.workloads import book, schema_sql
 
 
 def _book(p: Pipeline, price: str = "100.00") -> str:
@@ -133,7 +133,10 @@ def test_history_cli_prints_entries_oldest_first(schema_pipeline: Pipeline) -> N
             schema_sql(p.schema, "UPDATE {bookings} SET {price} = 189.50 WHERE {key} = %s"),
             (booking,),
         )
-        conn.execute(INVOICE[p.schema.name], {"booking": booking, "amount": "189.50"})
+        conn.execute(
+            p.schema.writes.invoice,
+            {"booking": booking, "number": "INV-1", "amount": "189.50", "sent": None},
+        )
     p.flow()
     out = p.cli("history", "booking", booking, "--format", "json").stdout
     entries = json.loads(out)

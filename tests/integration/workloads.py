@@ -16,7 +16,7 @@ from bookaudit.consumers.records import Record
 from bookaudit.entity_map import Entity, TableRef
 from bookaudit.kafka.alert import decode_alert
 from tests.integration.harness import Pipeline
-from tests.integration.schemas import Schema
+from tests.integration.schemas import Key, Schema
 
 
 def topic_records(p: Pipeline, topic: str) -> list[Record]:
@@ -65,28 +65,21 @@ def alert_ids_on_topic(p: Pipeline) -> list[str]:
     ]
 
 
-def seed_bookings(p: Pipeline, count: int) -> list[int]:
+def seed_bookings(p: Pipeline, count: int) -> list[Key]:
+    """`count` bookings of one customer at 100.00, by a dispatcher, in the schema's own tables."""
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-        customer = conn.execute("INSERT INTO customers (name) VALUES ('C') RETURNING id").fetchone()
-        assert customer is not None
-        rows = conn.execute(
-            "INSERT INTO bookings (customer_id, service, address, price) "
-            "SELECT %s, 'Service', 'Street ' || g, 100 FROM generate_series(1, %s) g RETURNING id",
-            (customer[0], count),
-        ).fetchall()
-    return [int(str(r[0])) for r in rows]
+        return p.schema.seed(conn, count, "100", name="C")
 
 
-def unapproved_edits(p: Pipeline, bookings: list[int], rounds: int) -> None:
+def unapproved_edits(p: Pipeline, bookings: list[Key], rounds: int) -> None:
     """One transaction per round: a dispatcher nudges every booking's price by a cent."""
+    nudge = p.schema.set_price_sql("{price} + 0.01")
     with p.source() as conn:
         for _ in range(rounds):
             with conn.transaction():
                 conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-                conn.execute(
-                    "UPDATE bookings SET price = price + 0.01 WHERE id = ANY(%s)", (bookings,)
-                )
+                conn.execute(nudge, {"keys": bookings})
 
 
 def write_labelled_workload(dsn: str) -> dict[str, int]:
@@ -247,22 +240,3 @@ def book(
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor(%s, role => %s)", (actor, role))
         return [str(k) for k in p.schema.seed(conn, bookings, price)]
-
-
-# An invoice of %(amount)s for booking %(booking)s, per schema (their columns differ).
-INVOICE = {
-    "sample": "INSERT INTO invoices (booking_id, number, amount) "
-    "VALUES (%(booking)s::bigint, 'INV-' || %(booking)s::text, %(amount)s)",
-    "jobs": "INSERT INTO billing.invoices (job_ref, total) VALUES (%(booking)s, %(amount)s)",
-}
-
-
-def unapproved_edits_any(p: Pipeline, bookings: list[str], rounds: int) -> None:
-    """`unapproved_edits` on the pipeline's own schema."""
-    nudge = schema_sql(p.schema, "UPDATE {bookings} SET {price} = {price} + 0.01 "
-                                 "WHERE {key}::text = ANY(%s)")  # fmt: skip
-    with p.source() as conn:
-        for _ in range(rounds):
-            with conn.transaction():
-                conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-                conn.execute(nudge, (bookings,))

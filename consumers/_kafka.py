@@ -164,8 +164,11 @@ class KafkaSource:
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._chunks.forget((p.topic, p.partition) for p in partitions)
 
-    def poll(self) -> list[Record]:
-        size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
+    def poll(self, timeout: float | None = None) -> list[Record]:
+        """Up to a batch of records, waiting at most `timeout` (the settings' poll timeout if
+        None) for the first."""
+        size = self._settings.batch_size
+        timeout = self._settings.poll_timeout_s if timeout is None else timeout
         if self._settings.eager:
             first = self._consumer.poll(timeout)
             messages = [] if first is None else [first]

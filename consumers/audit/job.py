@@ -8,12 +8,18 @@ from dataclasses import dataclass, field
 
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
-from bookaudit.consumers.audit.lane import Batch, WarehouseLane
+from bookaudit.consumers.audit.lane import Pending, WarehouseLane
 from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
-from bookaudit.consumers.records import decode_and_map, distinct_entries
+from bookaudit.consumers.records import Record, decode_and_map, distinct_entries
 from bookaudit.consumers.sources import SourceGuard
 
 PROGRESS_INTERVAL_S = 5.0
+# While the lane writes, how long one poll waits for more records to join the pending batch: the
+# most a pending batch waits after the lane is free.
+COALESCE_POLL_S = 0.002
+# A pending batch goes to the lane, waiting for it if need be, once it holds this many polls'
+# worth of records: it bounds what a crash makes the group re-read.
+PENDING_BATCHES = 4
 
 
 def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
@@ -79,21 +85,38 @@ class AuditWriter:
             self.ids.close()
             raise
         self.lane = WarehouseLane(self.writer)
+        self._max_pending = settings.batch_size * PENDING_BATCHES
+        self._pending = Pending(self._max_pending)
+        self.idle = False
         self._last_progress = time.monotonic()
         self._lags = LagWindow()
 
     def step(self) -> int:
-        """Take one batch from Kafka and hand it, prepared, to the warehouse lane."""
+        """Take what Kafka has, prepare it, and hand it to the warehouse lane as soon as the lane
+        is free. While the lane writes, what arrives meanwhile joins one pending batch: a steady
+        trickle then goes in one transaction (one chain link, one offset commit) per write
+        instead of one per record, which keeps the writer ahead of the stream."""
         self.collect()
         lap = self.phases.lap
         started = time.perf_counter()
-        records = self.source.poll()
-        if not records:
-            return 0
-        started = lap("poll Kafka", started)
-        admitted, foreign = self.guard.admit(records)
-        entries, dead = decode_and_map(admitted)
-        dead += foreign
+        waiting = bool(self._pending.records) and self.lane.busy
+        records = self.source.poll(COALESCE_POLL_S if waiting else None)
+        # Idle only after a full-length poll found nothing, not a short one beside a busy lane.
+        self.idle = not records and not waiting
+        if records:
+            started = lap("poll Kafka", started)
+            self._prepare(records)
+            started = time.perf_counter()
+        if self._pending.records and (not self.lane.busy or self._pending.full()):
+            self.lane.submit(self._pending.batch())
+            self._pending = Pending(self._max_pending)
+            lap("wait for the warehouse lane", started)
+        return len(records)
+
+    def _prepare(self, records: list[Record]) -> None:
+        lap = self.phases.lap
+        started = time.perf_counter()
+        entries, dead = decode_and_map(records)
         started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
@@ -101,11 +124,14 @@ class AuditWriter:
         ids = self.ids.take(len(unique))
         recorded_at_us = time.time_ns() // 1000
         rows = [prepare_row(e, i, recorded_at_us) for e, i in zip(unique, ids, strict=True)]
-        started = lap("rows, canonical form and leaves (Python)", started)
-        committed = [e.committed_at_ms for e in entries]
-        self.lane.submit(Batch(records, len(entries), committed, rows, dead))
-        lap("wait for the warehouse lane", started)
-        return len(records)
+        self._pending.add(records, [e.committed_at_ms for e in entries], rows, dead)
+        lap("rows, canonical form and leaves (Python)", started)
+
+    def flush(self) -> None:
+        """Hand the pending batch to the lane now, busy or not."""
+        if self._pending.records:
+            self.lane.submit(self._pending.batch())
+            self._pending = Pending(self._max_pending)
 
     def collect(self, wait: bool = False) -> None:
         """Account for the batches the lane committed, and only then commit their offsets."""
@@ -140,10 +166,11 @@ class AuditWriter:
     def run(self, exit_when_idle: bool = False) -> WriterStats:
         try:
             while True:
-                got = self.step()
+                self.step()
                 self.report_progress()
-                if exit_when_idle and got == 0:
+                if exit_when_idle and self.idle:
                     # Idle: what is written is committed, then the group's offsets decide.
+                    self.flush()
                     self.collect(wait=True)
                     self.source.commit_all()
                     if self.source.caught_up():

@@ -26,6 +26,7 @@ from bookaudit.kafka.alert import alerts_topic, decode_alert
 from bookaudit.kafka.serde import ENVELOPE_SCHEMA, decode
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
+from devstack import reset_databases
 
 RATE = 1000  # row changes per second
 DURATION_S = 30
@@ -89,20 +90,7 @@ def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
             make_conninfo(admin_dsn, dbname=f"{name}_wh"),
         )
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND active_pid IS NOT NULL",
-                (name,),
-            )
-            with psycopg.connect(make_conninfo(admin_dsn, dbname=f"{name}_src")) as src:
-                src.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s",
-                    (name,),
-                )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_src" WITH (FORCE)')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_wh" WITH (FORCE)')
+        reset_databases(admin_dsn, (f"{name}_src", f"{name}_wh"), create=False)
 
 
 def prepare(source_dsn: str, warehouse_dsn: str, slot: str) -> list[int]:

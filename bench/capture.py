@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.source.install import TableName, apply, plan_install
+from devstack import reset_databases
 
 ROWS = 200_000
 
@@ -56,13 +57,7 @@ def bench_database(admin_dsn: str) -> Iterator[str]:
     try:
         yield dsn
     finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE database = current_database() AND NOT active"
-            )
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        reset_databases(admin_dsn, (name,), create=False)
 
 
 def prepare(dsn: str) -> str:

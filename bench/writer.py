@@ -27,6 +27,7 @@ from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
+from devstack import reset_databases
 
 ROWS = 200_000
 STEADY_ROWS = 10_000
@@ -64,19 +65,7 @@ def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
     try:
         yield name, source, warehouse
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE database = %s AND active_pid IS NOT NULL",
-                (f"{name}_src",),
-            )
-            with psycopg.connect(source, autocommit=True) as src:
-                src.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = current_database()"
-                )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_src" WITH (FORCE)')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}_wh" WITH (FORCE)')
+        reset_databases(admin_dsn, (f"{name}_src", f"{name}_wh"), create=False)
 
 
 def prepare(source: str, warehouse: str, slot: str, rows: int) -> None:

@@ -17,8 +17,18 @@ from typing import Any
 
 from bookaudit.errors import TerminalError
 from devstack import _kafka, _postgres
+from devstack._postgres import reset_databases
 
-__all__ = ["SERVICES", "StackEnv", "down", "read_env", "restart", "status", "up"]
+__all__ = [
+    "SERVICES",
+    "StackEnv",
+    "down",
+    "read_env",
+    "reset_databases",
+    "restart",
+    "status",
+    "up",
+]
 
 STATE_FILE = "stack.json"
 _LOCK_FILE = "lock"

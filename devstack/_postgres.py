@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from bookaudit.errors import TerminalError
 
@@ -348,22 +349,33 @@ def create_databases(port: int) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def reset_databases(admin_dsn: str, names: Sequence[str], *, create: bool = True) -> None:
+    """Drop each database with the replication slots that pin it (their readers terminated
+    first: an active slot cannot be dropped, and any slot keeps its database from being
+    dropped), then create it empty again unless `create` is False."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in names:
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s",
+                (name,),
+            )
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            if create:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def recreate_databases(port: int) -> None:
-    """Drop and create the source and warehouse databases again, with the slots that pin them,
-    so that a second `make demo` on the same stack starts from an empty bookings database."""
-    with psycopg.connect(dsn(port, "postgres"), autocommit=True) as conn:
-        for name in DATABASES:
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
-            ).fetchall():
-                conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND active_pid IS NOT NULL",
-                    (slot,),
-                )
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
+    """Recreate the source and warehouse databases, so that a second `make demo` on the same
+    stack starts from an empty bookings database."""
+    reset_databases(dsn(port, "postgres"), DATABASES)
 
 
 def stop(bin_dir: Path | None, pg_dir: Path, pid: int | None) -> None:

@@ -238,15 +238,8 @@ class Campaign:
 
     def prepare(self) -> None:
         self.env = self.stack_up()
+        devstack.reset_databases(self.env.admin_dsn, (*SOURCES, WAREHOUSE_DB))
         with psycopg.connect(self.env.admin_dsn, autocommit=True) as admin:
-            for db in (*SOURCES, WAREHOUSE_DB):
-                admin.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = %s",
-                    (db,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-                admin.execute(f'CREATE DATABASE "{db}"')
             if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
                 admin.execute(f'DROP OWNED BY "{APP_ROLE}"')
             else:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.cdc.capture import Capture
@@ -37,8 +38,8 @@ from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv, _postgres
-from tests.integration.schemas import SAMPLE, Schema
+from devstack import StackEnv, _postgres, reset_databases
+from tests.integration.schemas import SAMPLE, Key, Schema
 
 
 @contextmanager
@@ -180,21 +181,10 @@ class Pipeline:
         )
 
     def drop(self) -> None:
+        # Every slot of the source database goes too (the capture's and any probe slot a test
+        # made): a logical slot left behind would keep the database from being dropped.
+        reset_databases(self.stack.admin_dsn, (f"{self.name}_src", f"{self.name}_wh"), create=False)
         with psycopg.connect(self.stack.admin_dsn, autocommit=True) as admin:
-            # Every slot of the source database (the capture's and any probe slot a test made):
-            # a logical slot left behind would keep the database from being dropped.
-            admin.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                "WHERE database = %s AND active_pid IS NOT NULL",
-                (f"{self.name}_src",),
-            )
-            with psycopg.connect(self.source_dsn, autocommit=True) as src:
-                src.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE database = current_database()"
-                )
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_src" WITH (FORCE)')
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}_wh" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{self.app_role}"')
         if self.config_path is not None:
             self.config_path.unlink(missing_ok=True)
@@ -347,21 +337,28 @@ class Pipeline:
 
     # --- databases --------------------------------------------------------------------------
 
-    def seed(self, bookings: int = 1, price: str = "100.00", actor: str = "seed") -> list[int]:
-        """One customer with `bookings` bookings, written in one transaction by `actor`."""
+    def seed(self, bookings: int = 1, price: str = "100.00", actor: str = "seed") -> list[Key]:
+        """One customer with `bookings` bookings, written in one transaction by `actor`, in the
+        schema's own tables; returns the bookings' keys (ids, or job numbers)."""
         with self.source() as conn:
             conn.execute("SELECT bookaudit.set_actor(%s)", (actor,))
-            customer = conn.execute(
-                "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
+            return self.schema.seed(conn, bookings, price)
+
+    def column_type(self, table: str, column: str) -> str:
+        """A source column's type as SQL spells it (`bigint`, `text`): for a migration's table
+        that refers to the schema's own key."""
+        with self.owner() as conn:
+            row = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+                (str(TableName.parse(table).ident().as_string(conn)), column),
             ).fetchone()
-            assert customer is not None
-            rows = conn.execute(
-                "INSERT INTO bookings (customer_id, service, address, price) "
-                "SELECT %s, 'Boiler check', 'Elm St ' || g, %s::numeric "
-                "FROM generate_series(1, %s) g RETURNING id",
-                (customer[0], price, bookings),
-            ).fetchall()
-        return sorted(int(r[0]) for r in rows)
+        assert row is not None, f"{table} has no column {column}"
+        return str(row[0])
+
+    def topic(self, table: str) -> str:
+        """This pipeline's Kafka topic for a source table (`customers`, `ops.jobs`)."""
+        return self.schema.topic(self.prefix, table)
 
     def source(self, application_name: str = "pytest") -> psycopg.Connection[tuple[Any, ...]]:
         """A connection as the application: the non-owner role, granted only its tables."""
@@ -371,7 +368,7 @@ class Pipeline:
         """A connection as the tables' owner (the role that ran `source install`)."""
         return psycopg.connect(self.source_dsn, application_name=application_name)
 
-    def migrate(self, *statements: str) -> None:
+    def migrate(self, *statements: str | sql.Composed) -> None:
         """A schema migration, run by the owner; like a deploy script, it then grants the
         application role its privileges on what the migration created."""
         with self.owner() as conn:

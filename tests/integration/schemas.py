@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bookaudit.demo.day import AUDITED_TABLES, create_sample_schema, play_day
-from bookaudit.entity_map import EntityMap, default_map, parse_map
+from bookaudit.entity_map import Entity, EntityMap, TableRef, default_map, parse_map
+
+# A row's primary key as the source returns it: bigint ids on the sample, text job numbers on jobs.
+Key = int | str
 
 JOBS_DDL = """
 CREATE SCHEMA ops;
@@ -161,6 +165,16 @@ def _create_jobs(dsn: str) -> None:
 
 
 @dataclass(frozen=True)
+class Writes:
+    """The schema's own INSERTs for the suites' workloads (psycopg %(name)s placeholders): the
+    columns a row needs differ from schema to schema; everything else goes through the map."""
+
+    customer: str  # one customer named %(name)s, RETURNING its key
+    bookings: str  # %(count)s bookings of customer %(customer)s at price %(price)s, RETURNING keys
+    note: str  # one note with body %(body)s on booking %(booking)s
+
+
+@dataclass(frozen=True)
 class Schema:
     """A source schema: how to create it, what to audit, its entity map, and its day."""
 
@@ -171,12 +185,73 @@ class Schema:
     play_day: Callable[[str, str], str]  # (application DSN, owner DSN) -> booking
     # The sample schema's table names as this schema spells them, for shared assertions.
     names: dict[str, str]
+    writes: Writes
 
     @property
     def entity_map(self) -> EntityMap:
         if self.map_toml is None:
             return default_map()
         return parse_map(tomllib.loads(self.map_toml)["map"], f"{self.name} map")
+
+    @property
+    def bookings_table(self) -> TableRef:
+        """The booking table, schema-qualified (`public.bookings`, `ops.jobs`)."""
+        return self.entity_map.booking.table
+
+    @property
+    def customers_table(self) -> TableRef:
+        customer = self.entity_map.customer
+        assert customer is not None, f"{self.name} maps no customer table"
+        return customer.table
+
+    @property
+    def booking_key(self) -> str:
+        key = self.entity_map.booking.key
+        assert key is not None
+        return key
+
+    def seed(
+        self, conn: psycopg.Connection[tuple[Any, ...]], count: int, price: str, name: str = "Ada"
+    ) -> list[Key]:
+        """One customer with `count` bookings at `price`, in the caller's transaction; returns
+        the bookings' keys in the order they were written."""
+        customer = conn.execute(self.writes.customer, {"name": name}).fetchone()
+        assert customer is not None
+        rows = conn.execute(
+            self.writes.bookings, {"customer": customer[0], "count": count, "price": price}
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def set_price(
+        self, conn: psycopg.Connection[tuple[Any, ...]], bookings: list[Key], price: str
+    ) -> None:
+        """Every one of `bookings` to `price`, in the caller's transaction, through the map's
+        price column (`price`, `quoted_total`)."""
+        conn.execute(self.set_price_sql(), {"price": price, "keys": bookings})
+
+    def set_price_sql(self, change: str = "%(price)s::numeric") -> sql.Composed:
+        """UPDATE of the bookings named by %(keys)s, their price column set to `change` (SQL in
+        which `{price}` would be the column: `price + 0.01` is written `{price} + 0.01`)."""
+        price = self.entity_map.booking.fields.price[0]
+        table = self.bookings_table
+        return sql.SQL(
+            "UPDATE {table} SET {price} = " + change + " WHERE {key} = ANY(%(keys)s)"
+        ).format(
+            table=sql.Identifier(table.schema, table.name),
+            price=sql.Identifier(price),
+            key=sql.Identifier(self.booking_key),
+        )
+
+    @property
+    def notes(self) -> Entity:
+        """The related table the map names as notes (`public.notes`, `ops.job_notes`)."""
+        [notes] = [e for e in self.entity_map.related if e.kind == "note"]
+        return notes
+
+    def topic(self, prefix: str, table: TableRef | str) -> str:
+        """The Kafka topic of one of the schema's tables: `<prefix>.<schema>.<table>`."""
+        ref = TableRef.parse(table) if isinstance(table, str) else table
+        return f"{prefix}.{ref.schema}.{ref.name}"
 
 
 SAMPLE = Schema(
@@ -195,6 +270,13 @@ SAMPLE = Schema(
         "customer_id": "customer_id",
         "updated_at": "updated_at",
     },
+    writes=Writes(
+        customer="INSERT INTO customers (name) VALUES (%(name)s) RETURNING id",
+        bookings="INSERT INTO bookings (customer_id, service, address, price) "
+        "SELECT %(customer)s, 'Boiler check', 'Elm St ' || g, %(price)s::numeric "
+        "FROM generate_series(1, %(count)s) g RETURNING id",
+        note="INSERT INTO notes (booking_id, author, body) VALUES (%(booking)s, 'finn', %(body)s)",
+    ),
 )
 
 JOBS = Schema(
@@ -213,6 +295,17 @@ JOBS = Schema(
         "customer_id": "client_ref",
         "updated_at": "modified_at",
     },
+    writes=Writes(
+        # Text keys the application makes up itself, unique across a test's seeds; the
+        # zero-padded number keeps a sort of the keys in the order they were written.
+        customer="INSERT INTO ops.clients (client_no, full_name) "
+        "VALUES ('C-' || left(gen_random_uuid()::text, 8), %(name)s) RETURNING client_no",
+        bookings="INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total) "
+        "SELECT 'J-' || %(customer)s || '-' || lpad(g::text, 6, '0'), %(customer)s, "
+        "'Boiler check ' || g, %(price)s::numeric FROM generate_series(1, %(count)s) g "
+        "RETURNING job_no",
+        note="INSERT INTO ops.job_notes (job_ref, body) VALUES (%(booking)s, %(body)s)",
+    ),
 )
 
 SCHEMAS = (SAMPLE, JOBS)

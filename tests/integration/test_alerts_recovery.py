@@ -37,8 +37,9 @@ def count(p: Pipeline, query: str) -> int:
 
 
 def test_consumer_killed_mid_stream_restarts_with_no_duplicate_and_no_miss(
-    pipeline: Pipeline,
+    schema_pipeline: Pipeline,
 ) -> None:
+    pipeline = schema_pipeline
     expected = BOOKINGS * ROUNDS
     unapproved_edits(pipeline, seed_bookings(pipeline, BOOKINGS), ROUNDS)
     pipeline.capture()
@@ -121,7 +122,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_webhook_down_then_up_gets_each_alert_once(pipeline: Pipeline) -> None:
+def test_webhook_down_then_up_gets_each_alert_once(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
     port = free_port()
     url = f"http://127.0.0.1:{port}/hooks/alerts"
     log = pipeline.spawn_log("consume")

@@ -21,6 +21,7 @@ from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
 from tests.consumers.fixtures import ENTRY
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Key, Schema
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,16 @@ class Raw:
 
 
 @pytest.fixture
-def pipeline(stack: StackEnv) -> Iterator[Pipeline]:
-    """Logical mode only: copies are a consumer matter, and both modes share the consumer."""
-    p = Pipeline(stack).create()
+def pipeline(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
+    """Each schema, in logical mode only: copies are a consumer matter, and both modes share the
+    consumer."""
+    p = Pipeline(stack, schema=schema).create()
     yield p
     p.drop()
 
 
 def _bookings_topic(p: Pipeline) -> str:
-    return f"{p.prefix}.public.bookings"
+    return p.topic(str(p.schema.bookings_table))
 
 
 def _read_topic(p: Pipeline, topic: str) -> list[Raw]:
@@ -79,11 +81,11 @@ def _produce(p: Pipeline, topic: str, records: list[Raw], partition_of: dict[int
     assert producer.flush(30) == 0
 
 
-def _book_and_reprice(p: Pipeline, bookings: int = 1) -> list[int]:
+def _book_and_reprice(p: Pipeline, bookings: int = 1) -> list[Key]:
     ids = p.seed(bookings, price="100.00")
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin')")
-        conn.execute("UPDATE bookings SET price = 120.00 WHERE id = ANY(%s)", (ids,))
+        p.schema.set_price(conn, ids, "120.00")
     return ids
 
 
@@ -99,17 +101,20 @@ def _run_writer(p: Pipeline, batch_size: int = 500, group_id: str | None = None)
 
 def _assert_each_once(p: Pipeline, bookings: int) -> None:
     """One insert and one update per booking, one price field row per update, chain intact."""
+    table = p.schema.bookings_table
     rows = p.warehouse(
         "SELECT action, count(*), count(DISTINCT (commit_lsn, sequence)) FROM audit.row_changes "
-        "WHERE table_name = 'bookings' GROUP BY action ORDER BY action"
+        "WHERE schema_name = %s AND table_name = %s GROUP BY action ORDER BY action",
+        (table.schema, table.name),
     )
     assert rows == [("insert", bookings, bookings), ("update", bookings, bookings)]
     fields = p.warehouse(
         "SELECT f.field, f.old_value, f.new_value, count(*) FROM audit.field_changes f "
         "JOIN audit.row_changes r ON r.id = f.change_id "
-        "WHERE r.table_name = 'bookings' AND r.action = 'update' GROUP BY 1, 2, 3"
+        "WHERE r.schema_name = %s AND r.table_name = %s AND r.action = 'update' GROUP BY 1, 2, 3",
+        (table.schema, table.name),
     )
-    assert fields == [("price", "100.00", "120.00", bookings)]
+    assert fields == [(p.schema.names["price"], "100.00", "120.00", bookings)]
     report = verify_chain(p.warehouse_dsn)
     assert report.problems == ()
     total = p.warehouse("SELECT count(*) FROM audit.row_changes")[0][0]

@@ -7,7 +7,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.gaps import SlotCondition, SlotLostError
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.config import Secret
+from bookaudit.demo.day import create_app_role
 from bookaudit.model import parse_lsn
 from bookaudit.source.audit_start import install
 from bookaudit.source.install import TableName
@@ -25,11 +26,13 @@ from bookaudit.web.app import create_app
 from bookaudit.web.serve import ServeSettings, reader_dsn
 from devstack import StackEnv, _postgres
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Schema
 
 
 @pytest.fixture
-def logical(stack: StackEnv) -> Iterator[Pipeline]:
-    p = Pipeline(stack, mode="logical").create()
+def logical(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
+    """Each schema, in logical mode: only a replication slot can be lost."""
+    p = Pipeline(stack, mode="logical", schema=schema).create()
     yield p
     p.drop()
 
@@ -46,7 +49,7 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
         confirmed = str(state[0])
         conn.execute("SELECT pg_drop_replication_slot(%s)", (p.slot,))
     with p.source() as conn:
-        conn.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", (booking,))  # lost
+        p.schema.set_price(conn, [booking], "120.00")  # lost
     assert parse_lsn(confirmed) > 0
 
     refused = p.cli("capture", "--exit-when-idle", check=False)
@@ -64,13 +67,15 @@ def test_dropped_slot_is_named_and_replaced_only_with_accept_gap(logical: Pipeli
     accepted = p.cli("capture", "--exit-when-idle", "--accept-gap")
     assert "gap accepted" in accepted.stderr
     with p.source() as conn:
-        conn.execute("UPDATE bookings SET price = 130.00 WHERE id = %s", (booking,))
+        p.schema.set_price(conn, [booking], "130.00")
     p.capture()  # the replacement slot streams on, without the flag
     p.consume()
 
+    bookings = p.schema.bookings_table
     prices = p.warehouse(
-        "SELECT after ->> 'price' FROM audit.row_changes WHERE table_name = 'bookings' "
-        "ORDER BY commit_lsn"
+        "SELECT after ->> %s FROM audit.row_changes WHERE schema_name = %s AND table_name = %s "
+        "ORDER BY commit_lsn",
+        (p.schema.names["price"], bookings.schema, bookings.name),
     )
     assert prices == [("100.00",), ("130.00",)]
     gaps = p.warehouse(
@@ -116,14 +121,26 @@ def small_wal_server() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
-    small_wal_server: str, stack: StackEnv
+    small_wal_server: str, stack: StackEnv, schema: Schema
 ) -> None:
     dsn = small_wal_server
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE jobs (job_no int PRIMARY KEY, note text)")
+    schema.create(dsn)
+    tables = [TableName.parse(t) for t in schema.tables]
+    app = create_app_role(dsn, "app_writer", sorted({t.schema for t in tables}))
     install(
-        dsn, [TableName.parse("jobs")], publication="bookaudit", slot="audit_slot", mode="logical"
+        dsn,
+        tables,
+        publication="bookaudit",
+        slot="audit_slot",
+        mode="logical",
+        grant_to=["app_writer"],
     )
+
+    def add_customer(name: str) -> None:
+        """One change, written by the application."""
+        with psycopg.connect(app, autocommit=True) as conn:
+            conn.execute(schema.writes.customer, {"name": name})
+
     prefix = "inval" + uuid.uuid4().hex[:8]
     settings = CaptureSettings(
         source_dsn=dsn,
@@ -131,18 +148,26 @@ def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
         slot="audit_slot",
         publication="bookaudit",
         topic_prefix=prefix,
-        source_name="jobs",
+        source_name=schema.name,
         exit_when_idle=True,
     )
+    try:
+        _invalidate_and_replace(dsn, settings, add_customer)
+    finally:
+        Pipeline(stack, name=prefix).drop_topics()  # the shared broker keeps what is left
+
+
+def _invalidate_and_replace(
+    dsn: str, settings: CaptureSettings, add_customer: Callable[[str], None]
+) -> None:
     said: list[str] = []
     Capture(settings, said.append).run()  # streams from the slot the install created
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO jobs VALUES (1, 'kept')")
+    add_customer("kept")
     Capture(settings, said.append).run()
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Well past 1 MB of WAL behind the slot, then a checkpoint: the server gives it up.
-        for n in range(2, 6):
-            conn.execute("INSERT INTO jobs VALUES (%s, repeat('x', 100))", (n,))
+        for _ in range(4):
+            add_customer("x" * 100)
             conn.execute("SELECT pg_switch_wal()")
         conn.execute("CHECKPOINT")
         status = conn.execute(
@@ -158,8 +183,8 @@ def test_invalidated_slot_is_named_and_replaced_only_with_accept_gap(
 
     Capture(replace(settings, accept_gap=True), said.append).run()
     assert any("gap accepted" in line for line in said)
+    add_customer("after the gap")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO jobs VALUES (9, 'after the gap')")
         gaps = conn.execute("SELECT slot, reason FROM bookaudit.capture_gaps").fetchall()
         wal_status = conn.execute(
             "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'audit_slot'"

@@ -7,16 +7,18 @@ import json
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from psycopg import sql
 
 from bookaudit.kafka.chunks import CHUNK_HEADER
 from tests.integration.harness import Pipeline
 
 pytestmark = pytest.mark.slow
 
+# In the schema's own PostgreSQL schema, naming a booking by the schema's own key.
 PHOTOS = """
-CREATE TABLE site_photos (
+CREATE TABLE {photos} (
     photo_no   bigint PRIMARY KEY,
-    booking_id bigint NOT NULL REFERENCES bookings (id),
+    booking_id {key_type} NOT NULL REFERENCES {bookings} ({key}),
     caption    text,
     image      bytea
 )
@@ -25,7 +27,7 @@ CREATE TABLE site_photos (
 
 def chunked_messages(p: Pipeline, table: str) -> int:
     """How many messages on the table's topic carry a chunk header."""
-    topic = f"{p.prefix}.public.{table}"
+    topic = p.topic(table)
     consumer = Consumer({"bootstrap.servers": p.stack.kafka_bootstrap, "group.id": "probe"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -46,37 +48,62 @@ def chunked_messages(p: Pipeline, table: str) -> int:
         consumer.close()
 
 
-def test_two_mb_text_and_one_mb_bytea_updates_arrive_whole(pipeline: Pipeline) -> None:
-    p = pipeline
-    p.migrate(PHOTOS)
-    p.install(["site_photos"])
+def test_two_mb_text_and_one_mb_bytea_updates_arrive_whole(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    bookings, notes = p.schema.bookings_table, p.schema.notes
+    key, by_booking = p.schema.booking_key, notes.booking_column
+    assert by_booking is not None
+    photos = f"{bookings.schema}.site_photos"
+    names = {
+        "photos": sql.Identifier(bookings.schema, "site_photos"),
+        "bookings": sql.Identifier(bookings.schema, bookings.name),
+        "key": sql.Identifier(key),
+        "key_type": sql.SQL(p.column_type(str(bookings), key)),
+        "notes": sql.Identifier(notes.table.schema, notes.table.name),
+        "by_booking": sql.Identifier(by_booking),
+    }
+    p.migrate(sql.SQL(PHOTOS).format(**names))
+    p.install([photos])
     [booking] = p.seed(1)
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('finn', role => 'fieldworker')")
+        conn.execute(p.schema.writes.note, {"booking": booking, "body": "short"})
         conn.execute(
-            "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'finn', 'short')", (booking,)
+            sql.SQL("INSERT INTO {photos} VALUES (7, %s, 'boiler', '\\x00'::bytea)").format(
+                **names
+            ),
+            (booking,),
         )
-        conn.execute("INSERT INTO site_photos VALUES (7, %s, 'boiler', '\\x00'::bytea)", (booking,))
     p.flow()
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('finn', role => 'fieldworker')")
         # 2,000,000 characters of text that compresses poorly, and 1,000,000 bytes of bytea
         # (2,000,002 characters as hex, in both the before and the after image of the next edit).
         conn.execute(
-            "UPDATE notes SET body = (SELECT string_agg(md5(g::text), '') "
-            "FROM generate_series(1, 62500) g) WHERE booking_id = %s",
+            sql.SQL(
+                "UPDATE {notes} SET body = (SELECT string_agg(md5(g::text), '') "
+                "FROM generate_series(1, 62500) g) WHERE {by_booking} = %s"
+            ).format(**names),
             (booking,),
         )
         conn.execute(
-            "UPDATE site_photos SET image = (SELECT decode(string_agg(md5(g::text), ''), 'hex') "
-            "FROM generate_series(1, 62500) g) WHERE photo_no = 7"
+            sql.SQL(
+                "UPDATE {photos} SET image = (SELECT decode(string_agg(md5(g::text), ''), 'hex') "
+                "FROM generate_series(1, 62500) g) WHERE photo_no = 7"
+            ).format(**names)
         )
-        conn.execute("UPDATE site_photos SET caption = 'boiler, after' WHERE photo_no = 7")
+        conn.execute(
+            sql.SQL("UPDATE {photos} SET caption = 'boiler, after' WHERE photo_no = 7").format(
+                **names
+            )
+        )
         # Ordinary changes right behind the big ones.
-        conn.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", (booking,))
+        p.schema.set_price(conn, [booking], "120.00")
         expected = conn.execute(
-            "SELECT (SELECT body FROM notes WHERE booking_id = %s), "
-            "(SELECT image::text FROM site_photos WHERE photo_no = 7)",
+            sql.SQL(
+                "SELECT (SELECT body FROM {notes} WHERE {by_booking} = %s), "
+                "(SELECT image::text FROM {photos} WHERE photo_no = 7)"
+            ).format(**names),
             (booking,),
         ).fetchone()
     assert expected is not None
@@ -87,23 +114,25 @@ def test_two_mb_text_and_one_mb_bytea_updates_arrive_whole(pipeline: Pipeline) -
     assert stats.changes == 4
     writer = p.consume()
     assert writer.dead_letters == 0
-    assert chunked_messages(p, "notes") >= 3
-    assert chunked_messages(p, "site_photos") >= 2 * 3  # the bytea edit and the caption edit
+    assert chunked_messages(p, str(notes.table)) >= 3
+    assert chunked_messages(p, photos) >= 2 * 3  # the bytea edit and the caption edit
 
     rows = p.warehouse(
-        "SELECT table_name, after ->> 'body', after ->> 'image', before ->> 'image', "
-        "after ->> 'price' FROM audit.row_changes WHERE action = 'update' ORDER BY commit_lsn, "
-        "sequence"
+        "SELECT schema_name || '.' || table_name, after ->> 'body', after ->> 'image', "
+        "before ->> 'image', after ->> %s FROM audit.row_changes WHERE action = 'update' "
+        "ORDER BY commit_lsn, sequence",
+        (p.schema.names["price"],),
     )
-    assert [r[0] for r in rows] == ["notes", "site_photos", "site_photos", "bookings"]
+    assert [r[0] for r in rows] == [str(notes.table), photos, photos, str(bookings)]
     assert rows[0][1] == note
     assert rows[1][2] == image and rows[1][3] == "\\x00"
     assert rows[2][2] == image and rows[2][3] == image
     assert rows[3][4] == "120.00"
     fields = p.warehouse(
         "SELECT f.new_value FROM audit.field_changes f JOIN audit.row_changes r "
-        "ON r.id = f.change_id WHERE r.table_name = 'notes' AND f.field = 'body' "
-        "AND r.action = 'update'"
+        "ON r.id = f.change_id WHERE r.schema_name = %s AND r.table_name = %s "
+        "AND f.field = 'body' AND r.action = 'update'",
+        (notes.table.schema, notes.table.name),
     )
     assert fields == [(note,)]
 

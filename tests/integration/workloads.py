@@ -13,6 +13,7 @@ from bookaudit.consumers._kafka import to_record
 from bookaudit.consumers.records import Record
 from bookaudit.kafka.alert import decode_alert
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Key
 
 
 def topic_records(p: Pipeline, topic: str) -> list[Record]:
@@ -61,28 +62,21 @@ def alert_ids_on_topic(p: Pipeline) -> list[str]:
     ]
 
 
-def seed_bookings(p: Pipeline, count: int) -> list[int]:
+def seed_bookings(p: Pipeline, count: int) -> list[Key]:
+    """`count` bookings of one customer at 100.00, by a dispatcher, in the schema's own tables."""
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-        customer = conn.execute("INSERT INTO customers (name) VALUES ('C') RETURNING id").fetchone()
-        assert customer is not None
-        rows = conn.execute(
-            "INSERT INTO bookings (customer_id, service, address, price) "
-            "SELECT %s, 'Service', 'Street ' || g, 100 FROM generate_series(1, %s) g RETURNING id",
-            (customer[0], count),
-        ).fetchall()
-    return [int(str(r[0])) for r in rows]
+        return p.schema.seed(conn, count, "100", name="C")
 
 
-def unapproved_edits(p: Pipeline, bookings: list[int], rounds: int) -> None:
+def unapproved_edits(p: Pipeline, bookings: list[Key], rounds: int) -> None:
     """One transaction per round: a dispatcher nudges every booking's price by a cent."""
+    nudge = p.schema.set_price_sql("{price} + 0.01")
     with p.source() as conn:
         for _ in range(rounds):
             with conn.transaction():
                 conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-                conn.execute(
-                    "UPDATE bookings SET price = price + 0.01 WHERE id = ANY(%s)", (bookings,)
-                )
+                conn.execute(nudge, {"keys": bookings})
 
 
 def write_labelled_workload(dsn: str) -> dict[str, int]:

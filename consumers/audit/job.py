@@ -20,6 +20,8 @@ COALESCE_POLL_S = 0.002
 # A pending batch goes to the lane, waiting for it if need be, once it holds this many polls'
 # worth of records: it bounds what a crash makes the group re-read.
 PENDING_BATCHES = 4
+# Offsets of written batches are committed at most this often (and when idle, and at exit).
+OFFSET_COMMIT_INTERVAL_S = 0.5
 
 
 def settings_from(cfg: Config) -> tuple[ConsumerSettings, str]:
@@ -88,6 +90,7 @@ class AuditWriter:
         self._max_pending = settings.batch_size * PENDING_BATCHES
         self._pending = Pending(self._max_pending)
         self.idle = False
+        self._last_offsets = time.monotonic()
         self._last_progress = time.monotonic()
         self._lags = LagWindow()
 
@@ -143,15 +146,19 @@ class AuditWriter:
             if batch.committed_at_ms:
                 self.stats.lag_ms_last = done.committed_ms - min(batch.committed_at_ms)
                 self.stats.lag_ms_max = max(self.stats.lag_ms_max, self.stats.lag_ms_last)
-            # Asynchronous: a lost offset commit only means re-reading events the warehouse
-            # drops.
-            started = time.perf_counter()
-            self.source.commit(batch.records, asynchronous=True)
-            self.phases.lap("commit offsets (Kafka)", started)
+            self.source.processed(batch.records)
             self.stats.records += len(batch.records)
             self.stats.written += done.inserted
             self.stats.duplicates += batch.entries - done.inserted - len(done.refused)
             self.stats.dead_letters += len(batch.dead) + len(done.refused)
+        now = time.monotonic()
+        if now - self._last_offsets >= OFFSET_COMMIT_INTERVAL_S:
+            # Asynchronous, and at most this often: each commit is a write on the broker, and a
+            # lost or late one only means re-reading events the warehouse drops.
+            self._last_offsets = now
+            started = time.perf_counter()
+            self.source.commit_processed()
+            self.phases.lap("commit offsets (Kafka)", started)
 
     def report_progress(self) -> None:
         now = time.monotonic()

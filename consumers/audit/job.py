@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.lane import Pending, WarehouseLane
-from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
-from bookaudit.consumers.records import Record, decode_and_map, distinct_entries
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_rows
+from bookaudit.consumers.records import Record, distinct_changes, read_changes
 from bookaudit.consumers.sources import SourceGuard
 
 PROGRESS_INTERVAL_S = 5.0
@@ -119,14 +119,15 @@ class AuditWriter:
     def _prepare(self, records: list[Record]) -> None:
         lap = self.phases.lap
         started = time.perf_counter()
-        entries, dead = decode_and_map(records)
+        admitted, foreign = self.guard.admit(records)
+        entries, dead = read_changes(admitted)
+        dead += foreign
         started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        unique = distinct_entries(entries)
+        unique = distinct_changes(entries)
         ids = self.ids.take(len(unique))
-        recorded_at_us = time.time_ns() // 1000
-        rows = [prepare_row(e, i, recorded_at_us) for e, i in zip(unique, ids, strict=True)]
+        rows = prepare_rows(unique, ids, time.time_ns() // 1000)
         self._pending.add(records, [e.committed_at_ms for e in entries], rows, dead)
         lap("rows, canonical form and leaves (Python)", started)
 

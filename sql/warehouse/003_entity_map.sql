@@ -180,9 +180,20 @@ DECLARE
     maps jsonb;  -- each source's map, looked up once per call rather than once per row
 BEGIN
     -- `id = ANY` is an index scan whatever the table's size; a join with unnest() was hashed
-    -- over all of row_changes while it was small.
-    SELECT jsonb_object_agg(s.source, audit.map_of(s.source)) INTO maps
-    FROM (SELECT DISTINCT r.source FROM audit.row_changes r WHERE r.id = ANY (ids)) s;
+    -- over all of row_changes while it was small. Only sources with a mapped table among the
+    -- given rows count: a batch of unmapped tables (a backlog of one, say) stops here, before
+    -- its rows' jsonb is read. A `through` table is always mapped itself (entity_map.py checks),
+    -- so no row of an unmapped table is the parent that waiting rows are linked by.
+    SELECT jsonb_object_agg(m.source, m.map) INTO maps
+    FROM (
+        SELECT DISTINCT t.source, t.map
+        FROM (SELECT s.source, s.schema_name, s.table_name, audit.map_of(s.source) AS map
+              FROM (SELECT DISTINCT r.source, r.schema_name, r.table_name
+                    FROM audit.row_changes r WHERE r.id = ANY (ids)) s) t
+        WHERE EXISTS (SELECT FROM audit.entity_tables e
+                      WHERE e.source = t.map AND e.schema_name = t.schema_name
+                        AND e.table_name = t.table_name)
+    ) m;
     IF maps IS NULL THEN
         RETURN;
     END IF;

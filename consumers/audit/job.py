@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.lane import Batch, WarehouseLane
-from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_row
-from bookaudit.consumers.records import decode_and_map, distinct_entries
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_rows
+from bookaudit.consumers.records import distinct_changes, read_changes
 from bookaudit.consumers.sources import SourceGuard
 
 PROGRESS_INTERVAL_S = 5.0
@@ -92,15 +92,14 @@ class AuditWriter:
             return 0
         started = lap("poll Kafka", started)
         admitted, foreign = self.guard.admit(records)
-        entries, dead = decode_and_map(admitted)
+        entries, dead = read_changes(admitted)
         dead += foreign
         started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        unique = distinct_entries(entries)
+        unique = distinct_changes(entries)
         ids = self.ids.take(len(unique))
-        recorded_at_us = time.time_ns() // 1000
-        rows = [prepare_row(e, i, recorded_at_us) for e, i in zip(unique, ids, strict=True)]
+        rows = prepare_rows(unique, ids, time.time_ns() // 1000)
         started = lap("rows, canonical form and leaves (Python)", started)
         committed = [e.committed_at_ms for e in entries]
         self.lane.submit(Batch(records, len(entries), committed, rows, dead))

@@ -172,6 +172,14 @@ class Writes:
     customer: str  # one customer named %(name)s, RETURNING its key
     bookings: str  # %(count)s bookings of customer %(customer)s at price %(price)s, RETURNING keys
     note: str  # one note with body %(body)s on booking %(booking)s
+    # The everyday edits of one booking %(booking)s, for the attribution suites.
+    price: str  # to %(price)s
+    status: str  # to %(status)s
+    schedule: str  # its window starting at %(start)s
+    assign: str  # fieldworker %(fieldworker)s: a row of its own, or a column of the booking
+    invoice: str  # for %(amount)s, numbered %(number)s where the schema numbers them, sent
+    # at %(sent)s (None: not sent yet)
+    assigned_as: tuple[str, str]  # the (table, action) an assignment is recorded as
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,14 @@ SAMPLE = Schema(
         "SELECT %(customer)s, 'Boiler check', 'Elm St ' || g, %(price)s::numeric "
         "FROM generate_series(1, %(count)s) g RETURNING id",
         note="INSERT INTO notes (booking_id, author, body) VALUES (%(booking)s, 'finn', %(body)s)",
+        price="UPDATE bookings SET price = %(price)s WHERE id = %(booking)s",
+        status="UPDATE bookings SET status = %(status)s WHERE id = %(booking)s",
+        schedule="UPDATE bookings SET scheduled_start = %(start)s WHERE id = %(booking)s",
+        assign="INSERT INTO assignments (booking_id, fieldworker) "
+        "VALUES (%(booking)s, %(fieldworker)s)",
+        invoice="INSERT INTO invoices (booking_id, number, amount, sent_at) "
+        "VALUES (%(booking)s, %(number)s, %(amount)s, %(sent)s)",
+        assigned_as=("assignments", "insert"),
     ),
 )
 
@@ -305,6 +321,13 @@ JOBS = Schema(
         "'Boiler check ' || g, %(price)s::numeric FROM generate_series(1, %(count)s) g "
         "RETURNING job_no",
         note="INSERT INTO ops.job_notes (job_ref, body) VALUES (%(booking)s, %(body)s)",
+        price="UPDATE ops.jobs SET quoted_total = %(price)s WHERE job_no = %(booking)s",
+        status="UPDATE ops.jobs SET state = %(status)s WHERE job_no = %(booking)s",
+        schedule="UPDATE ops.jobs SET window_from = %(start)s WHERE job_no = %(booking)s",
+        assign="UPDATE ops.jobs SET technician = %(fieldworker)s WHERE job_no = %(booking)s",
+        invoice="INSERT INTO billing.invoices (job_ref, total, issued_at) "
+        "VALUES (%(booking)s, %(amount)s, %(sent)s)",
+        assigned_as=("jobs", "update"),
     ),
 )
 

@@ -1,4 +1,5 @@
-"""The application helpers on the real stack: psycopg's acting_as, and the documented snippets."""
+"""The application helpers on the real stack: psycopg's acting_as, and the documented snippets,
+on the sample schema and on one that shares none of its names."""
 
 from __future__ import annotations
 
@@ -19,10 +20,19 @@ from tests.integration.harness import Pipeline
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "application-actor.md"
 
-_UPDATES = (
-    "SELECT after ->> 'price', after ->> 'status', actor, actor_role, request_id, application, "
-    "actor_origin FROM audit.row_changes WHERE action = 'update' ORDER BY commit_lsn, sequence"
-)
+
+# The status a seeded booking starts with, by schema (each table's column default).
+_NEW = {"sample": "requested", "jobs": "open"}
+
+
+def _updates(p: Pipeline) -> list[tuple[Any, ...]]:
+    """Each update's new price and status, with who the warehouse says made it."""
+    fields = p.schema.entity_map.booking.fields
+    return p.warehouse(
+        "SELECT after ->> %s, after ->> %s, actor, actor_role, request_id, application, "
+        "actor_origin FROM audit.row_changes WHERE action = 'update' ORDER BY commit_lsn, sequence",
+        (fields.price[0], fields.status[0]),
+    )
 
 
 def _snippet(name: str) -> dict[str, Any]:
@@ -36,23 +46,26 @@ def _snippet(name: str) -> dict[str, Any]:
     return namespace
 
 
-def test_acting_as_attributes_one_transaction_and_commits_it(pipeline: Pipeline) -> None:
-    [booking] = pipeline.seed()
-    with pipeline.source(application_name="psycopg-app") as conn:
+def test_acting_as_attributes_one_transaction_and_commits_it(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    w = p.schema.writes
+    [booking] = p.seed()
+    with p.source(application_name="psycopg-app") as conn:
         conn.autocommit = True
         with acting_as(conn, "alice", role="admin", approval_ref="APR-1", request_id="r-1"):
-            conn.execute("UPDATE bookings SET price = 189.50 WHERE id = %s", (booking,))
+            conn.execute(w.price, {"booking": booking, "price": "189.50"})
         with acting_as(conn, Actor("finn", role="fieldworker")):
-            conn.execute("UPDATE bookings SET status = 'completed' WHERE id = %s", (booking,))
+            conn.execute(w.status, {"booking": booking, "status": "completed"})
         with pytest.raises(ZeroDivisionError), acting_as(conn, "mallory"):
-            conn.execute("UPDATE bookings SET price = 1.00 WHERE id = %s", (booking,))
+            conn.execute(w.price, {"booking": booking, "price": "1.00"})
             raise ZeroDivisionError
         # The actor ended with its transaction: this change is the session's, not finn's.
-        conn.execute("UPDATE bookings SET status = 'closed' WHERE id = %s", (booking,))
-    pipeline.flow()
+        conn.execute(w.status, {"booking": booking, "status": "closed"})
+    p.flow()
 
-    assert pipeline.warehouse(_UPDATES) == [
-        ("189.50", "requested", "alice", "admin", "r-1", "psycopg-app", "application"),
+    start = _NEW[p.schema.name]
+    assert _updates(p) == [
+        ("189.50", start, "alice", "admin", "r-1", "psycopg-app", "application"),
         ("189.50", "completed", "finn", "fieldworker", None, "psycopg-app", "application"),
         ("189.50", "closed", None, None, None, "psycopg-app", "db_session"),
     ]
@@ -79,13 +92,32 @@ class _Base(DeclarativeBase):
     pass
 
 
-class Booking(_Base):
+class _Bookable(_Base):
+    """What the test edits, whatever the schema calls it."""
+
+    __abstract__ = True
+    price: Mapped[Decimal]
+    status: Mapped[str]
+
+
+class Booking(_Bookable):
     """The sample schema's bookings, as an ORM application maps them."""
 
     __tablename__ = "bookings"
     id: Mapped[int] = mapped_column(primary_key=True)
-    price: Mapped[Decimal]
-    status: Mapped[str]
+
+
+class Job(_Bookable):
+    """The jobs schema's jobs, under the attribute names a Booking has."""
+
+    __tablename__ = "jobs"
+    __table_args__ = ({"schema": "ops"},)
+    id: Mapped[str] = mapped_column("job_no", primary_key=True)
+    price: Mapped[Decimal] = mapped_column("quoted_total")
+    status: Mapped[str] = mapped_column("state")
+
+
+_ORM: dict[str, type[_Bookable]] = {"sample": Booking, "jobs": Job}
 
 
 def _sqlalchemy_url(dsn: str) -> str:
@@ -101,19 +133,19 @@ def _sqlalchemy_url(dsn: str) -> str:
 
 
 def test_sqlalchemy_snippet_names_the_request_user_in_every_transaction(
-    pipeline: Pipeline,
+    schema_pipeline: Pipeline,
 ) -> None:
-    [booking] = pipeline.seed()
+    p = schema_pipeline
+    [booking] = p.seed()
+    mapped = _ORM[p.schema.name]
     snippet = _snippet("sqlalchemy")
-    engine = create_engine(
-        _sqlalchemy_url(pipeline.app_dsn), connect_args={"application_name": "sa-app"}
-    )
+    engine = create_engine(_sqlalchemy_url(p.app_dsn), connect_args={"application_name": "sa-app"})
     try:
         token = snippet["current_actor"].set(
             {"id": "sam", "role": "dispatcher", "request_id": "req-sa"}
         )
         with Session(engine) as session:
-            row = session.get(Booking, booking)
+            row = session.get(mapped, booking)
             assert row is not None
             row.price = Decimal("111.10")
             session.commit()
@@ -121,17 +153,17 @@ def test_sqlalchemy_snippet_names_the_request_user_in_every_transaction(
             session.commit()
         snippet["current_actor"].reset(token)
         with Session(engine) as session:  # no request user: a job, a shell
-            row = session.get(Booking, booking)
+            row = session.get(mapped, booking)
             assert row is not None
             row.status = "confirmed"
             session.commit()
     finally:
         event.remove(Session, "after_begin", snippet["name_the_actor"])
         engine.dispose()
-    pipeline.flow()
+    p.flow()
 
-    assert pipeline.warehouse(_UPDATES) == [
-        ("111.10", "requested", "sam", "dispatcher", "req-sa", "sa-app", "application"),
+    assert _updates(p) == [
+        ("111.10", _NEW[p.schema.name], "sam", "dispatcher", "req-sa", "sa-app", "application"),
         ("111.10", "scheduled", "sam", "dispatcher", "req-sa", "sa-app", "application"),
         ("111.10", "confirmed", None, None, None, "sa-app", "db_session"),
     ]
@@ -173,28 +205,27 @@ def _configure_django(dsn: str) -> None:
         connections["default"].settings_dict.update(database)
 
 
-def test_django_middleware_snippet_names_the_request_user(pipeline: Pipeline) -> None:
-    [booking] = pipeline.seed()
+def test_django_middleware_snippet_names_the_request_user(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    w, n = p.schema.writes, p.schema.names
+    [booking] = p.seed()
     snippet = _snippet("django")
-    _configure_django(pipeline.app_dsn)
+    _configure_django(p.app_dsn)
     from django.db import connection, connections, transaction
     from django.http import HttpRequest, HttpResponse
     from django.test import RequestFactory
 
     def edit(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:  # autocommit: one statement, one transaction
-            cursor.execute("UPDATE bookings SET price = 120.00 WHERE id = %s", [booking])
+            cursor.execute(w.price, {"booking": booking, "price": "120.00"})
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("UPDATE bookings SET status = 'scheduled' WHERE id = %s", [booking])
-            cursor.execute(
-                "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'web', 'moved')",
-                [booking],
-            )
+            cursor.execute(w.status, {"booking": booking, "status": "scheduled"})
+            cursor.execute(w.note, {"booking": booking, "body": "moved"})
         return HttpResponse("ok")
 
     def confirm(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:
-            cursor.execute("UPDATE bookings SET status = 'confirmed' WHERE id = %s", [booking])
+            cursor.execute(w.status, {"booking": booking, "status": "confirmed"})
         return HttpResponse("ok")
 
     factory = RequestFactory()
@@ -207,20 +238,18 @@ def test_django_middleware_snippet_names_the_request_user(pipeline: Pipeline) ->
         assert snippet["AuditActorMiddleware"](confirm)(anonymous).status_code == 200
     finally:
         connections.close_all()
-    pipeline.flow()
+    p.flow()
 
-    assert pipeline.warehouse(_UPDATES) == [
-        ("120.00", "requested", "dj", "dispatcher", "req-dj", "django-app", "application"),
+    assert _updates(p) == [
+        ("120.00", _NEW[p.schema.name], "dj", "dispatcher", "req-dj", "django-app", "application"),
         ("120.00", "scheduled", "dj", "dispatcher", "req-dj", "django-app", "application"),
         ("120.00", "confirmed", None, None, None, "django-app", "db_session"),
     ]
-    note = pipeline.warehouse(
-        "SELECT actor, request_id FROM audit.row_changes WHERE table_name = 'notes'"
+    note = p.warehouse(
+        "SELECT actor, request_id FROM audit.row_changes WHERE table_name = %s", (n["notes"],)
     )
     assert note == [("dj", "req-dj")]
-    one_each = pipeline.warehouse(
-        "SELECT count(DISTINCT txid) FROM audit.row_changes WHERE actor = 'dj'"
-    )
+    one_each = p.warehouse("SELECT count(DISTINCT txid) FROM audit.row_changes WHERE actor = 'dj'")
     assert one_each == [(2,)]  # the autocommit UPDATE, then the atomic block
 
 

@@ -1,7 +1,8 @@
 """The application role may name its user, never forge or suppress what the database knows.
 
-Each test replays a forgery as the non-owner application role, in both capture modes, and
-reads the attribution the warehouse ends up with.
+Each test replays a forgery as the non-owner application role, in both capture modes, on the
+sample schema and on one that shares none of its names, and reads the attribution the
+warehouse ends up with.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ FORGED_CONTEXT = json.dumps(
     }
 )
 
-_ATTRIBUTION = (
-    "SELECT after ->> 'price', actor, actor_role, approval_ref, application, db_user, "
-    "client_addr, actor_origin FROM audit.row_changes "
-    "WHERE table_name = 'bookings' AND action = 'update' ORDER BY commit_lsn, sequence"
-)
+
+def _attribution(p: Pipeline) -> list[tuple[Any, ...]]:
+    """Each booking update's new price, with the attribution the warehouse stored for it."""
+    booking = p.schema.entity_map.booking
+    return p.warehouse(
+        "SELECT after ->> %s, actor, actor_role, approval_ref, application, db_user, "
+        "client_addr, actor_origin FROM audit.row_changes "
+        "WHERE table_name = %s AND action = 'update' ORDER BY commit_lsn, sequence",
+        (booking.fields.price[0], booking.table.name),
+    )
 
 
 def _client_addr(conn: Conn) -> str:
@@ -48,76 +54,82 @@ def _mark(application: str, *settings: str) -> str:
     return "\x1f".join([*values, application])
 
 
-def test_an_emitted_context_message_cannot_forge_the_database_facts(pipeline: Pipeline) -> None:
-    [booking] = pipeline.seed()
-    with pipeline.source(application_name="web") as conn:
+def test_an_emitted_context_message_cannot_forge_the_database_facts(
+    schema_pipeline: Pipeline,
+) -> None:
+    p = schema_pipeline
+    price = p.schema.writes.price
+    [booking] = p.seed()
+    with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         # Before the real context, and again after it: neither may be believed.
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
-        conn.execute("UPDATE bookings SET price = 101.00 WHERE id = %s", (booking,))
+        conn.execute(price, {"booking": booking, "price": "101.00"})
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
-        conn.execute("UPDATE bookings SET price = 102.00 WHERE id = %s", (booking,))
-    with pipeline.source(application_name="web") as conn:
+        conn.execute(price, {"booking": booking, "price": "102.00"})
+    with p.source(application_name="web") as conn:
         # Alone, with no actor named: the database still knows who the session is.
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'bookaudit.context', %s)", (FORGED_CONTEXT,)
         )
-        conn.execute("UPDATE bookings SET price = 103.00 WHERE id = %s", (booking,))
-    pipeline.flow()
-    pipeline.alerts()
+        conn.execute(price, {"booking": booking, "price": "103.00"})
+    p.flow()
+    p.alerts()
 
     # Logical mode sees the forged message in the stream: the changes keep the genuine context
     # and are flagged. Trigger mode never reads messages: nothing there to flag.
-    flagged = "forged" if pipeline.mode == "logical" else None
-    app = pipeline.app_role
-    assert pipeline.warehouse(_ATTRIBUTION) == [
+    flagged = "forged" if p.mode == "logical" else None
+    app = p.app_role
+    assert _attribution(p) == [
         ("101.00", "ann", "dispatcher", None, "web", app, addr, flagged or "application"),
         ("102.00", "ann", "dispatcher", None, "web", app, addr, flagged or "application"),
         ("103.00", None, None, None, "web", app, addr, flagged or "db_session"),
     ]
-    untrusted = pipeline.warehouse(
+    untrusted = p.warehouse(
         "SELECT count(*) FROM audit.alerts WHERE rule = 'untrusted-attribution'"
     )
     assert untrusted == [(3 if flagged else 0,)]
 
 
-def test_a_preset_emitted_marker_cannot_suppress_the_context(pipeline: Pipeline) -> None:
-    [booking] = pipeline.seed()
-    with pipeline.source(application_name="web") as conn:
+def test_a_preset_emitted_marker_cannot_suppress_the_context(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    price = p.schema.writes.price
+    [booking] = p.seed()
+    with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT bookaudit._context_mark()")
-    with pipeline.source(application_name="web") as conn:
+    with p.source(application_name="web") as conn:
         # The marker as earlier versions kept it (the bare mark), and in today's form with a
         # made-up signature: neither keeps the context from being recorded.
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (_mark("web"),))
-        conn.execute("UPDATE bookings SET price = 111.00 WHERE id = %s", (booking,))
-    with pipeline.source(application_name="web") as conn:
+        conn.execute(price, {"booking": booking, "price": "111.00"})
+    with p.source(application_name="web") as conn:
         conn.execute("SELECT bookaudit.set_actor('bea')")
         conn.execute(
             "SELECT set_config('bookaudit._emitted', %s, true)",
             ("0" * 64 + " " + _mark("web", "bea"),),
         )
-        conn.execute("UPDATE bookings SET price = 112.00 WHERE id = %s", (booking,))
-    with pipeline.source(application_name="web") as conn:
+        conn.execute(price, {"booking": booking, "price": "112.00"})
+    with p.source(application_name="web") as conn:
         # A marker that was genuine, in an earlier transaction, is no good in this one.
         conn.execute("SELECT bookaudit.set_actor('bea')")
-        conn.execute("UPDATE bookings SET price = 113.00 WHERE id = %s", (booking,))
+        conn.execute(price, {"booking": booking, "price": "113.00"})
         genuine = conn.execute("SELECT current_setting('bookaudit._emitted', true)").fetchone()
     assert genuine is not None
-    with pipeline.source(application_name="web") as conn:
+    with p.source(application_name="web") as conn:
         conn.execute("SELECT bookaudit.set_actor('bea')")
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (genuine[0] or "",))
-        conn.execute("UPDATE bookings SET price = 114.00 WHERE id = %s", (booking,))
-    pipeline.flow()
+        conn.execute(price, {"booking": booking, "price": "114.00"})
+    p.flow()
 
-    app = pipeline.app_role
-    assert pipeline.warehouse(_ATTRIBUTION) == [
+    app = p.app_role
+    assert _attribution(p) == [
         ("111.00", None, None, None, "web", app, addr, "db_session"),
         ("112.00", "bea", None, None, "web", app, addr, "application"),
         ("113.00", "bea", None, None, "web", app, addr, "application"),
@@ -125,12 +137,16 @@ def test_a_preset_emitted_marker_cannot_suppress_the_context(pipeline: Pipeline)
     ]
 
 
-def test_preset_trigger_mode_settings_change_nothing(pipeline: Pipeline) -> None:
+def test_preset_trigger_mode_settings_change_nothing(schema_pipeline: Pipeline) -> None:
     """Every setting trigger mode ever kept its state or a cache in, preset at once."""
-    [booking] = pipeline.seed()
-    with pipeline.source(application_name="web") as conn:
+    p = schema_pipeline
+    price = p.schema.writes.price
+    [booking] = p.seed()
+    with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
-        relid = conn.execute("SELECT 'bookings'::regclass::oid").fetchone()
+        relid = conn.execute(
+            "SELECT %s::regclass::oid", (str(p.schema.entity_map.booking.table),)
+        ).fetchone()
         assert relid is not None
         for name, value in (
             # A shape id the relay would read the row through instead of the table's own.
@@ -142,28 +158,31 @@ def test_preset_trigger_mode_settings_change_nothing(pipeline: Pipeline) -> None
             ("bookaudit._commit_registered", "yes"),
         ):
             conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-        conn.execute("UPDATE bookings SET price = 121.00 WHERE id = %s", (booking,))
+        conn.execute(price, {"booking": booking, "price": "121.00"})
         conn.execute("SELECT bookaudit.set_actor('cy', role => 'billing')")
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (_mark("web", "cy"),))
-        conn.execute("UPDATE bookings SET price = 122.00 WHERE id = %s", (booking,))
-    pipeline.flow()
+        conn.execute(price, {"booking": booking, "price": "122.00"})
+    p.flow()
 
-    app = pipeline.app_role
-    assert pipeline.warehouse(_ATTRIBUTION) == [
+    app = p.app_role
+    assert _attribution(p) == [
         ("121.00", None, None, None, "web", app, addr, "db_session"),
         ("122.00", "cy", "billing", None, "web", app, addr, "application"),
     ]
-    sequences = pipeline.warehouse(
+    sequences = p.warehouse(
         "SELECT sequence FROM audit.row_changes WHERE action = 'update' ORDER BY sequence"
     )
     assert sequences == [(0,), (1,)]
 
 
-def test_the_application_role_reaches_no_bookaudit_state(pipeline: Pipeline) -> None:
-    """No write to the outbox, no read of the key, no call of the signing function."""
+def test_the_application_role_reaches_no_bookaudit_state(schema_pipeline: Pipeline) -> None:
+    """No write to the outbox, no read of the key, no call of the signing function: the
+    grants follow the audited tables' schemas, so both schemas are tried."""
+    p = schema_pipeline
+    table = p.schema.entity_map.booking.table
     outbox = (
         "INSERT INTO bookaudit.outbox (txid, seq, context_seq, schema_name, table_name, op, "
-        "context) VALUES (1, 0, 0, 'public', 'bookings', 'u', %s::jsonb)"
+        "context) VALUES (1, 0, 0, %s, %s, 'u', %s::jsonb)"
     )
     attempts: list[tuple[str, tuple[Any, ...]]] = [
         ("SELECT key FROM bookaudit.context_key", ()),
@@ -171,9 +190,9 @@ def test_the_application_role_reaches_no_bookaudit_state(pipeline: Pipeline) -> 
         ("SELECT bookaudit.current_context()", ()),
         ("SELECT bookaudit.emit_context()", ()),
     ]
-    if pipeline.mode == "trigger":
+    if p.mode == "trigger":
         attempts += [
-            (outbox, (FORGED_CONTEXT,)),
+            (outbox, (table.schema, table.name, FORGED_CONTEXT)),
             ("SELECT count(*) FROM bookaudit.outbox", ()),
             ("DELETE FROM bookaudit.outbox_commits", ()),
             ("SELECT nextval('bookaudit.commit_seq')", ()),
@@ -181,40 +200,44 @@ def test_the_application_role_reaches_no_bookaudit_state(pipeline: Pipeline) -> 
         ]
     for query, params in attempts:
         with (
-            pipeline.source() as conn,
+            p.source() as conn,
             pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
         ):
             conn.execute(query, params)
 
 
-def test_a_marker_replayed_from_a_rolled_back_savepoint_is_flagged(pipeline: Pipeline) -> None:
+def test_a_marker_replayed_from_a_rolled_back_savepoint_is_flagged(
+    schema_pipeline: Pipeline,
+) -> None:
     """The one replay a session can still try: the genuine marker of its own transaction, kept
     from a savepoint whose context rolled back. Trigger mode keeps its state in the outbox, which
     rolls back too; logical mode cannot tell the marker from a live one, so the change arrives
     with no context at all, and is stored and alerted as such, never as someone else's."""
-    [booking] = pipeline.seed()
-    with pipeline.source(application_name="web") as conn:
+    p = schema_pipeline
+    w = p.schema.writes
+    [booking] = p.seed()
+    with p.source(application_name="web") as conn:
         addr = _client_addr(conn)
         conn.execute("SAVEPOINT s")
-        conn.execute("UPDATE bookings SET status = 'x' WHERE id = %s", (booking,))
+        conn.execute(w.status, {"booking": booking, "status": "x"})
         marker = conn.execute("SELECT current_setting('bookaudit._emitted', true)").fetchone()
         conn.execute("ROLLBACK TO SAVEPOINT s")
         assert marker is not None
-        if pipeline.mode == "logical":
+        if p.mode == "logical":
             assert marker[0], "logical mode keeps its signed marker in the setting"
         replay = marker[0] or _mark("web")  # trigger mode keeps no marker: try the bare mark
         conn.execute("SELECT set_config('bookaudit._emitted', %s, true)", (replay,))
-        conn.execute("UPDATE bookings SET price = 131.00 WHERE id = %s", (booking,))
-    pipeline.flow()
-    pipeline.alerts()
+        conn.execute(w.price, {"booking": booking, "price": "131.00"})
+    p.flow()
+    p.alerts()
 
-    rows = pipeline.warehouse(_ATTRIBUTION)
-    if pipeline.mode == "trigger":
-        app = pipeline.app_role
+    rows = _attribution(p)
+    if p.mode == "trigger":
+        app = p.app_role
         assert rows == [("131.00", None, None, None, "web", app, addr, "db_session")]
     else:
         assert rows == [("131.00", None, None, None, None, None, None, "missing")]
-        alerts = pipeline.warehouse(
+        alerts = p.warehouse(
             "SELECT rule, severity FROM audit.alerts WHERE rule = 'untrusted-attribution'"
         )
         assert alerts == [("untrusted-attribution", "critical")]

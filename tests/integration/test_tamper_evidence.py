@@ -1,17 +1,33 @@
-"""The hash chain: intact after normal writes, and every kind of tampering is reported."""
+"""The hash chain: intact after normal writes, and every kind of tampering is reported, on
+the sample schema and on one that shares none of its names."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import psycopg
 
 from tests.integration.harness import Pipeline
 
+# Three customers, then each one's e-mail address, as each schema spells them.
+_CUSTOMERS = {
+    "sample": (
+        "INSERT INTO customers (name) VALUES ('a'), ('b'), ('c')",
+        "UPDATE customers SET email = name || '@example.com'",
+    ),
+    "jobs": (
+        "INSERT INTO ops.clients (client_no, full_name) VALUES ('CL-a', 'a'), ('CL-b', 'b'), "
+        "('CL-c', 'c')",
+        "UPDATE ops.clients SET email = full_name || '@example.com'",
+    ),
+}
+
 
 def _write_some(p: Pipeline) -> None:
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin')")
-        conn.execute("INSERT INTO customers (name) VALUES ('a'), ('b'), ('c')")
-        conn.execute("UPDATE customers SET email = name || '@example.com'")
+        for statement in _CUSTOMERS[p.schema.name]:
+            conn.execute(statement)
     p.flow()
 
 
@@ -23,7 +39,8 @@ def _as_owner_bypassing_triggers(p: Pipeline, *statements: str) -> None:
             conn.execute(statement)
 
 
-def test_normal_writes_leave_an_intact_chain(pipeline: Pipeline) -> None:
+def test_normal_writes_leave_an_intact_chain(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
     _write_some(pipeline)
     pipeline.consume(group_id=pipeline.group_id + "-replay")  # a replay must not break it
     rows, alerts = pipeline.cli("warehouse", "verify").stdout.splitlines()
@@ -32,7 +49,9 @@ def test_normal_writes_leave_an_intact_chain(pipeline: Pipeline) -> None:
     assert alerts == "intact: 0 alerts chained, head -"
 
 
-def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> None:
+def test_modified_deleted_and_inserted_rows_are_reported(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
+    table = pipeline.schema.entity_map.booking.table
     _write_some(pipeline)
     chain = dict(pipeline.warehouse("SELECT change_id, position FROM audit.chain"))
     updates = [r[0] for r in pipeline.warehouse(
@@ -49,8 +68,10 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
         f"DELETE FROM audit.row_changes WHERE id = {deleted}",
         "INSERT INTO audit.row_changes (source, commit_lsn, sequence, lsn, txid, committed_at, "
         "schema_name, table_name, action, actor_origin, kafka_topic, kafka_partition, "
-        "kafka_offset) VALUES ('bookings', '0/1', 0, '0/1', 1, now(), 'public', 'bookings', "
-        "'delete', 'application', 'x', 0, 0)",
+        "kafka_offset) VALUES ('bookings', '0/1', 0, '0/1', 1, now(), "
+        f"'{table.schema}', '{table.name}', 'delete', 'application', 'x', 0, 0)",
+        "INSERT INTO audit.field_changes (change_id, field, position, new_value) "
+        "VALUES (-7, 'price', 1, '0.00')",
     )
     result = pipeline.cli("warehouse", "verify", check=False)
     assert result.returncode == 1, result.stderr
@@ -63,31 +84,36 @@ def test_modified_deleted_and_inserted_rows_are_reported(pipeline: Pipeline) -> 
         ]
     )  # fmt: skip
     assert lines[:3] == [f"TAMPERED: {text}" for _, text in expected]
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[3].startswith("TAMPERED: audit row ")
     assert lines[3].endswith("is not in the chain: it was written around the audit writer")
+    assert lines[4] == (
+        "TAMPERED: field rows of change -7 belong to no chained audit row: "
+        "they were written around the audit writer"
+    )
 
 
 def _price_change_after_invoice(p: Pipeline) -> None:
+    w = p.schema.writes
     [booking] = p.seed(price="100.00")
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('olga', role => 'billing')")
+        sent = datetime.now(UTC)
         conn.execute(
-            "INSERT INTO invoices (booking_id, number, amount, sent_at) "
-            "VALUES (%s, 'INV-1', 100.00, now())",
-            (booking,),
+            w.invoice, {"booking": booking, "number": "INV-1", "amount": "100.00", "sent": sent}
         )
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin', approval_ref => 'A-1')")
-        conn.execute("UPDATE bookings SET price = 101.00 WHERE id = %s", (booking,))
+        conn.execute(w.price, {"booking": booking, "price": "101.00"})
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('dan', role => 'dispatcher')")
-        conn.execute("UPDATE bookings SET price = 150.00 WHERE id = %s", (booking,))
+        conn.execute(w.price, {"booking": booking, "price": "150.00"})
     p.flow()
     p.alerts()
 
 
-def test_a_deleted_or_edited_alert_fails_verify(pipeline: Pipeline) -> None:
+def test_a_deleted_or_edited_alert_fails_verify(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
     _price_change_after_invoice(pipeline)
     _, alerts = pipeline.cli("warehouse", "verify").stdout.splitlines()
     count = int(pipeline.warehouse("SELECT count(*) FROM audit.alerts")[0][0])
@@ -113,7 +139,7 @@ def test_a_deleted_or_edited_alert_fails_verify(pipeline: Pipeline) -> None:
         "INSERT INTO audit.alerts (alert_id, rule, kind, severity, message, source, commit_lsn, "
         "sequence, txid, committed_at, table_name, actor, document) VALUES ('x:0/1:0:fake', "
         "'fake', 'threshold', 'low', 'nothing to see', 'bookings', '0/1', 0, 1, now(), "
-        "'public.bookings', 'alice', '{}')",
+        f"'{pipeline.schema.entity_map.booking.table}', 'alice', '{{}}')",
     )
     result = pipeline.cli("warehouse", "verify", check=False)
     assert result.returncode == 1

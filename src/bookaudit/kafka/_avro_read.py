@@ -104,10 +104,12 @@ def _opt_map(data: bytes, pos: int) -> tuple[dict[str, str | None] | None, int]:
 
 
 _TAIL_CACHE = 4096
-_TAILS: dict[bytes, tuple[tuple[dict[str, Any], ...], tuple[str, ...]]] = {}
+# A tail's columns (as fastavro reads them), unchanged TOAST names and column names.
+Tail = tuple[tuple[dict[str, Any], ...], tuple[str, ...], tuple[str, ...]]
+_TAILS: dict[bytes, Tail] = {}
 
 
-def _read_tail(data: bytes, pos: int) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+def _read_tail(data: bytes, pos: int) -> Tail:
     columns: list[dict[str, Any]] = []
     while True:
         count, pos = _long(data, pos)
@@ -135,53 +137,47 @@ def _read_tail(data: bytes, pos: int) -> tuple[tuple[dict[str, Any], ...], tuple
         for _ in range(count):
             t, pos = _str(data, pos)
             toast.append(t)
-    return tuple(columns), tuple(toast)
+    return tuple(columns), tuple(toast), tuple(c["name"] for c in columns)
 
 
-def read_envelope(data: bytes) -> dict[str, Any]:
-    """The envelope record as fastavro reads it: the same dict, key for key."""
-    s = _str
-    long_ = _long
-    before, pos = _opt_map(data, 0)
-    after, pos = _opt_map(data, pos)
-    version, pos = s(data, pos)
-    connector, pos = s(data, pos)
-    name, pos = s(data, pos)
-    db, pos = s(data, pos)
-    schema, pos = s(data, pos)
-    table, pos = s(data, pos)
-    txid, pos = long_(data, pos)
-    lsn, pos = long_(data, pos)
-    commit_lsn, pos = long_(data, pos)
-    sequence, pos = long_(data, pos)
-    src_ts, pos = long_(data, pos)
-    snapshot, pos = s(data, pos)
-    mode, pos = s(data, pos)
-    op, pos = s(data, pos)
-    ts_ms, pos = long_(data, pos)
-    transaction: dict[str, Any] | None = None
-    b = data[pos]
-    if b == 0:
-        pos += 1
-    elif b == 2:
-        tid, pos = s(data, pos + 1)
-        total, pos = long_(data, pos)
-        dco, pos = long_(data, pos)
-        transaction = {"id": tid, "total_order": total, "data_collection_order": dco}
-    else:
-        raise ValueError(f"bad union index {b}")
-    o = _opt_str
-    a_id, pos = o(data, pos)
-    a_role, pos = o(data, pos)
-    a_reason, pos = o(data, pos)
-    a_appr, pos = o(data, pos)
-    a_req, pos = o(data, pos)
-    a_app, pos = o(data, pos)
-    a_db, pos = o(data, pos)
-    a_addr, pos = o(data, pos)
-    a_origin, pos = s(data, pos)
-    # What follows (column list, unchanged TOAST names) is the same for every change of a table
-    # version, so it is parsed once per distinct tail.
+# The envelope's fields in schema order, as _read_fields returns them.
+Fields = tuple[
+    dict[str, str | None] | None,  # before
+    dict[str, str | None] | None,  # after
+    str, str, str, str, str, str,  # source: version, connector, name, db, schema, table
+    int, int, int, int, int,  # source: txId, lsn, commit_lsn, sequence, ts_ms
+    str, str,  # source: snapshot, mode
+    str, int,  # op, ts_ms
+    tuple[str, int, int] | None,  # transaction: id, total_order, data_collection_order
+    tuple[str | None, ...],  # actor, in schema order (origin last)
+    Tail,
+]  # fmt: skip
+
+
+# Runs of bytes that repeat from one envelope to the next are parsed once and recognised after:
+# a table's source names, the snapshot/mode/op strings, and what follows the transaction block
+# (the actor, the same for a whole transaction, then the table's columns).
+_Seen = tuple[bytes, tuple[str, ...]]
+_NAMES: _Seen | None = None
+_FLAGS: _Seen | None = None
+_RESTS: dict[bytes, tuple[tuple[str | None, ...], Tail]] = {}
+
+
+def _read_strings(data: bytes, pos: int, n: int) -> tuple[tuple[str, ...], int]:
+    out = []
+    for _ in range(n):
+        text, pos = _str(data, pos)
+        out.append(text)
+    return tuple(out), pos
+
+
+def _read_rest(data: bytes, pos: int) -> tuple[tuple[str | None, ...], Tail]:
+    actor: list[str | None] = []
+    for _ in range(8):
+        value, pos = _opt_str(data, pos)
+        actor.append(value)
+    origin, pos = _str(data, pos)
+    actor.append(origin)
     tail = data[pos:]
     parsed = _TAILS.get(tail)
     if parsed is None:
@@ -189,8 +185,69 @@ def read_envelope(data: bytes) -> dict[str, Any]:
         if len(_TAILS) >= _TAIL_CACHE:
             _TAILS.clear()
         _TAILS[tail] = parsed
-    columns = list(parsed[0])  # the column dicts are shared between envelopes: read-only
-    toast = list(parsed[1])
+    return tuple(actor), parsed
+
+
+def _read_fields(data: bytes) -> Fields:
+    global _NAMES, _FLAGS
+    long_ = _long
+    before, pos = _opt_map(data, 0)
+    after, pos = _opt_map(data, pos)
+    seen = _NAMES
+    if seen is not None and data.startswith(seen[0], pos):
+        names = seen[1]
+        pos += len(seen[0])
+    else:
+        start = pos
+        names, pos = _read_strings(data, pos, 6)
+        _NAMES = (data[start:pos], names)
+    version, connector, name, db, schema, table = names
+    txid, pos = long_(data, pos)
+    lsn, pos = long_(data, pos)
+    commit_lsn, pos = long_(data, pos)
+    sequence, pos = long_(data, pos)
+    src_ts, pos = long_(data, pos)
+    seen = _FLAGS
+    if seen is not None and data.startswith(seen[0], pos):
+        flags = seen[1]
+        pos += len(seen[0])
+    else:
+        start = pos
+        flags, pos = _read_strings(data, pos, 3)
+        _FLAGS = (data[start:pos], flags)
+    snapshot, mode, op = flags
+    ts_ms, pos = long_(data, pos)
+    transaction: tuple[str, int, int] | None = None
+    b = data[pos]
+    if b == 0:
+        pos += 1
+    elif b == 2:
+        tid, pos = _str(data, pos + 1)
+        total, pos = long_(data, pos)
+        dco, pos = long_(data, pos)
+        transaction = (tid, total, dco)
+    else:
+        raise ValueError(f"bad union index {b}")
+    rest = data[pos:]
+    found = _RESTS.get(rest)
+    if found is None:
+        found = _read_rest(data, pos)
+        if len(_RESTS) >= _TAIL_CACHE:
+            _RESTS.clear()
+        _RESTS[rest] = found
+    actor, parsed = found
+    return (
+        before, after, version, connector, name, db, schema, table, txid, lsn, commit_lsn,
+        sequence, src_ts, snapshot, mode, op, ts_ms, transaction, actor, parsed,
+    )  # fmt: skip
+
+
+def read_envelope(data: bytes) -> dict[str, Any]:
+    """The envelope record as fastavro reads it: the same dict, key for key."""
+    (
+        before, after, version, connector, name, db, schema, table, txid, lsn, commit_lsn,
+        sequence, src_ts, snapshot, mode, op, ts_ms, transaction, actor, tail,
+    ) = _read_fields(data)  # fmt: skip
     return {
         "before": before,
         "after": after,
@@ -211,21 +268,38 @@ def read_envelope(data: bytes) -> dict[str, Any]:
         },
         "op": op,
         "ts_ms": ts_ms,
-        "transaction": transaction,
-        "actor": {
-            "id": a_id,
-            "role": a_role,
-            "reason": a_reason,
-            "approval_ref": a_appr,
-            "request_id": a_req,
-            "application": a_app,
-            "db_user": a_db,
-            "client_addr": a_addr,
-            "origin": a_origin,
-        },
-        "columns": columns,
-        "unchanged_toast": toast,
+        "transaction": None
+        if transaction is None
+        else dict(zip(("id", "total_order", "data_collection_order"), transaction, strict=True)),
+        "actor": dict(zip(ACTOR_FIELDS, actor, strict=True)),
+        "columns": list(tail[0]),  # the column dicts are shared between envelopes: read-only
+        "unchanged_toast": list(tail[1]),
     }
+
+
+ACTOR_FIELDS = (
+    "id", "role", "reason", "approval_ref", "request_id", "application", "db_user",
+    "client_addr", "origin",
+)  # fmt: skip
+"""The envelope's actor record's fields, in schema order."""
+
+Change = tuple[
+    dict[str, str | None] | None,  # before
+    dict[str, str | None] | None,  # after
+    str, str, str,  # source name, schema, table
+    int, int, int, int, int,  # txId, lsn, commit_lsn, sequence, source ts_ms
+    str, str,  # mode, op
+    tuple[str | None, ...],  # actor, in ACTOR_FIELDS order
+    tuple[str, ...],  # column names in table order (empty when the envelope lists none)
+]  # fmt: skip
+
+
+def read_change(data: bytes) -> Change:
+    """What the audit writer stores of an envelope, read as read_envelope reads it (it checks the
+    same bytes), without building the record's dicts."""
+    f = _read_fields(data)
+    return (f[0], f[1], f[4], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[14], f[15],
+            f[18], f[19][2])  # fmt: skip
 
 
 def read_key(data: bytes) -> dict[str, Any]:

@@ -101,6 +101,19 @@ EXCEPT (SELECT unnest(change_ids) FROM audit.chain_links
 ORDER BY 1
 """
 
+# Field rows of no chained row (field_changes holds no foreign key: 001_audit.sql).
+_ORPHAN_FIELDS = """
+SELECT change_id FROM audit.field_changes
+EXCEPT SELECT unnest(change_ids) FROM audit.chain_links
+ORDER BY 1
+"""
+_ORPHAN_FIELDS_BESIDE_V1 = """
+SELECT change_id FROM audit.field_changes
+EXCEPT (SELECT unnest(change_ids) FROM audit.chain_links
+        UNION ALL SELECT change_id FROM audit.chain_v1)
+ORDER BY 1
+"""
+
 _INTEGERS = {CHAINED_COLUMNS.index(c) for c in ("commit_lsn", "lsn")}
 
 
@@ -148,6 +161,11 @@ def verify_chain(dsn: str, progress: Callable[[int], None] | None = None) -> Cha
             problems.append(
                 f"audit row {orphan['id']} is not in the chain: "
                 "it was written around the audit writer"
+            )
+        for orphan in conn.execute(_ORPHAN_FIELDS_BESIDE_V1 if has_legacy else _ORPHAN_FIELDS):
+            problems.append(
+                f"field rows of change {orphan['change_id']} belong to no chained audit row: "
+                "they were written around the audit writer"
             )
     return ChainReport(entries, head, tuple(problems), legacy_rows)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import psycopg
 
 from bookaudit.cdc.baseline import BaselineSource, relay_baseline
-from bookaudit.cdc.decode import Keepalive, decode_copy_data, decode_message
+from bookaudit.cdc.decode import Keepalive, Relation, decode_copy_data, decode_message
 from bookaudit.cdc.gaps import (
     SlotLostError,
     accept_gap,
@@ -22,6 +22,7 @@ from bookaudit.cdc.settings import PROGRESS_INTERVAL_S, CaptureSettings, Capture
 from bookaudit.cdc.stream import Catalog, ReplicationStream
 from bookaudit.cdc.transactions import TransactionAssembler
 from bookaudit.classify import kafka_error, pg_error
+from bookaudit.errors import SourceCheckError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
@@ -43,7 +44,9 @@ class Capture:
         self.source = SourceInfo(
             name=settings.source_name, db=self.catalog.dbname, identity=self.catalog.identity()
         )
-        self.assembler = TransactionAssembler(self.catalog.resolve, self.catalog.context_key())
+        self.assembler = TransactionAssembler(
+            self.catalog.resolve, self.catalog.context_key(), self.catalog.render
+        )
         self.ledger = AckLedger()
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
         self.stream: ReplicationStream | None = None
@@ -60,6 +63,7 @@ class Capture:
         self.sink.check()
         self.check_slot()
         self.catalog.check_slot(self.settings.slot, self.settings.publication)
+        self.adopt_partitions()
         self.stats.baseline = relay_baseline(
             BaselineSource(self.catalog.conn),
             self.sink,
@@ -91,6 +95,31 @@ class Capture:
             raise SlotLostError(lost_slot_message(slot, why, confirmed, now))
         self.log(accept_gap(conn, slot, why, confirmed))
 
+    def adopt_partitions(self) -> None:
+        """Adopting is what keeps the row trigger idle; until it can, that trigger loses
+        nothing, so a refusal is said and the capture goes on."""
+        try:
+            lines = self.catalog.adopt_partitions(self.settings.publication)
+        except SourceCheckError as exc:
+            lines = [str(exc)]
+        for line in lines:
+            self.log(f"capture: {line}")
+
+    def partition_identity(self, relation: Relation) -> None:
+        """pgoutput sends a partition's own relation, with the replica identity it had when its
+        changes were written, before those changes. Not FULL (a partition created or attached
+        after install, before any capture saw it): its updates and deletes until it is FULL carry
+        only the key as old values. Say so, naming it, and make it FULL from now on."""
+        root = self.catalog.partition_of(relation.oid)
+        if root is None:
+            return
+        self.log(
+            f"capture: partition {relation.namespace}.{relation.name} of {root} was written "
+            f"without REPLICA IDENTITY FULL: its old rows come from bookaudit's row trigger "
+            "until it is FULL, which it is made now"
+        )
+        self.adopt_partitions()
+
     def record_position(self, force: bool = False) -> None:
         """Keep the confirmed position outside the slot, so a lost slot can say what was lost.
         Written only when real transactions moved it, so an idle capture writes nothing."""
@@ -109,7 +138,10 @@ class Capture:
                 self.confirm(force=True)
             return
         self.server_wal_end = max(self.server_wal_end, frame.wal_end)
-        for out in self.assembler.feed(frame.wal_start, decode_message(frame.payload)):
+        message = decode_message(frame.payload)
+        if isinstance(message, Relation) and message.replica_identity != "f":
+            self.partition_identity(message)
+        for out in self.assembler.feed(frame.wal_start, message):
             if isinstance(out, RowChange):
                 self.publish(out)
             else:

@@ -77,9 +77,12 @@ class OutboxTransaction:
         name = (row.schema, row.table)
         order = self.per_table.get(name, 0)
         self.per_table[name] = order + 1
+        # An update begun by a move's delete that no insert completed (sql/source/002_outbox.sql)
+        # is the delete it was.
+        op = "d" if row.op == "u" and row.new is None else row.op
         return RowChange(
             table=table,
-            op=row.op,
+            op=op,
             before=pairs_to_row(row.old, table),
             after=pairs_to_row(row.new, table),
             # The 32-bit xid, as logical decoding reports the same transaction.

@@ -204,7 +204,8 @@ class OutboxSource:
         rows = self.conn.execute(
             "SELECT DISTINCT n.nspname, c.relname FROM pg_trigger t "
             "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE t.tgname = %s",
+            # A partition's clone records its rows as its partitioned table's.
+            "WHERE t.tgname = %s AND t.tgparentid = 0",
             (OUTBOX_TRIGGER,),
         ).fetchall()
         self.tables = {}
@@ -391,6 +392,14 @@ class OutboxRelay:
     def run(self) -> CaptureStats:
         try:
             self.sink.check()
+            # New partitions already clone the outbox trigger; this adds the statement trigger
+            # that a write straight into one of them fires.
+            try:
+                adopted = self.outbox.catalog.adopt_partitions(self.settings.publication)
+            except SourceCheckError as exc:  # only the shape cache's reset is missing there
+                adopted = [str(exc)]
+            for line in adopted:
+                self.log(f"relay: {line}")
             self.stats.baseline = relay_baseline(
                 BaselineSource(self.outbox.conn),
                 self.sink,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Mapping
 
 import psycopg
 from psycopg import pq, sql
@@ -12,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 from bookaudit.cdc.decode import Relation, standby_status, unix_us_to_pg
 from bookaudit.classify import one_line, pg_connect_error, pg_transient
 from bookaudit.errors import SourceCheckError, TerminalError, TransientError
-from bookaudit.model import TableSchema, format_lsn
+from bookaudit.model import Row, TableSchema, format_lsn
 
 
 class Catalog:
@@ -85,6 +86,48 @@ class Catalog:
                 "bookaudit.context_key is empty: rerun `bookaudit source install`"
             )
         return bytes(row[0])
+
+    def adopt_partitions(self, publication: str) -> list[str]:
+        """Give every partition of an audited partitioned table, new ones included, the full old
+        row and the context trigger; one line per change made. A partition the role may not
+        alter is a SourceCheckError naming it and the command to run."""
+        exists = self.conn.execute(
+            "SELECT to_regprocedure('bookaudit.adopt_partitions(text)') IS NOT NULL"
+        ).fetchone()
+        if not (exists and exists[0]):
+            return []  # installed before partitioned tables were audited: none is
+        try:
+            return [
+                str(r[0])
+                for r in self.conn.execute(
+                    "SELECT bookaudit.adopt_partitions(%s)", (publication,)
+                ).fetchall()
+            ]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceCheckError(str(exc.diag.message_primary)) from None
+
+    def partition_of(self, oid: int) -> str | None:
+        """The partitioned table a partition belongs to (its root), None for any other table."""
+        row = self.conn.execute(
+            "SELECT pg_partition_root(c.oid)::text FROM pg_class c "
+            "WHERE c.oid = %s AND c.relispartition",
+            (oid,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def render(self, table: TableSchema, texts: Mapping[str, str | None]) -> Row:
+        """Column texts written in fixed settings (bookaudit._emit_old_row), read through the
+        table's types and printed as this session prints them: as pgoutput, in a walsender of
+        the same role and database, prints them."""
+        query = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("({}::text)::{}::text").format(sql.Placeholder(), sql.SQL(type_name))
+                for type_name in table.types
+            )
+        )
+        row = self.conn.execute(query, [texts.get(c) for c in table.columns]).fetchone()
+        assert row is not None
+        return {c: None if v is None else str(v) for c, v in zip(table.columns, row, strict=True)}
 
     def current_lsn(self) -> str:
         row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()

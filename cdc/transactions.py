@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from bookaudit.cdc.decode import (
@@ -23,7 +24,9 @@ from bookaudit.cdc.decode import (
 from bookaudit.errors import DecodeError
 from bookaudit.model import (
     CONTEXT_PREFIX,
+    MOVES_PREFIX,
     NO_CONTEXT,
+    OLD_ROW_PREFIX,
     ActorContext,
     Lsn,
     Row,
@@ -36,8 +39,8 @@ from bookaudit.model import (
 FORGED = "forged"
 
 
-def _context_mac(key: bytes, xid: int, document: bytes) -> bytes:
-    return hmac.new(key, b"context:%d:" % xid + document, hashlib.sha256).hexdigest().encode()
+def _context_mac(key: bytes, xid: int, document: bytes, kind: bytes = b"context") -> bytes:
+    return hmac.new(key, b"%s:%d:" % (kind, xid) + document, hashlib.sha256).hexdigest().encode()
 
 
 def sign_context(key: bytes, xid: int, document: bytes) -> bytes:
@@ -58,6 +61,60 @@ def verified_context(key: bytes, xid: int, content: bytes) -> ActorContext | Non
         return None
 
 
+def sign_moves(key: bytes, xid: int, note: bytes) -> bytes:
+    """A moves message's content as bookaudit.emit_moves writes it: '<hmac hex> <note>', note
+    being 'begin <table oid>' or 'end <table oid>', signed over 'moves:<32-bit xid>:<note>'."""
+    return _context_mac(key, xid, note, b"moves") + b" " + note
+
+
+def verified_moves(key: bytes, xid: int, content: bytes) -> tuple[bool, int] | None:
+    """(True for begin, False for end, the table's oid) if the source's key signed the message
+    for this transaction; None for anything else."""
+    mac, sep, note = content.partition(b" ")
+    if not sep or not hmac.compare_digest(mac, _context_mac(key, xid, note, b"moves")):
+        return None
+    edge, _, oid = note.partition(b" ")
+    if edge not in (b"begin", b"end") or not oid.isdigit():
+        return None
+    return edge == b"begin", int(oid)
+
+
+def sign_old_row(key: bytes, xid: int, document: bytes) -> bytes:
+    """An old-row message's content as bookaudit._emit_old_row writes it: '<hmac hex> <doc>',
+    doc being '<table oid> <json object of column texts>', signed over 'old:<xid>:<doc>'."""
+    return _context_mac(key, xid, document, b"old") + b" " + document
+
+
+def verified_old_row(
+    key: bytes, xid: int, content: bytes
+) -> tuple[int, dict[str, str | None]] | None:
+    """(the partitioned table's oid, its old row's column texts) if the source's key signed the
+    message for this transaction; None for anything else."""
+    mac, sep, document = content.partition(b" ")
+    if not sep or not hmac.compare_digest(mac, _context_mac(key, xid, document, b"old")):
+        return None
+    oid, _, doc = document.partition(b" ")
+    try:
+        texts = json.loads(doc)
+    except ValueError:
+        return None
+    if not oid.isdigit() or not isinstance(texts, dict):
+        return None
+    if not all(v is None or isinstance(v, str) for v in texts.values()):
+        return None
+    return int(oid), texts
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A delete held back while a partitioned table's UPDATE runs: the first half of a move, if
+    the next change is that table's insert."""
+
+    wal_start: int
+    table: TableSchema
+    old: Row
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionEnd:
     """The commit of a transaction: once its changes are acknowledged, end_lsn can be confirmed."""
@@ -70,6 +127,9 @@ class TransactionEnd:
 
 Output = RowChange | TransactionEnd
 SchemaResolver = Callable[[Relation], TableSchema]
+# Column texts written in fixed settings, printed again as the capture's session (and so pgoutput)
+# prints them, in the table's column order.
+Renderer = Callable[[TableSchema, Mapping[str, str | None]], Row]
 
 
 @dataclass
@@ -79,6 +139,13 @@ class _Open:
     forged: bool = False
     sequence: int = 0
     per_table: dict[int, int] = field(default_factory=dict)
+    # Partitioned tables whose UPDATE is running (between its moves messages), and a delete of
+    # one of them held back until the next message says whether it began a move.
+    updating: set[int] = field(default_factory=set)
+    held: _Held | None = None
+    # The whole old row of the next change of a partitioned table, from a partition that lacked
+    # REPLICA IDENTITY FULL (bookaudit.partition_row), by the table's oid.
+    old_rows: dict[int, dict[str, str | None]] = field(default_factory=dict)
 
 
 class TransactionAssembler:
@@ -87,10 +154,14 @@ class TransactionAssembler:
     `resolve` turns a Relation into a TableSchema; it is the one call that may do I/O (a
     catalog lookup for the primary key and type names), injected so this class stays pure.
     `context_key` is the source's bookaudit.context_key: only context messages it signed count.
+    `render` (I/O too) prints an old row's texts from an old-row message as pgoutput would.
     """
 
-    def __init__(self, resolve: SchemaResolver, context_key: bytes) -> None:
+    def __init__(
+        self, resolve: SchemaResolver, context_key: bytes, render: Renderer | None = None
+    ) -> None:
         self._resolve = resolve
+        self._render = render
         self._key = context_key
         self._tables: dict[int, TableSchema] = {}
         self._open: _Open | None = None
@@ -100,9 +171,23 @@ class TransactionAssembler:
         return self._open is not None
 
     def feed(self, wal_start: int, message: Message) -> Iterator[Output]:
+        """A row moving between partitions reaches pgoutput as a delete and an insert of the
+        partitioned table, adjacent (only Relation messages may come between); inside that
+        table's UPDATE (its signed moves messages) such a pair is the one update it is."""
         if isinstance(message, Relation):
             self._tables[message.oid] = self._resolve(message)
-        elif isinstance(message, Begin):
+            return
+        if isinstance(message, Insert) and self._open is not None and self._open.held:
+            held = self._open.held
+            self._open.held = None
+            if held.table.oid == message.relation_oid:
+                table = held.table
+                yield self._change(held.wal_start, table, "u", held.old, _row(table, message.new))
+                return
+            yield self._change(held.wal_start, held.table, "d", held.old, None)
+        elif self._open is not None and self._open.held:
+            yield from self._release_held()
+        if isinstance(message, Begin):
             if self._open is not None:
                 raise DecodeError(f"BEGIN of xid {message.xid} inside xid {self._open.begin.xid}")
             self._open = _Open(message)
@@ -113,6 +198,10 @@ class TransactionAssembler:
         elif isinstance(message, LogicalMessage):
             if message.prefix == CONTEXT_PREFIX:
                 self._context(message)
+            elif message.prefix == MOVES_PREFIX:
+                self._moves(message)
+            elif message.prefix == OLD_ROW_PREFIX:
+                self._old_row_message(message)
         elif isinstance(message, Insert):
             table = self._table(message.relation_oid)
             yield self._change(wal_start, table, "c", None, _row(table, message.new))
@@ -120,10 +209,18 @@ class TransactionAssembler:
             table = self._table(message.relation_oid)
             before = None if message.old is None else _row(table, message.old)
             after = _row(table, message.new)
+            before = self._whole_old_row(table, before, after)
             yield self._change(wal_start, table, "u", before, after)
         elif isinstance(message, Delete):
             table = self._table(message.relation_oid)
-            yield self._change(wal_start, table, "d", _row(table, message.old), None)
+            txn = self._require_open("row change")
+            wal_old = _row(table, message.old)
+            whole = self._whole_old_row(table, wal_old, None)
+            old = wal_old if whole is None else whole
+            if message.relation_oid in txn.updating:
+                txn.held = _Held(wal_start, table, old)
+            else:
+                yield self._change(wal_start, table, "d", old, None)
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
                 yield self._change(wal_start, self._table(oid), "t", None, None)
@@ -143,6 +240,62 @@ class TransactionAssembler:
             txn.forged = True
         else:
             txn.actor = actor
+
+    def _release_held(self) -> Iterator[RowChange]:
+        """The held delete was no move's first half: it is the delete it says."""
+        txn = self._require_open("row change")
+        held, txn.held = txn.held, None
+        if held is not None:
+            yield self._change(held.wal_start, held.table, "d", held.old, None)
+
+    def _old_row_message(self, message: LogicalMessage) -> None:
+        """A forged or non-transactional one is never used, and flags the transaction."""
+        if not message.transactional and self._open is None:
+            return
+        txn = self._require_open("old row message")
+        found = (
+            verified_old_row(self._key, txn.begin.xid, message.content)
+            if message.transactional
+            else None
+        )
+        if found is None:
+            txn.forged = True
+        else:
+            txn.old_rows[found[0]] = found[1]
+
+    def _whole_old_row(
+        self, table: TableSchema, wal_old: Row | None, after: Row | None
+    ) -> Row | None:
+        """The old row an old-row message carried for this change, else the WAL's. The message
+        serves only the change whose key it holds: the WAL's old key, or the new row's key when
+        the WAL kept no old row (an update that left a default-identity key alone)."""
+        txn = self._require_open("row change")
+        texts = txn.old_rows.pop(table.oid, None)
+        if texts is None or self._render is None:
+            return wal_old
+        whole = self._render(table, texts)
+        probe = wal_old if wal_old is not None else after
+        if probe is None or not table.key or any(whole.get(k) != probe.get(k) for k in table.key):
+            return wal_old
+        return whole
+
+    def _moves(self, message: LogicalMessage) -> None:
+        """A forged or non-transactional moves message merges nothing and flags the transaction
+        as a forged context does."""
+        if not message.transactional and self._open is None:
+            return
+        txn = self._require_open("moves message")
+        found = (
+            verified_moves(self._key, txn.begin.xid, message.content)
+            if message.transactional
+            else None
+        )
+        if found is None:
+            txn.forged = True
+        elif found[0]:
+            txn.updating.add(found[1])
+        else:
+            txn.updating.discard(found[1])
 
     def _require_open(self, what: str) -> _Open:
         if self._open is None:

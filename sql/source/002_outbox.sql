@@ -93,12 +93,41 @@ $$;
 -- BEFORE ... FOR EACH STATEMENT on every audited table. A statement may follow an ALTER TABLE in
 -- the same transaction: forget the shape noted so far, and the statement's first row looks it up
 -- again. (The setting is only a cache: outbox_row trusts it only where it matches the shape the
--- outbox itself holds for the table, so presetting it changes nothing.)
+-- outbox itself holds for the table, so presetting it changes nothing.) On a partition, the
+-- argument is its partitioned table's oid, whose shape its rows are recorded in.
 CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM set_config('bookaudit._shape_' || TG_RELID, '', true);
+    PERFORM set_config('bookaudit._shape_' || CASE WHEN TG_NARGS > 0 THEN TG_ARGV[0]
+                                                   ELSE TG_RELID::text END, '', true);
     RETURN NULL;
+END
+$$;
+
+-- BEFORE and AFTER UPDATE ... FOR EACH STATEMENT on a partitioned table: while its UPDATE runs,
+-- a row's delete from one partition and insert into another are the halves of one move (the
+-- AFTER ROW triggers fire before the AFTER STATEMENT one). The mark is signed for this
+-- transaction and table, so the application cannot preset it to merge a delete and an insert of
+-- its own.
+CREATE OR REPLACE FUNCTION bookaudit.note_moves() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('bookaudit._moving_' || TG_RELID,
+                       CASE WHEN TG_WHEN = 'BEFORE' THEN bookaudit._mac(convert_to(
+                           'moving:' || bookaudit._xid() || ':' || TG_RELID, 'UTF8'))
+                       ELSE '' END, true);
+    RETURN NULL;
+END
+$$;
+
+-- Whether an UPDATE of partitioned table rel is running now (see note_moves).
+CREATE OR REPLACE FUNCTION bookaudit._moving(rel oid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mark text := current_setting('bookaudit._moving_' || rel, true);
+BEGIN
+    RETURN coalesce(mark, '') <> ''
+        AND mark = bookaudit._mac(convert_to('moving:' || bookaudit._xid() || ':' || rel, 'UTF8'));
 END
 $$;
 
@@ -117,6 +146,10 @@ AS $$ SELECT {hstore}.hstore(r) $$;
 -- from the outbox itself, never kept in settings: a setting can be preset by anyone, while these
 -- rows can only be written here and roll back with a savepoint exactly like the changes.
 -- session_user and inet_client_addr() are read here, inside the trigger, from the server.
+-- On a partitioned table the trigger is cloned to every partition, present and future, with the
+-- partitioned table's oid as argument: a partition's row is recorded as that table's, in its
+-- shape, and a row moving between partitions (a delete and an insert, to PostgreSQL) as the one
+-- update it is.
 CREATE OR REPLACE FUNCTION bookaudit.outbox_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -127,7 +160,12 @@ DECLARE
     last_mark uuid;
     last_table text;
     last_shape integer;
-    shape integer := nullif(current_setting('bookaudit._shape_' || TG_RELID, true), '')::integer;
+    last_open boolean;
+    rel oid := CASE WHEN TG_NARGS > 0 THEN TG_ARGV[0]::oid ELSE TG_RELID END;
+    rel_schema text := TG_TABLE_SCHEMA;
+    rel_name text := TG_TABLE_NAME;
+    moving boolean := false;
+    shape integer := nullif(current_setting('bookaudit._shape_' || rel, true), '')::integer;
     carried jsonb;
     plain boolean := current_setting('DateStyle') LIKE 'ISO%'
                      AND current_setting('IntervalStyle') = 'postgres'
@@ -135,18 +173,24 @@ DECLARE
     old_row {hstore}.hstore;
     new_row {hstore}.hstore;
 BEGIN
-    SELECT o.seq + 1, o.context_seq, o.context_mark, o.schema_name || '.' || o.table_name, o.shape
-      INTO at, ctx, last_mark, last_table, last_shape
+    IF TG_NARGS > 0 THEN
+        SELECT n.nspname, c.relname INTO rel_schema, rel_name
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+        moving := TG_OP IN ('DELETE', 'INSERT') AND bookaudit._moving(rel);
+    END IF;
+    SELECT o.seq + 1, o.context_seq, o.context_mark, o.schema_name || '.' || o.table_name, o.shape,
+           o.op = 'u' AND o.new_row IS NULL
+      INTO at, ctx, last_mark, last_table, last_shape, last_open
       FROM bookaudit.outbox o WHERE o.txid = tx ORDER BY o.seq DESC LIMIT 1;
     at := coalesce(at, 0);
     -- The shape noted for this statement serves only while it is the one the last row of this
     -- table holds; otherwise (first row, another table in between, or a preset setting) it is
     -- looked up again.
     IF TG_LEVEL = 'ROW' AND (shape IS NULL OR last_shape IS DISTINCT FROM shape
-                             OR last_table IS DISTINCT FROM TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
+                             OR last_table IS DISTINCT FROM rel_schema || '.' || rel_name)
     THEN
-        shape := bookaudit._shape(TG_RELID);
-        PERFORM set_config('bookaudit._shape_' || TG_RELID, shape::text, true);
+        shape := bookaudit._shape(rel);
+        PERFORM set_config('bookaudit._shape_' || rel, shape::text, true);
     ELSIF TG_LEVEL = 'STATEMENT' THEN
         shape := NULL;
     END IF;
@@ -162,11 +206,24 @@ BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         new_row := CASE WHEN plain THEN {hstore}.hstore(NEW) ELSE bookaudit._exact_text(NEW) END;
     END IF;
+    IF moving AND TG_OP = 'INSERT' AND last_open
+       AND last_table = rel_schema || '.' || rel_name AND last_shape IS NOT DISTINCT FROM shape THEN
+        -- The second half of a move: the update its first half (the row before) began.
+        UPDATE bookaudit.outbox o
+           SET new_row = CASE WHEN plain THEN {hstore}.hstore(NEW)
+                              ELSE bookaudit._exact_text(NEW) END
+         WHERE o.txid = tx AND o.seq = at - 1;
+        RETURN NULL;
+    END IF;
     INSERT INTO bookaudit.outbox (txid, seq, context_seq, schema_name, table_name, op, old_row,
                                   new_row, context, context_mark, shape)
     VALUES (
-        tx, at, ctx, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-        CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd' ELSE 't' END,
+        tx, at, ctx, rel_schema, rel_name,
+        -- A delete while the table's UPDATE runs is a move's first half: an update whose new row
+        -- the insert fills in (one that never comes leaves a delete, which the relay reads so).
+        CASE WHEN moving AND TG_OP = 'DELETE' THEN 'u'
+             ELSE CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' WHEN 'DELETE' THEN 'd'
+                             ELSE 't' END END,
         old_row, new_row, carried, mark, shape
     );
     RETURN NULL;
@@ -203,7 +260,48 @@ CREATE CONSTRAINT TRIGGER bookaudit_commit_order AFTER INSERT ON bookaudit.outbo
 -- The settings-based bookkeeping of earlier installs, which an application could preset.
 DROP FUNCTION IF EXISTS bookaudit._note_context();
 
+-- Every partition of the partitioned tables that carry the outbox trigger, partitions created or
+-- attached since included: the statement trigger that an application writing the partition
+-- directly fires (a statement trigger of the partitioned table does not fire then, nor is it
+-- cloned; the outbox trigger is). Returns one line per change made; install and the relay run it.
+-- The argument only matches logical mode's (005_partitions.sql).
+CREATE OR REPLACE FUNCTION bookaudit.adopt_partitions(publication text) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    root oid;
+    part regclass;
+BEGIN
+    FOR root IN
+        SELECT c.oid FROM pg_class c
+         WHERE c.relkind = 'p'
+           AND EXISTS (SELECT 1 FROM pg_trigger t
+                        WHERE t.tgrelid = c.oid AND t.tgname = '0_bookaudit_outbox')
+         ORDER BY c.oid
+    LOOP
+        FOR part IN SELECT t.relid FROM pg_partition_tree(root) t WHERE t.relid <> root
+                     ORDER BY t.level, t.relid::text
+        LOOP
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger t
+                                   WHERE t.tgrelid = part AND t.tgname = 'bookaudit_context');
+            BEGIN
+                EXECUTE format(
+                    'CREATE TRIGGER bookaudit_context BEFORE INSERT OR UPDATE OR DELETE OR '
+                    'TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION '
+                    'bookaudit.record_context(%L)', part, root::text);
+                RETURN NEXT format('partition %s of %s: context trigger', part, root::regclass);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'partition % of % is not adopted: role % does not own it; as its '
+                                'owner run `bookaudit source install --mode trigger` again',
+                                part, root::regclass, current_user
+                      USING ERRCODE = 'insufficient_privilege';
+            END;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
 REVOKE ALL ON bookaudit.outbox, bookaudit.outbox_commits, bookaudit.outbox_shapes FROM PUBLIC;
 REVOKE ALL ON SEQUENCE bookaudit.commit_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION bookaudit._exact_text(anyelement), bookaudit.outbox_row(),
-    bookaudit.register_commit(), bookaudit._shape(oid), bookaudit.record_context() FROM PUBLIC;
+    bookaudit.register_commit(), bookaudit._shape(oid), bookaudit.record_context(),
+    bookaudit.note_moves(), bookaudit._moving(oid), bookaudit.adopt_partitions(text) FROM PUBLIC;

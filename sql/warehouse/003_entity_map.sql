@@ -55,6 +55,18 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            END
 $$;
 
+-- The booking or customer a row is, by the map's key column: on a partitioned table the primary
+-- key also holds the partition key ({"id": "42", "scheduled_start": "..."}), and the row stays
+-- booking 42 when it moves to another partition. Without a key column, the one-column row key.
+CREATE OR REPLACE FUNCTION audit.entity_key(key_column text, row_key jsonb, before jsonb,
+                                            after jsonb) RETURNS SETOF text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT audit.key_value(row_key) WHERE key_column IS NULL
+    UNION
+    SELECT v FROM (VALUES (before ->> key_column), (after ->> key_column)) k(v)
+    WHERE key_column IS NOT NULL AND v IS NOT NULL
+$$;
+
 -- A row's history is looked up by source, table and key, never by table name alone.
 DROP INDEX IF EXISTS audit.row_changes_table_key;
 DROP INDEX IF EXISTS audit.row_changes_booking_ref;
@@ -205,7 +217,7 @@ BEGIN
                maps ->> r.source AS map
         FROM audit.row_changes r WHERE r.id = ANY (ids)
     ), batch AS MATERIALIZED (
-        SELECT b.*, e.kind, e.booking_column, e.customer_column, e.through_schema,
+        SELECT b.*, e.kind, e.key_column, e.booking_column, e.customer_column, e.through_schema,
                e.through_table, e.through_column
         FROM rows b
         JOIN audit.entity_tables e
@@ -219,7 +231,8 @@ BEGIN
         SELECT DISTINCT b.id, b.source, x.v
         FROM batch b
         CROSS JOIN LATERAL (
-            SELECT audit.key_value(b.row_key) WHERE b.kind = 'customer'
+            SELECT audit.entity_key(b.key_column, b.row_key, b.before, b.after)
+            WHERE b.kind = 'customer'
             UNION ALL
             SELECT y.v
             FROM (VALUES (b.before ->> b.customer_column), (b.after ->> b.customer_column)) y(v)
@@ -241,7 +254,8 @@ BEGIN
     SELECT DISTINCT b.id, b.source, x.v
     FROM batch b
     CROSS JOIN LATERAL (
-        SELECT audit.key_value(b.row_key) WHERE b.kind = 'booking'
+        SELECT audit.entity_key(b.key_column, b.row_key, b.before, b.after)
+        WHERE b.kind = 'booking'
         UNION ALL
         SELECT y.v
         FROM (VALUES (b.before ->> b.booking_column), (b.after ->> b.booking_column)) y(v)

@@ -13,6 +13,10 @@ from bookaudit.errors import DecodeError
 
 # The prefix of the transactional logical message the context trigger emits.
 CONTEXT_PREFIX = "bookaudit.context"
+# The prefix of the messages that bracket an UPDATE of a partitioned table (bookaudit.emit_moves).
+MOVES_PREFIX = "bookaudit.moves"
+# The prefix of the message holding a whole old row the WAL lacks (bookaudit.partition_row).
+OLD_ROW_PREFIX = "bookaudit.old"
 # Named to sort first: AFTER triggers fire in name order, and the outbox row must be written
 # before an RI cascade ("RI_ConstraintTrigger_...") or the application's own triggers change
 # other rows, so that the outbox order is the order in which the WAL records the changes.

@@ -18,39 +18,45 @@ from bookaudit.model import SourceInfo
 from devstack import StackEnv
 from tests.cdc.fixtures import change
 from tests.integration.harness import Pipeline, wait_for
+from tests.integration.schemas import Schema
+from tests.integration.workloads import add_customer, customer_names
 
 ODD = ("My Table", 'we"ird', "semi;colon.dot")
 
 
-def test_quotes_spaces_and_mixed_case_get_valid_topic_names(pipeline: Pipeline) -> None:
-    p = pipeline
+def test_quotes_spaces_and_mixed_case_get_valid_topic_names(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    # Beside the schema's own tables (`public`, or `ops` on the jobs schema).
+    where = p.schema.entity_map.booking.table.schema
     p.migrate(
         *(
             sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)")
-            .format(sql.Identifier(name))
+            .format(sql.Identifier(where, name))
             .as_string()
             for name in ODD
         )
     )
     for name in ODD:
         quoted = name.replace('"', '""')
-        p.cli("source", "install", "--table", f'public."{quoted}"')
+        p.cli("source", "install", "--table", f'{where}."{quoted}"')
     with p.source() as conn:
         for name in ODD:
             conn.execute(
-                sql.SQL("INSERT INTO {} VALUES (1, %s)").format(sql.Identifier(name)), (name,)
+                sql.SQL("INSERT INTO {} VALUES (1, %s)").format(sql.Identifier(where, name)),
+                (name,),
             )
     p.flow()
     stored = p.warehouse(
-        "SELECT table_name, after ->> 'v' FROM audit.row_changes WHERE table_name <> 'customers' "
-        "ORDER BY commit_lsn, sequence"
+        "SELECT table_name, after ->> 'v' FROM audit.row_changes WHERE table_name <> %s "
+        "ORDER BY commit_lsn, sequence",
+        (p.schema.names["customers"],),
     )
     assert stored == [(name, name) for name in ODD]
     topics = set(AdminClient({"bootstrap.servers": p.stack.kafka_bootstrap}).list_topics(
         timeout=10
     ).topics)  # fmt: skip
-    expected = {f"{p.prefix}.public.My_Table", f"{p.prefix}.public.we_ird",
-                f"{p.prefix}.public.semi_colon_dot"}  # fmt: skip
+    expected = {f"{p.prefix}.{where}.My_Table", f"{p.prefix}.{where}.we_ird",
+                f"{p.prefix}.{where}.semi_colon_dot"}  # fmt: skip
     assert expected <= topics
 
 
@@ -67,30 +73,27 @@ def _kill_backends(p: Pipeline, application: str, dsn: str) -> int:
 def _insert(p: Pipeline, first: int, count: int) -> None:
     with p.source() as conn:
         for n in range(first, first + count):
-            conn.execute("INSERT INTO customers (name) VALUES (%s)", (f"c{n}",))
+            add_customer(p, conn, f"c{n}")
             conn.commit()
 
 
 def _customers(p: Pipeline) -> list[tuple[str, int]]:
-    return [
-        (str(r[0]), int(r[1]))
-        for r in p.warehouse(
-            "SELECT after ->> 'name', count(*) FROM audit.row_changes "
-            "WHERE table_name = 'customers' GROUP BY 1 ORDER BY 1"
-        )
-    ]
+    return customer_names(p)
 
 
 @pytest.fixture
-def logical(stack: StackEnv) -> Iterator[Pipeline]:
-    p = Pipeline(stack, mode="logical").create()
+def logical(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
+    """The warehouse side does not depend on the capture mode: logical mode, on each schema."""
+    p = Pipeline(stack, mode="logical", schema=schema).create()
     yield p
     p.drop()
 
 
 @pytest.mark.slow
-def test_source_lost_mid_stream_is_retried_and_nothing_is_lost(pipeline: Pipeline) -> None:
-    p = pipeline
+def test_source_lost_mid_stream_is_retried_and_nothing_is_lost(
+    schema_pipeline: Pipeline,
+) -> None:
+    p = schema_pipeline
     log = p.spawn_log("capture")
     capture = p.spawn("capture")
     try:

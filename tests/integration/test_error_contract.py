@@ -27,6 +27,7 @@ from bookaudit.errors import TerminalError, TransientError
 from bookaudit.kafka import producer
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
+from tests.integration.schemas import Schema
 from tests.integration.workloads import seed_bookings, unapproved_edits
 
 TOKEN = "Xq7TOKENzz91secret"
@@ -94,16 +95,26 @@ class PickyWebhook:
 
 @pytest.fixture
 def logical(stack: StackEnv) -> Iterator[Pipeline]:
+    """For the unreachable-service tests, which write no audited data."""
     p = Pipeline(stack, mode="logical").create()
+    yield p
+    p.drop()
+
+
+@pytest.fixture
+def alerting(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
+    """Alerts read what the writer stored, whatever the capture mode: logical, on each schema
+    (its map says which column is the price)."""
+    p = Pipeline(stack, mode="logical", schema=schema).create()
     yield p
     p.drop()
 
 
 @pytest.mark.slow
 def test_webhook_4xx_parks_5xx_and_timeout_retry_and_the_token_stays_hidden(
-    logical: Pipeline,
+    alerting: Pipeline,
 ) -> None:
-    p = logical
+    p = alerting
     url = f"http://127.0.0.1:{free_port()}/services/T0AAA/B0BBB/{TOKEN}"
     unapproved_edits(p, seed_bookings(p, 3), 1)
     p.capture()

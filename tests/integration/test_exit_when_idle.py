@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.integration.harness import Pipeline, wait_for
+from tests.integration.workloads import book, booking_topic
 
 # Longer than the ten seconds after which the consumer used to give up when it had no partitions.
 STALL_S = 12.0
@@ -73,7 +74,7 @@ def stalled_member(p: Pipeline, group_id: str) -> Iterator[StalledMember]:
 def _committed_to_the_end(p: Pipeline, group_id: str) -> bool:
     probe = Consumer({"bootstrap.servers": p.stack.kafka_bootstrap, "group.id": group_id})
     try:
-        topic = f"{p.prefix}.public.bookings"
+        topic = booking_topic(p)
         parts = [TopicPartition(topic, n) for n in range(3)]
         ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
         committed = probe.committed(parts, timeout=10)
@@ -83,9 +84,9 @@ def _committed_to_the_end(p: Pipeline, group_id: str) -> bool:
 
 
 @pytest.mark.slow
-def test_exit_when_idle_waits_out_a_slow_group_join(pipeline: Pipeline) -> None:
-    p = pipeline
-    p.seed(30)
+def test_exit_when_idle_waits_out_a_slow_group_join(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    book(p, bookings=30)
     p.capture()
     with stalled_member(p, p.group_id) as member:
         stats = p.consume()

@@ -1,4 +1,5 @@
-"""End to end on the real stack: source change → Kafka → warehouse entry with actor and values."""
+"""End to end on the real stack: source change → Kafka → warehouse entry with actor and values,
+on each schema in both capture modes."""
 
 from __future__ import annotations
 
@@ -7,136 +8,137 @@ import json
 import psycopg
 
 from tests.integration.harness import Pipeline
+from tests.integration.workloads import book, schema_sql
 
 
-def _customer(conn: psycopg.Connection[tuple[object, ...]]) -> int:
-    row = conn.execute(
-        "INSERT INTO customers (name) VALUES ('Test Customer') RETURNING id"
-    ).fetchone()
-    assert row is not None
-    return int(str(row[0]))
+def _book(p: Pipeline, price: str = "100.00") -> str:
+    [booking] = book(p, price)
+    return booking
 
 
-def _book(p: Pipeline, price: str = "100.00") -> int:
+def test_insert_update_delete_carry_actor_and_old_new_values(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    names, key = p.schema.names, p.schema.entity_map.booking.key
+    booking = _book(p, "149.00")
     with p.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor('dana', role => 'dispatcher')")
-        customer = _customer(conn)
-        row = conn.execute(
-            "INSERT INTO bookings (customer_id, service, address, price) "
-            "VALUES (%s, 'Boiler check', 'Elm St 4', %s::numeric) RETURNING id",
-            (customer, price),
-        ).fetchone()
-        assert row is not None
-        return int(str(row[0]))
-
-
-def test_insert_update_delete_carry_actor_and_old_new_values(pipeline: Pipeline) -> None:
-    booking = _book(pipeline, "149.00")
-    with pipeline.source() as conn:
         conn.execute(
             "SELECT bookaudit.set_actor('alice', role => 'admin', reason => 'extra unit', "
             "approval_ref => 'APR-9', request_id => 'r-1')"
         )
-        conn.execute("UPDATE bookings SET price = 189.50 WHERE id = %s", (booking,))
-    with pipeline.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor('bob', role => 'fieldworker')")
         conn.execute(
-            "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'bob', 'hi')", (booking,)
+            schema_sql(p.schema, "UPDATE {bookings} SET {price} = 189.50 WHERE {key} = %s"),
+            (booking,),
         )
-        conn.execute("DELETE FROM notes WHERE booking_id = %s", (booking,))
-    pipeline.flow()
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor('bob', role => 'fieldworker')")
+        conn.execute(p.schema.writes.note, {"booking": booking, "body": "hi"})
+        conn.execute(schema_sql(p.schema, "DELETE FROM {notes} WHERE {note_booking} = %s"),
+                     (booking,))  # fmt: skip
+    p.flow()
 
-    rows = pipeline.warehouse(
+    rows = p.warehouse(
         "SELECT table_name, action, actor, actor_role, reason, approval_ref, request_id, "
         "row_key, actor_origin FROM audit.row_changes ORDER BY commit_lsn, sequence"
     )
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("customers", "insert", "dana", "dispatcher"),
-        ("bookings", "insert", "dana", "dispatcher"),
-        ("bookings", "update", "alice", "admin"),
-        ("notes", "insert", "bob", "fieldworker"),
-        ("notes", "delete", "bob", "fieldworker"),
+        (names["customers"], "insert", "dana", "dispatcher"),
+        (names["bookings"], "insert", "dana", "dispatcher"),
+        (names["bookings"], "update", "alice", "admin"),
+        (names["notes"], "insert", "bob", "fieldworker"),
+        (names["notes"], "delete", "bob", "fieldworker"),
     ]
     update = rows[2]
     assert update[4:7] == ("extra unit", "APR-9", "r-1")
-    assert update[7] == {"id": str(booking)}
+    assert update[7] == {key: booking}
     assert update[8] == "application"
 
-    fields = pipeline.warehouse(
+    fields = p.warehouse(
         "SELECT action, field, old_value, new_value FROM audit.field_history "
-        "WHERE table_name IN ('bookings', 'notes') AND field IN ('price', 'body') "
-        "ORDER BY commit_lsn, sequence"
+        "WHERE table_name IN (%s, %s) AND field IN (%s, 'body') "
+        "ORDER BY commit_lsn, sequence",
+        (names["bookings"], names["notes"], names["price"]),
     )
     assert fields == [
-        ("insert", "price", None, "149.00"),
-        ("update", "price", "149.00", "189.50"),
+        ("insert", names["price"], None, "149.00"),
+        ("update", names["price"], "149.00", "189.50"),
         ("insert", "body", None, "hi"),
         ("delete", "body", "hi", None),
     ]
     # An update records only the fields that changed.
-    changed = pipeline.warehouse(
-        "SELECT field FROM audit.field_history WHERE table_name = 'bookings' AND action = 'update'"
+    changed = p.warehouse(
+        "SELECT field FROM audit.field_history WHERE table_name = %s AND action = 'update'",
+        (names["bookings"],),
     )
-    assert changed == [("price",)]
+    assert changed == [(names["price"],)]
 
 
 def test_change_without_actor_is_attributed_to_db_role_and_application(
-    pipeline: Pipeline,
+    schema_pipeline: Pipeline,
 ) -> None:
-    booking = _book(pipeline)
+    p = schema_pipeline
+    booking = _book(p)
     # Someone with a login of their own (here the owner) edits in psql, outside the application.
-    with pipeline.owner(application_name="psql-hotfix") as conn:
-        conn.execute("UPDATE bookings SET status = 'cancelled' WHERE id = %s", (booking,))
-    pipeline.flow()
-    row = pipeline.warehouse(
+    with p.owner(application_name="psql-hotfix") as conn:
+        conn.execute(
+            schema_sql(p.schema, "UPDATE {bookings} SET {status} = 'cancelled' WHERE {key} = %s"),
+            (booking,),
+        )
+    p.flow()
+    row = p.warehouse(
         "SELECT actor, db_user, application, client_addr, actor_origin FROM audit.row_changes "
-        "WHERE table_name = 'bookings' AND action = 'update'"
+        "WHERE table_name = %s AND action = 'update'",
+        (p.schema.names["bookings"],),
     )
     assert row == [(None, "postgres", "psql-hotfix", "127.0.0.1", "db_session")]
-    shown = pipeline.warehouse(
-        "SELECT DISTINCT actor FROM audit.field_history WHERE action = 'update'"
-    )
+    shown = p.warehouse("SELECT DISTINCT actor FROM audit.field_history WHERE action = 'update'")
     assert shown == [("postgres (db role via psql-hotfix)",)]
 
 
-def test_numeric_prices_stay_exact(pipeline: Pipeline) -> None:
+def test_numeric_prices_stay_exact(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
     prices = ["0.10", "0.30", "1234567890.23", "99999999.99", "1.00"]
-    ids = [_book(pipeline, price) for price in prices]
-    pipeline.flow()
-    stored = pipeline.warehouse(
-        "SELECT row_key ->> 'id', after ->> 'price' FROM audit.row_changes "
-        "WHERE table_name = 'bookings' ORDER BY commit_lsn"
+    ids = [_book(p, price) for price in prices]
+    p.flow()
+    price, key = p.schema.names["price"], p.schema.entity_map.booking.key
+    stored = p.warehouse(
+        "SELECT row_key ->> %s, after ->> %s FROM audit.row_changes "
+        "WHERE table_name = %s ORDER BY commit_lsn",
+        (key, price, p.schema.names["bookings"]),
     )
-    assert stored == [(str(i), p) for i, p in zip(ids, prices, strict=True)]
-    total = pipeline.warehouse(
-        "SELECT sum((after ->> 'price')::numeric)::text FROM audit.row_changes "
-        "WHERE table_name = 'bookings'"
+    assert stored == list(zip(ids, prices, strict=True))
+    total = p.warehouse(
+        "SELECT sum((after ->> %s)::numeric)::text FROM audit.row_changes WHERE table_name = %s",
+        (price, p.schema.names["bookings"]),
     )
     assert total == [("1334567891.62",)]
 
 
-def test_replaying_the_topics_adds_nothing(pipeline: Pipeline) -> None:
-    _book(pipeline)
-    pipeline.flow()
-    before = pipeline.warehouse("SELECT count(*) FROM audit.row_changes")
-    fields_before = pipeline.warehouse("SELECT count(*) FROM audit.field_changes")
-    pipeline.consume(group_id=pipeline.group_id + "-replay")  # reads every topic from 0 again
-    assert pipeline.warehouse("SELECT count(*) FROM audit.row_changes") == before == [(2,)]
-    assert pipeline.warehouse("SELECT count(*) FROM audit.field_changes") == fields_before
+def test_replaying_the_topics_adds_nothing(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    _book(p)
+    p.flow()
+    before = p.warehouse("SELECT count(*) FROM audit.row_changes")
+    fields_before = p.warehouse("SELECT count(*) FROM audit.field_changes")
+    p.consume(group_id=p.group_id + "-replay")  # reads every topic from 0 again
+    assert p.warehouse("SELECT count(*) FROM audit.row_changes") == before == [(2,)]
+    assert p.warehouse("SELECT count(*) FROM audit.field_changes") == fields_before
 
 
-def test_history_cli_prints_entries_oldest_first(pipeline: Pipeline) -> None:
-    booking = _book(pipeline, "149.00")
-    with pipeline.source() as conn:
+def test_history_cli_prints_entries_oldest_first(schema_pipeline: Pipeline) -> None:
+    p = schema_pipeline
+    booking = _book(p, "149.00")
+    with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('alice', role => 'admin')")
-        conn.execute("UPDATE bookings SET price = 189.50 WHERE id = %s", (booking,))
         conn.execute(
-            "INSERT INTO invoices (booking_id, number, amount, status) "
-            "VALUES (%s, 'INV-1', 189.50, 'sent')",
+            schema_sql(p.schema, "UPDATE {bookings} SET {price} = 189.50 WHERE {key} = %s"),
             (booking,),
         )
-    pipeline.flow()
-    out = pipeline.cli("history", "booking", str(booking), "--format", "json").stdout
+        conn.execute(
+            p.schema.writes.invoice,
+            {"booking": booking, "number": "INV-1", "amount": "189.50", "sent": None},
+        )
+    p.flow()
+    out = p.cli("history", "booking", booking, "--format", "json").stdout
     entries = json.loads(out)
     assert all(
         set(e) == {"committed_at", "actor", "actor_role", "action", "table", "field", "old",
@@ -144,23 +146,24 @@ def test_history_cli_prints_entries_oldest_first(pipeline: Pipeline) -> None:
                    "reason"}
         for e in entries
     )  # fmt: skip
-    price = [(e["actor"], e["old"], e["new"]) for e in entries if e["field"] == "price"]
+    price = [(e["actor"], e["old"], e["new"]) for e in entries
+             if e["field"] == p.schema.names["price"]]  # fmt: skip
     assert price == [("dana", None, "149.00"), ("alice", "149.00", "189.50")]
-    assert {e["table"] for e in entries} == {"bookings", "invoices"}
+    assert {e["table"] for e in entries} == {p.schema.names["bookings"], p.schema.names["invoices"]}
     assert [e["committed_at"] for e in entries] == sorted(e["committed_at"] for e in entries)
-    table = pipeline.cli("history", "booking", str(booking)).stdout
+    table = p.cli("history", "booking", booking).stdout
     assert "149.00" in table and "189.50" in table and "alice" in table
 
 
-def test_warehouse_rows_cannot_be_updated_or_deleted(pipeline: Pipeline) -> None:
-    _book(pipeline)
-    pipeline.flow()
+def test_warehouse_rows_cannot_be_updated_or_deleted(schema_pipeline: Pipeline) -> None:
+    _book(schema_pipeline)
+    schema_pipeline.flow()
     for statement in (
         "UPDATE audit.row_changes SET actor = 'mallory'",
         "DELETE FROM audit.field_changes",
         "TRUNCATE audit.row_changes CASCADE",
     ):
-        with psycopg.connect(pipeline.warehouse_dsn) as conn:
+        with psycopg.connect(schema_pipeline.warehouse_dsn) as conn:
             try:
                 conn.execute(statement)
             except psycopg.errors.InsufficientPrivilege as exc:

@@ -18,14 +18,15 @@ from bookaudit.model import Envelope
 from bookaudit.source.install import TableName, apply, check_source, plan_install
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, private_server
+from tests.integration.workloads import NAMED_CUSTOMER, add_customer
 
 
 def _state(p: Pipeline) -> tuple[object, ...]:
     with psycopg.connect(p.source_dsn) as conn:
         return (
             conn.execute(
-                "SELECT relname, relreplident FROM pg_class WHERE relname IN "
-                "('bookings', 'customers') ORDER BY relname"
+                "SELECT relname, relreplident FROM pg_class WHERE relname IN (%s, %s) ORDER BY relname",
+                (p.schema.names["bookings"], p.schema.names["customers"]),
             ).fetchall(),
             conn.execute(
                 "SELECT tgrelid::regclass::text FROM pg_trigger "
@@ -58,31 +59,38 @@ def _captures(p: Pipeline, table: str) -> bool:
     return row == expected
 
 
-def test_install_is_idempotent_and_adds_new_tables(pipeline: Pipeline) -> None:
+def test_install_is_idempotent_and_adds_new_tables(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
+    bookings, customers = pipeline.schema.bookings_table, pipeline.schema.customers_table
     installed = _state(pipeline)
-    assert _captures(pipeline, "bookings")
-    pipeline.cli("source", "install", "--table", "public.bookings", "--table", "customers")
+    assert _captures(pipeline, bookings.name)
+    # Named as written in the schema's install, and with its schema spelled out or not.
+    unqualified = customers.name if customers.schema == "public" else str(customers)
+    pipeline.cli("source", "install", "--table", str(bookings), "--table", unqualified)
     assert _state(pipeline) == installed
 
+    lines = f"{bookings.schema}.booking_lines"
     with pipeline.owner() as conn:
-        conn.execute("CREATE TABLE booking_lines (booking_id bigint, line int, memo text, "
-                     "PRIMARY KEY (booking_id, line))")  # fmt: skip
+        conn.execute(f"CREATE TABLE {lines} (booking_ref text, line int, memo text, "
+                     "PRIMARY KEY (booking_ref, line))")  # fmt: skip
     assert not _captures(pipeline, "booking_lines")
-    pipeline.cli("source", "install", "--table", "booking_lines")
+    pipeline.cli("source", "install", "--table", lines)
     assert _captures(pipeline, "booking_lines")
 
 
-def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
+def test_dry_run_prints_the_sql_and_changes_nothing(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
+    where = pipeline.schema.bookings_table.schema
     with pipeline.owner() as conn:
-        conn.execute("CREATE TABLE extras (id int PRIMARY KEY, label text)")
+        conn.execute(f"CREATE TABLE {where}.extras (id int PRIMARY KEY, label text)")
     before = _state(pipeline)
-    out = pipeline.cli("source", "install", "--table", "extras", "--dry-run").stdout
+    out = pipeline.cli("source", "install", "--table", f"{where}.extras", "--dry-run").stdout
     if pipeline.mode == "logical":
-        assert 'ALTER TABLE "public"."extras" REPLICA IDENTITY FULL;' in out
-        assert 'ALTER PUBLICATION "bookaudit" ADD TABLE "public"."extras";' in out
+        assert f'ALTER TABLE "{where}"."extras" REPLICA IDENTITY FULL;' in out
+        assert f'ALTER PUBLICATION "bookaudit" ADD TABLE "{where}"."extras";' in out
     else:
         assert (
-            'TRIGGER "0_bookaudit_outbox" AFTER INSERT OR UPDATE OR DELETE ON "public"."extras"'
+            f'TRIGGER "0_bookaudit_outbox" AFTER INSERT OR UPDATE OR DELETE ON "{where}"."extras"'
             in out
         )
         assert "PUBLICATION" not in out and "REPLICA IDENTITY" not in out
@@ -100,10 +108,10 @@ def test_dry_run_prints_the_sql_and_changes_nothing(pipeline: Pipeline) -> None:
         ("CREATE TABLE keyless (a int)", "keyless", "table public.keyless has no primary key"),
         ("", "a.b.c", "expected 'schema.table' or 'table'"),
         (
-            "CREATE TABLE stays (id int PRIMARY KEY, night date) PARTITION BY RANGE (id); "
-            "CREATE TABLE stays_1 PARTITION OF stays FOR VALUES FROM (0) TO (1000)",
+            "CREATE TABLE stays (id int, night date) PARTITION BY RANGE (night); "
+            "CREATE TABLE stays_1 PARTITION OF stays FOR VALUES FROM ('2026-01-01') TO (MAXVALUE)",
             "stays",
-            "table public.stays is partitioned, which bookaudit does not audit",
+            "table public.stays has no primary key",
         ),
     ],
 )
@@ -120,7 +128,9 @@ def test_refusals_are_one_line_and_name_the_table(
     assert lines[0].startswith("bookaudit: error: ") and message in lines[0]
 
 
-def test_non_owner_is_refused_for_lack_of_privileges(pipeline: Pipeline) -> None:
+def test_non_owner_is_refused_for_lack_of_privileges(schema_pipeline: Pipeline) -> None:
+    pipeline = schema_pipeline
+    bookings = pipeline.schema.bookings_table
     role = f"{pipeline.name}_clerk"
     with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN')
@@ -129,11 +139,9 @@ def test_non_owner_is_refused_for_lack_of_privileges(pipeline: Pipeline) -> None
         clerk_dsn = psycopg.conninfo.make_conninfo(pipeline.source_dsn, user=role)
         with (
             psycopg.connect(clerk_dsn) as conn,
-            pytest.raises(
-                SourceCheckError, match=f"role '{role}' does not own table public.bookings"
-            ),
+            pytest.raises(SourceCheckError, match=f"role '{role}' does not own table {bookings}"),
         ):
-            check_source(conn, [TableName.parse("bookings")])
+            check_source(conn, [TableName.parse(str(bookings))])
     finally:
         with psycopg.connect(pipeline.source_dsn, autocommit=True) as conn:
             conn.execute(f'REVOKE ALL ON DATABASE "{pipeline.name}_src" FROM "{role}"')
@@ -217,10 +225,14 @@ def test_trigger_mode_captures_where_wal_level_is_not_logical(
     ]
 
 
-def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(pipeline: Pipeline) -> None:
+def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(
+    schema_pipeline: Pipeline,
+) -> None:
+    pipeline = schema_pipeline
     app = pipeline.app_role
+    bookings = str(pipeline.schema.bookings_table)
     out = pipeline.cli(
-        "source", "install", "--table", "bookings", "--grant-to", app, "--dry-run"
+        "source", "install", "--table", bookings, "--grant-to", app, "--dry-run"
     ).stdout
     assert f'GRANT USAGE ON SCHEMA bookaudit TO "{app}";' in out
     set_actor = "bookaudit.set_actor(text, text, text, text, text)"
@@ -231,7 +243,7 @@ def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(pipeline: Pipe
         f'GRANT EXECUTE ON FUNCTION {set_actor} TO "{app}";',
     ]
     refused = pipeline.cli(
-        "source", "install", "--table", "bookings", "--grant-to", "nobody_here", check=False
+        "source", "install", "--table", bookings, "--grant-to", "nobody_here", check=False
     )
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
@@ -239,9 +251,12 @@ def test_dry_run_shows_every_grant_and_an_unknown_role_is_refused(pipeline: Pipe
     )
 
 
-def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipeline) -> None:
+def test_the_application_role_holds_no_privilege_but_set_actor(
+    schema_pipeline: Pipeline,
+) -> None:
     """Fewest grants: the triggers run as the install role, so the application needs nothing
     in the bookaudit schema beyond calling set_actor."""
+    pipeline = schema_pipeline
     with pipeline.owner() as conn:
         triggers = conn.execute(
             "SELECT DISTINCT p.proname, p.prosecdef, p.proconfig FROM pg_trigger t "
@@ -274,22 +289,24 @@ def test_the_application_role_holds_no_privilege_but_set_actor(pipeline: Pipelin
 
 
 def test_application_role_that_owns_nothing_keeps_writing_after_install(
-    pipeline: Pipeline,
+    schema_pipeline: Pipeline,
 ) -> None:
     """The app's role has table privileges only: it names its actor, its changes are audited,
     and (trigger mode) it can neither read nor write the outbox itself."""
+    pipeline = schema_pipeline
     role = pipeline.app_role  # made by the harness with table privileges, named in --grant-to
     with pipeline.source() as app:
         app.execute("SELECT bookaudit.set_actor('olga', role => 'dispatcher')")
-        app.execute("INSERT INTO customers (name) VALUES ('Ada')")
+        add_customer(pipeline, app, "Ada")
         app.commit()
-        app.execute("INSERT INTO customers (name) VALUES ('Bo')")  # no actor: the db role
+        add_customer(pipeline, app, "Bo")  # no actor: the db role
         app.commit()
         if pipeline.mode == "trigger":
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute("DELETE FROM bookaudit.outbox")
     pipeline.flow()
     rows = pipeline.warehouse(
-        "SELECT after ->> 'name', actor, db_user FROM audit.row_changes ORDER BY commit_lsn"
+        "SELECT after ->> %s, actor, db_user FROM audit.row_changes ORDER BY commit_lsn",
+        (NAMED_CUSTOMER[pipeline.schema.name][1],),
     )
     assert rows == [("Ada", "olga", role), ("Bo", None, role)]

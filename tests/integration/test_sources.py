@@ -1,5 +1,6 @@
 """Several sources, never mixed: two databases with identical table names and keys feed one
-warehouse through the same topics, and each history shows only its own rows."""
+warehouse through the same topics, and each history shows only its own rows (two sample
+databases, or two jobs databases: text keys, tables outside `public`, a map of their own)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import pytest
 
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Schema
+from tests.integration.workloads import schema_sql
 
 
 @pytest.fixture(params=["logical", "trigger"])
 def two_sources(
-    stack: StackEnv, request: pytest.FixtureRequest
+    stack: StackEnv, schema: Schema, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Pipeline, Pipeline]]:
-    north = Pipeline(stack, mode=request.param, source_name="north").create()
-    south = Pipeline(stack, mode=request.param, source_name="south", shared_with=north)
+    north = Pipeline(stack, mode=request.param, schema=schema, source_name="north").create()
+    south = Pipeline(
+        stack, mode=request.param, schema=schema, source_name="south", shared_with=north
+    )
     try:
         south.create()
         yield north, south
@@ -38,7 +43,10 @@ def test_each_source_shows_only_its_own_rows(two_sources: tuple[Pipeline, Pipeli
     assert south.play_day() == booking  # same table, same key
     with south.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('sam', role => 'dispatcher')")
-        conn.execute("UPDATE bookings SET price = 999.00 WHERE id = %s", (booking,))
+        conn.execute(
+            schema_sql(south.schema, "UPDATE {bookings} SET {price} = 999.00 WHERE {key} = %s"),
+            (booking,),
+        )
     north.capture()
     south.capture()
     north.consume()  # one writer, one group: both sources share the topics
@@ -60,14 +68,15 @@ def test_each_source_shows_only_its_own_rows(two_sources: tuple[Pipeline, Pipeli
             (own, booking),
         )
         assert len(history) == stored[0][0] > 0
-        prices = [e["new"] for e in history if e["field"] == "price"]
+        prices = [e["new"] for e in history if e["field"] == p.schema.names["price"]]
         assert prices == (["149.00", "189.50", "169.50"] + (["999.00"] if own == "south" else []))
         ids = p.warehouse(
             "SELECT DISTINCT source FROM audit.booking_history WHERE booking_id = %s", (booking,)
         )
         assert sorted(ids) == [("north",), ("south",)]  # both are there, and kept apart
 
-        customer_id = next(e["new"] for e in history if e["field"] == "customer_id")
+        customer_ref = p.schema.names["customer_id"]
+        customer_id = next(e["new"] for e in history if e["field"] == customer_ref)
         customer = _json(p, "history", "customer", customer_id, "--source", own)
         assert (
             len(customer)

@@ -4,16 +4,19 @@ approval, the labelled timeline workload, and a topic read from its start to its
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from psycopg import sql
 
 from bookaudit.actor import Actor, set_actor
 from bookaudit.consumers._kafka import to_record
 from bookaudit.consumers.records import Record
+from bookaudit.entity_map import Entity, TableRef
 from bookaudit.kafka.alert import decode_alert
 from tests.integration.harness import Pipeline
-from tests.integration.schemas import Key
+from tests.integration.schemas import Key, Schema
 
 
 def topic_records(p: Pipeline, topic: str) -> list[Record]:
@@ -153,3 +156,87 @@ def write_labelled_workload(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
         conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
     return {**ids, "customer": customer}
+
+
+def _related(schema: Schema, kind: str) -> Entity:
+    found = [e for e in schema.entity_map.related if e.kind == kind]
+    assert found, f"the {schema.name} map has no {kind} table"
+    return found[0]
+
+
+def schema_sql(schema: Schema, template: str) -> sql.Composed:
+    """`template` with the schema's own identifiers, read from its entity map: {bookings} (the
+    booking table), {key}, {price}, {status}, {schedule}, {customer_ref}, {customers},
+    {customer_key}, {notes}, {note_booking}, {invoices}, {invoice_booking}."""
+    m = schema.entity_map
+    booking, customer = m.booking, m.customer
+    assert customer is not None and booking.key and customer.key and booking.customer_column
+    notes, invoices = _related(schema, "note"), _related(schema, "invoice")
+    assert notes.booking_column and invoices.booking_column
+
+    def table(ref: TableRef) -> sql.Identifier:
+        return sql.Identifier(ref.schema, ref.name)
+
+    return sql.SQL(template).format(
+        bookings=table(booking.table),
+        key=sql.Identifier(booking.key),
+        price=sql.Identifier(booking.fields.price[0]),
+        status=sql.Identifier(booking.fields.status[0]),
+        schedule=sql.Identifier(booking.fields.schedule[0]),
+        customer_ref=sql.Identifier(booking.customer_column),
+        customers=table(customer.table),
+        customer_key=sql.Identifier(customer.key),
+        notes=table(notes.table),
+        note_booking=sql.Identifier(notes.booking_column),
+        invoices=table(invoices.table),
+        invoice_booking=sql.Identifier(invoices.booking_column),
+    )
+
+
+def booking_topic(p: Pipeline) -> str:
+    """The Kafka topic of the pipeline's booking table: `<prefix>.<schema>.<table>`."""
+    ref = p.schema.entity_map.booking.table
+    return f"{p.prefix}.{ref.schema}.{ref.name}"
+
+
+# A customer with a name the test chooses, and the column that holds it, per schema: the jobs
+# schema's clients need a key of the application's making.
+NAMED_CUSTOMER = {
+    "sample": ("INSERT INTO customers (name) VALUES (%(name)s)", "name"),
+    "jobs": (
+        "INSERT INTO ops.clients (client_no, full_name) VALUES ('CL-' || %(name)s, %(name)s)",
+        "full_name",
+    ),
+}
+
+
+def add_customer(p: Pipeline, conn: psycopg.Connection[Any], name: str) -> None:
+    """One customer named `name`, in the caller's transaction."""
+    conn.execute(NAMED_CUSTOMER[p.schema.name][0], {"name": name})
+
+
+def customer_names(p: Pipeline) -> list[tuple[str, int]]:
+    """How many audit entries each customer got, by name."""
+    column = NAMED_CUSTOMER[p.schema.name][1]
+    return [
+        (str(r[0]), int(r[1]))
+        for r in p.warehouse(
+            "SELECT after ->> %s, count(*) FROM audit.row_changes "
+            "WHERE table_name = %s GROUP BY 1 ORDER BY 1",
+            (column, p.schema.names["customers"]),
+        )
+    ]
+
+
+def book(
+    p: Pipeline,
+    price: str = "100.00",
+    bookings: int = 1,
+    actor: str = "dana",
+    role: str | None = "dispatcher",
+) -> list[str]:
+    """One application transaction by `actor`: a customer and its `bookings` bookings at
+    `price`; returns their keys as text, in the order they were written."""
+    with p.source() as conn:
+        conn.execute("SELECT bookaudit.set_actor(%s, role => %s)", (actor, role))
+        return [str(k) for k in p.schema.seed(conn, bookings, price)]

@@ -15,6 +15,12 @@ from bookaudit.model import MODES, OUTBOX_TRIGGER
 
 TRIGGER_NAME = "bookaudit_context"
 TRUNCATE_TRIGGER = "0_bookaudit_truncate"
+# On a partitioned table, around each UPDATE: a row moving between partitions is one update.
+MOVES_BEGIN = "bookaudit_moves_begin"
+MOVES_END = "bookaudit_moves_end"
+# Logical mode, on a partitioned table, cloned to its partitions: the old row and the context of a
+# partition not yet adopted. Named to fire after the application's BEFORE ROW triggers.
+PARTITION_TRIGGER = "zz_bookaudit_partition"
 SET_ACTOR = "bookaudit.set_actor(text, text, text, text, text)"
 
 
@@ -122,8 +128,7 @@ def check_source(
         row = conn.execute(
             """
             SELECT c.oid, pg_has_role(current_user, c.relowner, 'USAGE'),
-                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                   c.relkind = 'p'
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
             """,
@@ -131,13 +136,6 @@ def check_source(
         ).fetchone()
         if row is None:
             raise SourceCheckError(f"table {table} does not exist")
-        if row[3]:
-            # Audited as it stands, a partitioned table would lose old values (REPLICA IDENTITY
-            # does not reach its partitions), name its partitions and split a move in two.
-            raise SourceCheckError(
-                f"table {table} is partitioned, which bookaudit does not audit: "
-                "install its partitions one by one, or audit a plain table"
-            )
         if not row[1]:
             raise SourceCheckError(
                 f"role {conn.info.user!r} does not own table {table}: "
@@ -149,9 +147,53 @@ def check_source(
             )
 
 
-def _published(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> set[TableName]:
+def partitioned_oid(conn: psycopg.Connection[tuple[object, ...]], table: TableName) -> int | None:
+    """The oid of a partitioned table, None for a plain one."""
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'p'",
+        (table.schema, table.name),
+    ).fetchone()
+    return None if row is None else int(str(row[0]))
+
+
+def _partitions(conn: psycopg.Connection[tuple[object, ...]], table: TableName) -> list[TableName]:
+    """Every partition under a partitioned table, sub-partitions included."""
     rows = conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+        "SELECT n.nspname, c.relname FROM pg_partition_tree(%s::regclass) t "
+        "JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.level > 0 ORDER BY t.level, n.nspname, c.relname",
+        (table.ident().as_string(conn),),
+    ).fetchall()
+    return [TableName(str(s), str(t)) for s, t in rows]
+
+
+def _move_triggers(table: TableName, function: str) -> list[sql.Composable]:
+    """BEFORE and AFTER each UPDATE of a partitioned table, `function` with 'begin' and 'end'."""
+    return [
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER {} {} UPDATE ON {} FOR EACH STATEMENT "
+            "EXECUTE FUNCTION {}({})"
+        ).format(
+            sql.Identifier(name), sql.SQL(when), table.ident(), sql.SQL(function),
+            sql.Literal(note),
+        )
+        for name, when, note in ((MOVES_BEGIN, "BEFORE", "begin"), (MOVES_END, "AFTER", "end"))
+    ]  # fmt: skip
+
+
+def _adopt_partitions(publication: str) -> sql.Composable:
+    """Every partition's identity and context trigger (sql/source/001_context.sql)."""
+    return sql.SQL("SELECT bookaudit.adopt_partitions({})").format(sql.Literal(publication))
+
+
+def _published(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> set[TableName]:
+    """The tables the publication names, as install added them (pg_publication_tables would
+    list a partitioned table's partitions instead, unless it publishes via the root)."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r "
+        "JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
         (publication,),
     ).fetchall()
     return {TableName(str(s), str(t)) for s, t in rows}
@@ -223,6 +265,8 @@ def _plan_hooks(
     if mode == "trigger":
         return statements + _plan_outbox(conn, tables)
     statements.append(sql.SQL(read_text("sql", "source", "003_capture_state.sql")))
+    statements.append(sql.SQL(read_text("sql", "source", "005_partitions.sql")))
+    partitioned = False
     for table in tables:
         statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         statements.append(
@@ -231,13 +275,33 @@ def _plan_hooks(
                 "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.emit_context()"
             ).format(sql.Identifier(TRIGGER_NAME), table.ident())
         )
+        oid = partitioned_oid(conn, table)
+        if oid is not None:
+            partitioned = True
+            statements.extend(_move_triggers(table, "bookaudit.emit_moves"))
+            statements.append(
+                sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION bookaudit.partition_row({})"
+                ).format(sql.Identifier(PARTITION_TRIGGER), table.ident(), sql.Literal(str(oid)))
+            )
     pub = sql.Identifier(publication)
     # Accepted gaps travel the pipeline like any change (sql/source/003_capture_state.sql).
     published = [*tables, GAPS_TABLE]
     table_list = sql.SQL(", ").join(t.ident() for t in published)
+    # Via the root, a partition's changes name the table the user audits, in its columns, and
+    # pgoutput sends each partition's own relation (with its replica identity) before them.
     if not _publication_exists(conn, publication):
-        statements.append(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list))
+        statements.append(
+            sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
+            ).format(pub, table_list)
+        )
     else:
+        if not _publishes_via_root(conn, publication):
+            statements.append(
+                sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(pub)
+            )
         missing = [t for t in published if t not in _published(conn, publication)]
         if missing:
             statements.append(
@@ -245,7 +309,27 @@ def _plan_hooks(
                     pub, sql.SQL(", ").join(t.ident() for t in missing)
                 )
             )
+    if partitioned or _publishes_partitioned(conn, publication):
+        statements.append(_adopt_partitions(publication))
     return statements
+
+
+def _publishes_via_root(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> bool:
+    row = conn.execute(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _publishes_partitioned(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> bool:
+    """Whether a partitioned table is audited already (its new partitions want adopting)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p "
+        "ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid "
+        "WHERE p.pubname = %s AND c.relkind = 'p')",
+        (publication,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _hstore_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
@@ -269,25 +353,35 @@ def _plan_outbox(
     statements.append(
         sql.SQL(read_text("sql", "source", "002_outbox.sql")).format(hstore=sql.Identifier(hstore))
     )
+    partitioned = False
     for table in tables:
+        # A partitioned table passes its oid to the row trigger its partitions clone, so that
+        # a partition's row is recorded as the partitioned table's (sql/source/002_outbox.sql).
+        oid = partitioned_oid(conn, table)
+        root: sql.Composable = sql.SQL("") if oid is None else sql.Literal(str(oid))
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.record_context()"
-            ).format(sql.Identifier(TRIGGER_NAME), table.ident())
+                "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.record_context({})"
+            ).format(sql.Identifier(TRIGGER_NAME), table.ident(), root)
         )
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
-                "FOR EACH ROW EXECUTE FUNCTION bookaudit.outbox_row()"
-            ).format(sql.Identifier(OUTBOX_TRIGGER), table.ident())
+                "FOR EACH ROW EXECUTE FUNCTION bookaudit.outbox_row({})"
+            ).format(sql.Identifier(OUTBOX_TRIGGER), table.ident(), root)
         )
+        if oid is not None:
+            partitioned = True
+            statements.extend(_move_triggers(table, "bookaudit.note_moves"))
         statements.append(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER TRUNCATE ON {} "
                 "FOR EACH STATEMENT EXECUTE FUNCTION bookaudit.outbox_row()"
             ).format(sql.Identifier(TRUNCATE_TRIGGER), table.ident())
         )
+    if partitioned:
+        statements.append(_adopt_partitions(""))
     return statements
 
 
@@ -301,6 +395,7 @@ def _bookaudit_triggers(
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
         WHERE pn.nspname = 'bookaudit' AND n.nspname <> 'bookaudit' AND NOT t.tgisinternal
+          AND t.tgparentid = 0  -- a partition's clone goes with its partitioned table's trigger
         ORDER BY 2, 3, 1
         """
     ).fetchall()
@@ -330,7 +425,10 @@ def plan_uninstall(
                 "run `bookaudit capture --mode trigger --exit-when-idle` first"
             )
     for table in sorted(_published(conn, publication), key=str):
-        statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(table.ident()))
+        for each in (table, *_partitions(conn, table)):
+            statements.append(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(each.ident())
+            )
     for trigger, table in _bookaudit_triggers(conn):
         statements.append(
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(

@@ -18,6 +18,13 @@ class TableInfo:
     columns: tuple[str, ...]
     primary_key: tuple[str, ...]
     audited: bool  # the install's context trigger is on it
+    partition_key: tuple[str, ...] = ()  # a partitioned table's partition key columns
+
+    def names_rows(self, key: str) -> bool:
+        """Whether `key` names a row: the primary key, or on a partitioned table (whose primary
+        key must hold the partition key) the primary key less the partition key."""
+        rest = tuple(c for c in self.primary_key if c not in self.partition_key)
+        return self.primary_key == (key,) or (bool(self.partition_key) and rest == (key,))
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def check_map(entity_map: EntityMap, catalog: Catalog) -> list[str]:
                 f"{where}: {entity.table} is not audited: add --table {entity.table} "
                 "to `bookaudit source install`"
             )
-        if entity.key and entity.key in info.columns and info.primary_key != (entity.key,):
+        if entity.key and entity.key in info.columns and not info.names_rows(entity.key):
             pk = ", ".join(info.primary_key) or "none"
             problems.append(
                 f"{where}: key {entity.key!r} is not the primary key of {entity.table} "
@@ -108,13 +115,23 @@ def read_catalog(conn: psycopg.Connection[Any], tables: Iterable[TableRef]) -> C
             "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n",
             (oid[0],),
         ).fetchall()
+        partition_key = conn.execute(
+            "SELECT a.attname FROM pg_partitioned_table p "
+            "JOIN LATERAL unnest(p.partattrs) k(attnum) ON true "
+            "JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = k.attnum "
+            "WHERE p.partrelid = %s",
+            (oid[0],),
+        ).fetchall()
         # The context trigger (logical mode) or the outbox trigger (trigger mode).
         audited = conn.execute(
             "SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = ANY(%s)",
             (oid[0], [TRIGGER_NAME, OUTBOX_TRIGGER]),
         ).fetchone()
         found[table] = TableInfo(
-            tuple(str(c[0]) for c in columns), tuple(str(k[0]) for k in key), audited is not None
+            tuple(str(c[0]) for c in columns),
+            tuple(str(k[0]) for k in key),
+            audited is not None,
+            tuple(str(k[0]) for k in partition_key),
         )
     installed = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'bookaudit'").fetchone()
     return Catalog(found, installed is not None)

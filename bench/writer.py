@@ -27,6 +27,7 @@ from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
+from bookaudit.warehouse.verify import verify_chain
 from devstack import reset_databases
 
 ROWS = 200_000
@@ -146,6 +147,14 @@ def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
             row = conn.execute("SELECT count(*) FROM audit.row_changes").fetchone()
         if row is None or row[0] != ROWS:
             raise click.ClickException(f"writer processes stored {row}, expected {ROWS}")
+        # Several writers append links to one chain: it must verify link by link.
+        _log("drain: warehouse verify over the writer processes' chain ...")
+        report = verify_chain(warehouse)
+        if not report.intact or report.entries != ROWS:
+            problems = "; ".join(report.problems[:5])
+            raise click.ClickException(
+                f"the writer processes' chain does not verify ({report.entries} rows): {problems}"
+            )
         return taken
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -341,6 +350,7 @@ def report_drain(d: Drain) -> None:
         f"  {WRITERS} writer processes, one group:   {group_rate:8,.0f} changes/s ({d.group_s:.2f} s, process start included)"
     )
     click.echo(f"  {WRITERS} writers / capture ratio:        {group_rate / capture_rate:8.2f}")
+    click.echo(f"  {WRITERS} writers' chain, warehouse verify:  intact, {ROWS:,} rows")
     total = sum(d.phases.values())
     click.echo(
         f"  where the one writer's time went ({total:.2f} s of work; the lane's SQL steps overlap the Python ones):"

@@ -11,7 +11,7 @@ RUFF_PATHS := src/bookaudit cdc consumers schemas sql devstack tests bench
 # Every target that talks to services runs with the stack's BOOKAUDIT_* exports.
 WITH_STACK = eval "$$($(BIN)/python -m devstack env --dir $(STACK_DIR))" &&
 
-.PHONY: deps venv stack-up stack-down demo lint test unit bench faults clean
+.PHONY: deps venv stack-up stack-down demo lint test unit bench faults clean compile
 
 # System packages (PostgreSQL, Java 17, Maven, Chromium): installed as root by the script CI uses,
 # otherwise it prints the one command to run.
@@ -25,6 +25,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# The writer's Avro reader compiled with mypyc (setup.py), in place: imports prefer it to the .py.
+# Optional: without it the same code runs as Python, about 20 µs slower per change read.
+compile: venv
+	BOOKAUDIT_MYPYC=1 $(BIN)/python setup.py --quiet build_ext --inplace
 
 stack-up: venv
 	$(BIN)/python -m devstack up --dir $(STACK_DIR) >/dev/null
@@ -48,7 +53,7 @@ unit: venv
 test: lint stack-up
 	$(WITH_STACK) BOOKAUDIT_STACK_DIR=$(STACK_DIR) $(BIN)/pytest
 
-bench: stack-up
+bench: stack-up compile
 	$(WITH_STACK) $(BIN)/python -m bench.capture
 	$(WITH_STACK) $(BIN)/python -m bench.writer
 	$(WITH_STACK) $(BIN)/python -m bench.trigger_mode
@@ -60,4 +65,4 @@ faults: venv
 	$(BIN)/python -m tests.faults.campaign --long --dir .stack-faults $(if $(SEED),--seed $(SEED))
 
 clean: stack-down
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/bookaudit/kafka/*.so build

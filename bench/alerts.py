@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.demo.day import create_sample_schema
 from bookaudit.kafka.alert import alerts_topic, decode_alert
-from bookaudit.kafka.serde import ENVELOPE_SCHEMA, decode
+from bookaudit.kafka.serde import decode_envelope
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import reset_databases
@@ -49,7 +49,8 @@ class Probe:
     def commit_ms(self, value: bytes) -> int:
         if self.topic.endswith(".alerts"):
             return int(decode_alert(value)["committed_at_ms"])
-        return int(decode(ENVELOPE_SCHEMA, value)["source"]["ts_ms"])
+        # The fast reader: the probe shares the machine with what it measures.
+        return int(decode_envelope(value)["source"]["ts_ms"])
 
     def run(self) -> None:
         consumer = Consumer(

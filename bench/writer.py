@@ -27,6 +27,7 @@ from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
+from bookaudit.warehouse.verify import verify_chain
 from devstack import reset_databases
 
 ROWS = 200_000
@@ -146,6 +147,14 @@ def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
             row = conn.execute("SELECT count(*) FROM audit.row_changes").fetchone()
         if row is None or row[0] != ROWS:
             raise click.ClickException(f"writer processes stored {row}, expected {ROWS}")
+        # Several writers append links to one chain: it must verify link by link.
+        _log("drain: warehouse verify over the writer processes' chain ...")
+        report = verify_chain(warehouse)
+        if not report.intact or report.entries != ROWS:
+            problems = "; ".join(report.problems[:5])
+            raise click.ClickException(
+                f"the writer processes' chain does not verify ({report.entries} rows): {problems}"
+            )
         return taken
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -218,11 +227,119 @@ def add_table(source: str, number: int) -> None:
             conn.execute(f"INSERT INTO {table} VALUES (1, 'first')")
 
 
+_CPU_GROUPS = (
+    "source backends (pgbench's)",
+    "walsender, capture's catalog",
+    "capture",
+    "Kafka broker (all its clients)",
+    "audit writer",
+    "warehouse backends (writer's)",
+    "bench probes (Kafka, poller)",
+)
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _kafka_pids() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class CpuWindow:
+    """The CPU each process of the pipeline spends per source transaction over a window: a
+    figure that a busy machine stretches less than latency (processes wait, they do not work
+    more), so runs on a shared machine can be compared."""
+
+    admin: str
+    source_db: str
+    warehouse_db: str
+    capture_pid: int
+    writer_pid: int
+    groups: dict[int, str] = field(default_factory=dict)
+    before: dict[int, float] = field(default_factory=dict)
+    commits: int = 0
+    started: float = 0.0
+    per_txn_us: dict[str, float] = field(default_factory=dict)
+    rate: float = 0.0
+
+    def _commits(self) -> int:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.source_db,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _group_pids(self) -> dict[int, str]:
+        groups = {
+            self.capture_pid: _CPU_GROUPS[2],
+            self.writer_pid: _CPU_GROUPS[4],
+            os.getpid(): _CPU_GROUPS[6],
+        }
+        groups.update(dict.fromkeys(_kafka_pids(), _CPU_GROUPS[3]))
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for pid, db, app in conn.execute(
+                "SELECT pid, datname, application_name FROM pg_stat_activity "
+                "WHERE datname IN (%s, %s)",
+                (self.source_db, self.warehouse_db),
+            ):
+                if db == self.source_db:
+                    groups[pid] = _CPU_GROUPS[0] if app == "pgbench" else _CPU_GROUPS[1]
+                elif str(app).startswith("bookaudit-audit-writer"):
+                    groups[pid] = _CPU_GROUPS[5]
+                else:
+                    groups[pid] = _CPU_GROUPS[6]
+        return groups
+
+    def start(self) -> None:
+        self.groups = self._group_pids()
+        self.commits = self._commits()
+        self.started = time.monotonic()
+        self.before = {pid: cpu for pid in self.groups if (cpu := _cpu_s(pid)) is not None}
+
+    def stop(self) -> None:
+        spent = dict.fromkeys(_CPU_GROUPS, 0.0)
+        for pid, cpu in self.before.items():
+            now = _cpu_s(pid)
+            if now is not None:
+                spent[self.groups[pid]] += now - cpu
+        commits = max(1, self._commits() - self.commits)
+        self.rate = commits / (time.monotonic() - self.started)
+        self.per_txn_us = {group: s / commits * 1e6 for group, s in spent.items()}
+
+    def measure(self, seconds: float, delay: float) -> threading.Thread:
+        """Measure `seconds` from `delay` on, in a thread (before the load ends, while the
+        source's backends still exist)."""
+
+        def run() -> None:
+            time.sleep(delay)
+            self.start()
+            time.sleep(seconds)
+            self.stop()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+
 @dataclass(frozen=True)
 class Steady:
     warehouse_ms: dict[int, list[float]]
     kafka_ms: dict[int, list[float]]
     new_table_ms: list[float]
+    cpu: dict[int, CpuWindow] = field(default_factory=dict)
 
 
 def _spawn_logged(
@@ -266,6 +383,7 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
             t.start()
         warehouse_ms: dict[int, list[float]] = {}
         kafka_ms: dict[int, list[float]] = {}
+        cpu: dict[int, CpuWindow] = {}
         try:
             # The pipeline is up once a first change has gone all the way through.
             with psycopg.connect(source, autocommit=True) as conn:
@@ -277,7 +395,12 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
                 poller.open_window(str(rate), since_ms)
                 probe.latencies_ms.clear()
                 probe.since_ms = since_ms
+                cpu[rate] = CpuWindow(
+                    admin, f"{name}_src", f"{name}_wh", processes[0].pid, processes[1].pid
+                )
+                measuring = cpu[rate].measure(STEADY_S - 1, WARMUP_S)
                 pgbench(source, rate, STEADY_S + WARMUP_S)
+                measuring.join()
                 expected = _settled(probe)
                 wait_until(
                     f"{expected} changes in the warehouse",
@@ -304,7 +427,7 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
                 p.terminate()
                 with suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=20)
-        return Steady(warehouse_ms, kafka_ms, new_table_ms)
+        return Steady(warehouse_ms, kafka_ms, new_table_ms, cpu)
 
 
 def _settled(probe: Probe) -> int:
@@ -341,6 +464,7 @@ def report_drain(d: Drain) -> None:
         f"  {WRITERS} writer processes, one group:   {group_rate:8,.0f} changes/s ({d.group_s:.2f} s, process start included)"
     )
     click.echo(f"  {WRITERS} writers / capture ratio:        {group_rate / capture_rate:8.2f}")
+    click.echo(f"  {WRITERS} writers' chain, warehouse verify:  intact, {ROWS:,} rows")
     total = sum(d.phases.values())
     click.echo(
         f"  where the one writer's time went ({total:.2f} s of work; the lane's SQL steps overlap the Python ones):"
@@ -372,6 +496,22 @@ def report_steady(s: Steady) -> None:
         f"new table's first change in the warehouse: {shown} ms  target < {TARGET_NEW_TABLE_MS:.0f} ms: {_met(worst < TARGET_NEW_TABLE_MS)}"
     )
     click.echo(f"(warehouse visibility polled every {POLL_S * 1000:.0f} ms)")
+    if all(w.per_txn_us for w in s.cpu.values()):
+        click.echo(
+            "CPU per one-row transaction, µs, by process (its CPU over "
+            f"{STEADY_S - 1} s of the window ÷ the source's commits):"
+        )
+        click.echo("                                    " + "".join(f"{r:>9,}/s" for r in RATES))
+        for group in _CPU_GROUPS:
+            click.echo(
+                f"  {group:34s}" + "".join(f"{s.cpu[r].per_txn_us[group]:11.0f}" for r in RATES)
+            )
+        totals = [sum(s.cpu[r].per_txn_us.values()) for r in RATES]
+        click.echo(f"  {'total':34s}" + "".join(f"{t:11.0f}" for t in totals))
+        click.echo(
+            f"  {'source commits/s in the window':34s}"
+            + "".join(f"{s.cpu[r].rate:11,.0f}" for r in RATES)
+        )
 
 
 @click.command()

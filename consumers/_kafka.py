@@ -108,6 +108,7 @@ class KafkaSource:
         )
         self._processed: dict[tuple[str, int], int] = {}
         self._synced: dict[tuple[str, int], int] = {}
+        self._sent: dict[tuple[str, int], int] = {}  # what commit_processed last sent
         self._chunks = Reassembler()
         self._pattern = re.compile(change_topics_pattern(settings.topic_prefix, settings.tables))
         try:
@@ -164,8 +165,11 @@ class KafkaSource:
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._chunks.forget((p.topic, p.partition) for p in partitions)
 
-    def poll(self) -> list[Record]:
-        size, timeout = self._settings.batch_size, self._settings.poll_timeout_s
+    def poll(self, timeout: float | None = None) -> list[Record]:
+        """Up to a batch of records, waiting at most `timeout` (the settings' poll timeout if
+        None) for the first."""
+        size = self._settings.batch_size
+        timeout = self._settings.poll_timeout_s if timeout is None else timeout
         if self._settings.eager:
             first = self._consumer.poll(timeout)
             messages = [] if first is None else [first]
@@ -188,12 +192,23 @@ class KafkaSource:
 
     def commit(self, records: Sequence[Record], asynchronous: bool = False) -> None:
         """Commit the next offset of each partition seen (synchronously unless asked)."""
+        self._commit(self.processed(records), asynchronous)
+
+    def processed(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
+        """Note records as done (their offsets may be committed from now on), without
+        committing; returns the highest offset of each of their partitions."""
         high: dict[tuple[str, int], int] = {}
         for r in records:
             high[(r.topic, r.partition)] = max(high.get((r.topic, r.partition), -1), r.offset)
         for tp, offset in high.items():
             self._processed[tp] = max(self._processed.get(tp, -1), offset)
-        self._commit(high, asynchronous)
+        return high
+
+    def commit_processed(self) -> None:
+        """Asynchronously commit what was noted as processed since the last such commit."""
+        todo = {tp: o for tp, o in self._processed.items() if self._sent.get(tp) != o}
+        self._commit(todo, asynchronous=True)
+        self._sent.update(todo)
 
     def commit_all(self) -> None:
         """Synchronously commit what was processed of the partitions this member still holds,

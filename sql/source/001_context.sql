@@ -56,9 +56,17 @@ $$;
 
 -- HMAC-SHA256 of msg under the context key, hex. Callable only by the install role (so only from
 -- inside the SECURITY DEFINER triggers): a role that could call it could sign anything.
+-- PL/pgSQL, not SQL: an SQL function with a FROM clause is not inlined, and its query was
+-- planned anew in every transaction that called it; PL/pgSQL keeps the plan for the session.
 CREATE OR REPLACE FUNCTION bookaudit._mac(msg bytea) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT bookaudit._hmac(k.inner_pad, k.outer_pad, msg) FROM bookaudit.context_key k
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    ipad bytea;
+    opad bytea;
+BEGIN
+    SELECT k.inner_pad, k.outer_pad INTO ipad, opad FROM bookaudit.context_key k;
+    RETURN bookaudit._hmac(ipad, opad, msg);
+END
 $$;
 
 -- Transaction-scoped (is_local) so a pooled session never carries one request's actor into the next.

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from bookaudit.errors import DecodeError
+from bookaudit.kafka import _avro_read
 from bookaudit.kafka.serde import (
     ENVELOPE_SCHEMA,
     KEY_SCHEMA,
@@ -68,3 +73,30 @@ def test_keys_read_as_fastavro_reads_them() -> None:
         assert decode_key(data) == decode(KEY_SCHEMA, data) == key
     with pytest.raises(DecodeError, match=r"not a bookaudit Avro record \(key\)"):
         decode_key(encode(KEY_SCHEMA, keys[1])[:-1])
+
+
+def _python_source() -> ModuleType:
+    """_avro_read loaded from its .py, whatever the import gives (mypyc's build after
+    `make compile`)."""
+    path = Path(_avro_read.__file__ or "").with_name("_avro_read.py")
+    spec = importlib.util.spec_from_file_location("_avro_read_source", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_imported_reader_reads_as_its_python_source() -> None:
+    """After `make compile` the import gives the mypyc build: it must read and refuse exactly as
+    the Python source does (without a build, the import is that source)."""
+    source = _python_source()
+    datas = [_bytes(c) for c in [*variants(), *captured_changes()]]
+    for data in datas:
+        assert _avro_read.read_envelope(data) == source.read_envelope(data)
+        assert _avro_read.read_change(data) == source.read_change(data)
+    for cut in (0, 1, 5, 40, -30, -1):
+        with pytest.raises((IndexError, ValueError)) as compiled_error:
+            _avro_read.read_change(datas[0][:cut])
+        with pytest.raises((IndexError, ValueError)) as source_error:
+            source.read_change(datas[0][:cut])
+        assert compiled_error.type is source_error.type

@@ -162,3 +162,26 @@ def test_non_transactional_context_is_flagged_inside_a_transaction() -> None:
         _message(sign_context(TEST_KEY, 7, _FORGED), transactional=False),
     ).actor
     assert (actor.origin, actor.db_user) == (FORGED, "app")
+
+
+def test_a_document_seen_before_is_still_checked_against_each_transaction() -> None:
+    """The assembler remembers parsed documents; a signature is verified every time."""
+    assembler = TransactionAssembler(resolve, TEST_KEY)
+    relation = next(m for _, m in decoded() if isinstance(m, Relation))
+    list(assembler.feed(0, relation))
+
+    def actor_of(xid: int, content: bytes) -> ActorContext:
+        list(assembler.feed(1, Begin(100, 0, xid)))
+        list(assembler.feed(2, _message(content)))
+        (change,) = assembler.feed(3, Insert(relation.oid, ("1", "a", None, None, None)))
+        list(assembler.feed(4, Commit(0, 100, 120, 0)))
+        assert isinstance(change, RowChange)
+        return change.actor
+
+    first = actor_of(7, sign_context(TEST_KEY, 7, _GENUINE))
+    # The same bytes replayed in the next transaction: signed for xid 7, not 8.
+    replayed = actor_of(8, sign_context(TEST_KEY, 7, _GENUINE))
+    again = actor_of(9, sign_context(TEST_KEY, 9, _GENUINE))
+    assert first.origin == "application" and first.id == "ann"
+    assert replayed == ActorContext(origin=FORGED)
+    assert again == first

@@ -127,12 +127,19 @@ def test_capture_killed_mid_stream_resumes_with_nothing_lost(schema_pipeline: Pi
     generator = threading.Thread(target=_generate, args=(pipeline, done))
     generator.start()
     try:
-        wait_for("4000 events in Kafka", lambda: _kafka_count(pipeline, topic) >= 4000)
+        # A generator that died (a bad statement) ends the wait at once; the counts then fail.
+        wait_for(
+            "4000 events in Kafka",
+            lambda: _kafka_count(pipeline, topic) >= 4000 or not generator.is_alive(),
+        )
         capture.send_signal(signal.SIGKILL)
         capture.wait(timeout=10)
         in_kafka_at_kill = _kafka_count(pipeline, topic)
         still_generating = not done.is_set()
     finally:
+        if capture.poll() is None:  # the wait failed: no capture outlives its test
+            capture.kill()
+            capture.wait(timeout=10)
         generator.join()
     assert capture.returncode == -signal.SIGKILL
     assert in_kafka_at_kill < CHANGES, "the kill came after the stream had ended"

@@ -107,6 +107,9 @@ class EnvelopeWriter:
         self._tables: dict[tuple[SourceInfo, TableSchema], tuple[bytes, bytes, bytes]] = {}
         self._actor: ActorContext | None = None
         self._actor_bytes = b""
+        self._last_table: TableSchema | None = None
+        self._last_source: SourceInfo | None = None
+        self._last_parts = (b"", b"", b"")
 
     def _map(self, row: Mapping[str, str | None] | None) -> bytes:
         if row is None:
@@ -133,6 +136,9 @@ class EnvelopeWriter:
 
     def _table(self, source: SourceInfo, table: TableSchema) -> tuple[bytes, bytes, bytes]:
         """The source block's strings before txId and after snapshot, and the column list."""
+        # Consecutive changes mostly share one table object: skip hashing the whole schema.
+        if table is self._last_table and source is self._last_source:
+            return self._last_parts
         cached = self._tables.get((source, table))
         if cached is None:
             head = b"".join(
@@ -154,6 +160,7 @@ class EnvelopeWriter:
                 parts.append(b"\x00")
                 columns = b"".join(parts)
             cached = self._tables[(source, table)] = (head, tail, columns)
+        self._last_table, self._last_source, self._last_parts = table, source, cached
         return cached
 
     def _actor_record(self, actor: ActorContext) -> bytes:

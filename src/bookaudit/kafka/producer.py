@@ -25,7 +25,11 @@ ADMIN_TIMEOUT_S = 30.0
 class ProducerSettings:
     bootstrap: str
     partitions: int = 3
-    linger_ms: int = 5
+    # A steady trickle of one-row transactions pays librdkafka and the broker per produce
+    # request, and the consumers per fetch response, not per event: at 1,000 events/s, 15 ms
+    # instead of 5 took the capture from about 195 to 125-170 µs of CPU per transaction and the
+    # broker from 210-240 to 130-190 µs, for at most 15 ms more before an event is sent.
+    linger_ms: int = 15
     compression: str = "lz4"
 
 

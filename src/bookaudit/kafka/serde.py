@@ -3,6 +3,7 @@ to a typed Envelope, in confluent-kafka's Serializer(obj, ctx) / Deserializer(da
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -80,6 +81,7 @@ def topic_part(name: str) -> str:
     return _NOT_IN_TOPIC.sub("_", name) or "_"
 
 
+@functools.lru_cache(maxsize=4096)
 def topic_for(prefix: str, schema: str, table: str) -> str:
     topic = f"{prefix}.{topic_part(schema)}.{topic_part(table)}"
     if len(topic) <= _MAX_TOPIC:
@@ -146,6 +148,7 @@ def to_kafka(change: RowChange, source: SourceInfo, prefix: str, now_ms: int) ->
     )
 
 
+@functools.lru_cache(maxsize=64)
 def record_headers(source: SourceInfo) -> tuple[tuple[str, bytes], ...]:
     """The headers every change record carries: its schema, and its source when it is known."""
     if not source.identity:

@@ -4,15 +4,16 @@ from the stored row, and its lane hands batches back in order, or the error that
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from bookaudit.chain import leaf
-from bookaudit.consumers.audit.lane import Batch, WarehouseLane
+from bookaudit.consumers.audit.lane import Batch, Pending, WarehouseLane
 from bookaudit.consumers.audit.writer import PreparedRow, WarehouseWriter, prepare_row
-from bookaudit.consumers.records import DeadLetter
+from bookaudit.consumers.records import DeadLetter, Record
 from bookaudit.errors import TransientError
 from tests.consumers.fixtures import ENTRY
 
@@ -84,3 +85,31 @@ def test_a_failed_write_stops_the_lane_and_reaches_the_caller() -> None:
             lane.submit(_batch(n))
         lane.finished(wait=True)
     lane.close()
+
+
+def test_the_lane_is_busy_while_a_batch_is_written_and_idle_after() -> None:
+    lane = _lane(_Writer())
+    assert not lane.busy
+    lane.submit(_batch(1))
+    assert lane.busy
+    done = lane.finished(wait=True)
+    assert [d.inserted for d in done] == [1] and not lane.busy
+    lane.close()
+
+
+def test_a_pending_batch_joins_polls_and_keeps_one_row_per_event() -> None:
+    pending = Pending(limit=3)
+    first = [prepare_row(ENTRY, 1, 0)]
+    # The same event again in a later poll (a re-send): counted, not stored twice.
+    again = [prepare_row(ENTRY, 2, 0)]
+    other = [prepare_row(replace(ENTRY, sequence=4), 3, 0)]
+    records = [Record("ba.public.bookings", 0, offset, None, b"", ()) for offset in range(3)]
+    pending.add(records[:1], [ENTRY.committed_at_ms], first, [])
+    pending.add(records[1:2], [ENTRY.committed_at_ms], again, [])
+    assert not pending.full()
+    pending.add(records[2:], [ENTRY.committed_at_ms], other, [])
+    assert pending.full()
+    batch = pending.batch()
+    assert [r.change_id for r in batch.rows] == [1, 3]
+    assert batch.records == records
+    assert batch.entries == 3 and len(batch.committed_at_ms) == 3

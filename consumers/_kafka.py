@@ -205,8 +205,13 @@ class KafkaSource:
         return high
 
     def commit_processed(self) -> None:
-        """Asynchronously commit what was noted as processed since the last such commit."""
-        todo = {tp: o for tp, o in self._processed.items() if self._sent.get(tp) != o}
+        """Asynchronously commit what was noted as processed since the last such commit, of the
+        partitions this member still holds (a partition's next owner commits its own progress,
+        which an older offset from here would only set back)."""
+        held = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        todo = {
+            tp: o for tp, o in self._processed.items() if tp in held and self._sent.get(tp) != o
+        }
         self._commit(todo, asynchronous=True)
         self._sent.update(todo)
 

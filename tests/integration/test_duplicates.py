@@ -210,26 +210,29 @@ def warehouse_dsn(stack: StackEnv) -> Iterator[str]:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("size", [12, 100], ids=["pipelined", "copy"])
+@pytest.mark.parametrize("size", [2, 100], ids=["pipelined", "copy"])
 def test_a_batch_sent_straight_in_that_holds_stored_events_is_written_again_without_them(
     warehouse_dsn: str, size: int
 ) -> None:
     """In a running stream a batch goes in without the check for stored copies; when it holds
-    one, the unique key refuses the batch and the writer writes it again, checking first."""
+    one, the unique key refuses the batch and the writer writes it again, checking first. (A
+    batch of two goes in as pipelined INSERTs, a larger one by COPY.)"""
     writer = WarehouseWriter(warehouse_dsn)
     try:
         first = [prepare_row(replace(ENTRY, sequence=i), 1000 + i, 0) for i in range(5)]
         assert writer.write(first, []) == 5
         clean = [prepare_row(replace(ENTRY, sequence=i), 2000 + i, 0) for i in range(5, 10)]
         assert writer.write(clean, []) == 5  # after this one, the next goes straight in
-        mixed = [prepare_row(replace(ENTRY, sequence=i), 3000 + i, 0) for i in range(size)]
-        assert writer.write(mixed, []) == size - 10
+        # The last stored event, then new ones.
+        mixed = [prepare_row(replace(ENTRY, sequence=i), 3000 + i, 0) for i in range(9, 9 + size)]
+        assert writer.write(mixed, []) == size - 1
     finally:
         writer.close()
+    total = 9 + size
     with psycopg.connect(warehouse_dsn) as conn:
         counts = conn.execute(
             "SELECT count(*), count(DISTINCT sequence) FROM audit.row_changes"
         ).fetchone()
-    assert counts == (size, size)
+    assert counts == (total, total)
     report = verify_chain(warehouse_dsn)
-    assert (report.problems, report.entries) == ((), size)
+    assert (report.problems, report.entries) == ((), total)

@@ -21,7 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from bookaudit.web.serve import check_read_only, reader_dsn
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
-from tests.integration.schemas import Key
+from tests.integration.schemas import JOBS, SAMPLE, Key, Schema
 from tests.integration.workloads import write_labelled_workload
 
 
@@ -50,18 +50,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, Key], str]]:
-    """One pipeline with the labelled workload and its alerts, served by `bookaudit serve`."""
-    p = Pipeline(stack).create()
-    ids = write_labelled_workload(p.app_dsn)  # as the application: the non-owner role
+# A booking whose text carries markup, per schema: (statement, the booking's key).
+_HOSTILE_BOOKING: dict[str, tuple[str, Key]] = {
+    "sample": (
+        "INSERT INTO bookings (id, customer_id, service, address, price) "
+        "VALUES (503, %(c)s, %(text)s, 'Dam 3', 10.00)",
+        503,
+    ),
+    "jobs": (
+        "INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total) "
+        "VALUES ('J-503', %(c)s, %(text)s, 10.00)",
+        "J-503",
+    ),
+}
+# A booking's status as written, then once cancelled, per schema.
+_STATUSES = {"sample": ("requested", "cancelled"), "jobs": ("open", "void")}
+
+Site = tuple[Pipeline, dict[str, Key], str]
+
+
+def _serve(stack: StackEnv, schema: Schema) -> Iterator[Site]:
+    """One pipeline on `schema` with the labelled workload and its alerts, served by
+    `bookaudit serve`."""
+    p = Pipeline(stack, schema=schema).create()
+    ids = write_labelled_workload(p.app_dsn, schema)  # as the application: the non-owner role
+    statement, hostile = _HOSTILE_BOOKING[schema.name]
     with psycopg.connect(p.app_dsn) as conn:  # markup in an actor and a value stays text
         conn.execute("SELECT bookaudit.set_actor(%s, role => 'x')", (HOSTILE,))
-        conn.execute(
-            "INSERT INTO bookings (id, customer_id, service, address, price) "
-            "VALUES (503, %s, %s, 'Dam 3', 10.00)",
-            (ids["customer"], HOSTILE),
-        )
+        conn.execute(statement, {"c": ids["customer"], "text": HOSTILE})
     p.flow()
     p.alerts()
     port = _free_port()
@@ -81,10 +97,28 @@ def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, Key], str]]:
             return False
 
     wait_for("bookaudit serve", up, timeout=30)
-    yield p, ids, url
+    yield p, {**ids, "hostile": hostile}, url
     server.terminate()
     server.wait(timeout=10)
     p.drop()
+
+
+@pytest.fixture(scope="module")
+def site(stack: StackEnv) -> Iterator[Site]:
+    """The sample schema's site, which most page tests share."""
+    yield from _serve(stack, SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def jobs_site(stack: StackEnv) -> Iterator[Site]:
+    yield from _serve(stack, JOBS)
+
+
+@pytest.fixture
+def schema_site(schema: Schema, request: pytest.FixtureRequest) -> Site:
+    """The site on each schema: the sample's is the shared one."""
+    found: Site = request.getfixturevalue("site" if schema is SAMPLE else "jobs_site")
+    return found
 
 
 def _texts(driver: WebDriver, css: str) -> list[str]:
@@ -92,14 +126,16 @@ def _texts(driver: WebDriver, css: str) -> list[str]:
 
 
 def test_booking_page_shows_labels_old_new_filters_and_as_of(
-    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver, tmp_path: Path
+    schema_site: Site, browser: WebDriver, tmp_path: Path
 ) -> None:
-    _, ids, url = site
+    p, ids, url = schema_site
+    price, status = p.schema.names["price"], p.schema.entity_map.booking.fields.status[0]
+    written, cancelled = _STATUSES[p.schema.name]
     browser.get(f"{url}/bookings/{ids['main']}?tz=Europe/Amsterdam")
     labels = _texts(browser, "#timeline tr.entry td.label")
     assert labels[:4] == ["Booking created", "Scheduled", "Rescheduled", "Price changed"]
     row = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.entry")[3]
-    assert "alice (admin)" in row.text and "price: 149.00 → 189.50" in row.text
+    assert "alice (admin)" in row.text and f"{price}: 149.00 → 189.50" in row.text
     assert "approval APR-1042" in row.text
     reschedule = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.entry")[2].text
     assert "27 Nov 2026 09:00 → 28 Nov 2026 15:00" in reschedule  # shown in the chosen zone
@@ -121,7 +157,7 @@ def test_booking_page_shows_labels_old_new_filters_and_as_of(
     assert browser.find_element(By.ID, "empty").text == "No entries match."
 
     # As of the moment after the price change: the booking said 189.50, not yet cancelled.
-    with psycopg.connect(site[0].warehouse_dsn) as wh:
+    with psycopg.connect(p.warehouse_dsn) as wh:
         moments = wh.execute(
             "SELECT committed_at FROM audit.timeline WHERE booking_id = %s "
             "ORDER BY committed_at, commit_lsn, sequence",
@@ -135,7 +171,7 @@ def test_booking_page_shows_labels_old_new_filters_and_as_of(
     values = dict(
         zip(_texts(browser, "#as-of td.field"), _texts(browser, "#as-of td.value"), strict=True)
     )
-    assert values["price"] == "189.50" and values["status"] == "requested"
+    assert values[price] == "189.50" and values[status] == written
 
     # Diff between then and the end, with who changed what.
     browser.get(f"{url}/bookings/{ids['main']}")
@@ -144,13 +180,11 @@ def test_booking_page_shows_labels_old_new_filters_and_as_of(
     browser.find_element(By.ID, "show-diff").click()
     wait_for("the diff page", lambda: "t1=" in browser.current_url, timeout=10)
     diff = browser.find_element(By.ID, "diff").text
-    assert "status requested cancelled dana" in diff
-    assert f"price 189.50 99.00 {site[0].app_role} (db role via psql)" in diff
+    assert f"{status} {written} {cancelled} dana" in diff
+    assert f"{price} 189.50 99.00 {p.app_role} (db role via psql)" in diff
 
 
-def test_csv_print_and_evidence(
-    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
-) -> None:
+def test_csv_print_and_evidence(site: Site, browser: WebDriver) -> None:
     p, ids, url = site
     browser.get(f"{url}/bookings/{ids['main']}?label=price")
     csv_href = browser.find_element(By.ID, "csv").get_attribute("href")
@@ -182,9 +216,7 @@ def test_csv_print_and_evidence(
     assert len(_texts(browser, "#evidence tr.entry")) == 15
 
 
-def test_customer_log_actor_and_alerts_pages(
-    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
-) -> None:
+def test_customer_log_actor_and_alerts_pages(site: Site, browser: WebDriver) -> None:
     _, ids, url = site
     browser.get(f"{url}/customers/{ids['customer']}")
     assert "Deleted" in _texts(browser, "#timeline td.label")
@@ -215,7 +247,7 @@ def test_customer_log_actor_and_alerts_pages(
 
 
 def test_pages_read_through_a_role_that_cannot_write(
-    site: tuple[Pipeline, dict[str, Key], str],
+    site: Site,
 ) -> None:
     p, _, _ = site
     dsn = reader_dsn(p.warehouse_dsn)
@@ -233,7 +265,7 @@ def test_pages_read_through_a_role_that_cannot_write(
 
 
 def test_serve_refuses_other_addresses_without_credentials(
-    site: tuple[Pipeline, dict[str, Key], str],
+    site: Site,
 ) -> None:
     p, _, _ = site
     refused = p.cli("serve", "--host", "0.0.0.0", "--port", str(_free_port()), check=False)
@@ -241,11 +273,9 @@ def test_serve_refuses_other_addresses_without_credentials(
     assert refused.stderr.count("\n") == 1
 
 
-def test_markup_in_values_is_shown_as_text(
-    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
-) -> None:
-    _, _, url = site
-    browser.get(f"{url}/bookings/503")
+def test_markup_in_values_is_shown_as_text(site: Site, browser: WebDriver) -> None:
+    _, ids, url = site
+    browser.get(f"{url}/bookings/{ids['hostile']}")
     assert browser.title != "pwned"
     assert browser.find_elements(By.CSS_SELECTOR, "#timeline img, #timeline b") == []
     assert HOSTILE in browser.find_element(By.CSS_SELECTOR, "#timeline td.who").text

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from bookaudit.consumers.alerts.job import AlertsJob, decode_batch, instance_lock
-from bookaudit.consumers.alerts.ruleset import DEFAULT_RULES
+from bookaudit.consumers.alerts.ruleset import default_rules
 from bookaudit.kafka.alert import decode_alert, encode_alert
 from tests.integration.harness import Pipeline
 from tests.integration.schemas import Key
@@ -185,14 +185,15 @@ def test_invoice_read_after_the_change_still_raises_the_alert_once(
     p.capture()
     bookings = topic_records(p, booking_topic(p))
     invoices = topic_records(p, invoices_topic(p))
-    job = AlertsJob(p.alerts_settings(DEFAULT_RULES), DEFAULT_RULES, p.logs.append)
+    rules = default_rules(p.schema.entity_map)  # the default rules, on the schema's own names
+    job = AlertsJob(p.alerts_settings(rules), rules, p.logs.append)
     try:
-        first = job.record(decode_batch(bookings, DEFAULT_RULES))
+        first = job.record(decode_batch(bookings, rules))
         assert first == []  # no invoice known yet
-        second = job.record(decode_batch(invoices, DEFAULT_RULES))
+        second = job.record(decode_batch(invoices, rules))
         assert [a.document["rule"] for a in second] == ["price-change-after-invoice-sent"]
         # The other order, and both at once, find the same alert already recorded.
-        assert job.record(decode_batch(invoices + bookings, DEFAULT_RULES)) == []
+        assert job.record(decode_batch(invoices + bookings, rules)) == []
     finally:
         job.close()
     assert [a[0] for a in alerts(p)] == ["price-change-after-invoice-sent"]
@@ -208,10 +209,11 @@ def test_alerts_a_dead_instance_produced_but_did_not_record_are_not_produced_aga
         set_price(p, booking, price)
     p.capture()
     bookings = topic_records(p, booking_topic(p))
-    job = AlertsJob(p.alerts_settings(DEFAULT_RULES), DEFAULT_RULES, p.logs.append)
+    rules = default_rules(p.schema.entity_map)  # the default rules, on the schema's own names
+    job = AlertsJob(p.alerts_settings(rules), rules, p.logs.append)
     try:
         assert job.store.hold_lock(instance_lock(job.instance))
-        recorded = job.record(decode_batch(bookings, DEFAULT_RULES))
+        recorded = job.record(decode_batch(bookings, rules))
         assert len(recorded) == 3
         producer = Producer({"bootstrap.servers": p.stack.kafka_bootstrap})
         producer.produce(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,11 +14,12 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from bookaudit.entity_map import Entity, TableRef
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Key, Schema
 from tests.integration.workloads import write_labelled_workload
 
-RELATED = ("assignments", "notes", "invoices", "payments")
 State = dict[tuple[str, str], dict[str, str | None]]
 
 
@@ -37,30 +39,67 @@ def _as(conn: psycopg.Connection[Any], actor: str, role: str, **extra: str) -> N
     )
 
 
-def _state(dsn: str, booking: int) -> State:
+def _table(ref: TableRef) -> sql.Identifier:
+    return sql.Identifier(ref.schema, ref.name)
+
+
+def _where(schema: Schema, entity: Entity) -> sql.Composable:
+    """The condition that picks the rows of `entity` naming booking %(b)s, read from the map
+    alone: the booking's key, the related row's booking column, or the row it goes through."""
+    if entity.kind == "booking":
+        return sql.SQL("{} = %(b)s").format(sql.Identifier(schema.booking_key))
+    if entity.booking_column is not None:
+        return sql.SQL("{} = %(b)s").format(sql.Identifier(entity.booking_column))
+    assert entity.through is not None and entity.through_column is not None
+    [through] = [e for e in schema.entity_map.related if e.table == entity.through]
+    return sql.SQL("{} IN (SELECT {} FROM {} WHERE {})").format(
+        sql.Identifier(entity.through_column),
+        sql.Identifier(_primary_key_of(schema, through.table)),
+        _table(through.table),
+        _where(schema, through),
+    )
+
+
+def _primary_key_of(schema: Schema, table: TableRef) -> str:
+    mapped = [e.key for e in schema.entity_map.entities if e.table == table and e.key]
+    return mapped[0] if mapped else "id"
+
+
+def _state(p: Pipeline, booking: Key) -> State:
     """The booking and its related rows as the source holds them now, each value in its
-    PostgreSQL text form (the form the pipeline carries)."""
+    PostgreSQL text form (the form the pipeline carries), keyed by (table, row key)."""
+    schema = p.schema
     state: State = {}
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        for table, column in [("bookings", "id"), *((t, "booking_id") for t in RELATED)]:
+    with psycopg.connect(p.source_dsn, row_factory=dict_row) as conn:
+        for entity in (schema.entity_map.booking, *schema.entity_map.related):
+            table = entity.table
             names = [
                 r["column_name"]
                 for r in conn.execute(
                     "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_name = %s ORDER BY ordinal_position",
-                    (table,),
+                    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                    (table.schema, table.name),
                 )
             ]
-            query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+            [key] = [
+                r["attname"]
+                for r in conn.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                    "ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+                    "WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                    (f"{table.schema}.{table.name}",),
+                )
+            ]
+            query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
                 sql.SQL(", ").join(
                     sql.SQL("{}::text AS {}").format(sql.Identifier(n), sql.Identifier(n))
                     for n in names
                 ),
-                sql.Identifier(table),
-                sql.Identifier(column),
+                _table(table),
+                _where(schema, entity),
             )
-            for row in conn.execute(query, (booking,)):
-                state[(table, str(row["id"]))] = dict(row)
+            for row in conn.execute(query, {"b": booking}):
+                state[(table.name, str(row[key]))] = dict(row)
     return state
 
 
@@ -74,101 +113,165 @@ def _moment(dsn: str) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class Story:
+    """One schema's spelling of the as-of story: a booking from before the install (with its
+    note), then one booking's life as the office lives it, one transaction per step."""
+
+    existing: Key
+    booking: Key
+    before_install: tuple[str, ...]  # as the owner, before capture is installed
+    steps: tuple[tuple[str, str, str], ...]  # (actor, role, "; "-separated statements)
+    after: tuple[str, ...]  # the pre-existing booking's changes after install, %(e)s
+    cancelled: str  # the status value of a cancelled booking
+
+
+STORIES = {
+    "sample": Story(
+        existing=6001,
+        booking=7001,
+        before_install=(
+            "INSERT INTO customers (id, name) VALUES (900, 'Old customer')",
+            "INSERT INTO bookings (id, customer_id, service, address, price, scheduled_start) "
+            "VALUES (%(e)s, 900, 'Gutter clean', 'Canal 5', 80.00, '2026-11-20 09:00+00')",
+            "INSERT INTO notes (booking_id, author, body) VALUES (%(e)s, 'eve', 'Ladder needed')",
+        ),
+        steps=(
+            ("dana", "dispatcher", "INSERT INTO bookings (id, customer_id, service, address, price) "
+             "VALUES (%(b)s, %(c)s, 'Boiler service', 'Main St 1', 120.00)"),
+            ("dana", "dispatcher", "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
+             "scheduled_end = '2026-11-27 10:00+00', status = 'scheduled' WHERE id = %(b)s; "
+             "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')"),
+            ("alice", "admin", "UPDATE bookings SET price = 149.90, updated_at = now() "
+             "WHERE id = %(b)s"),
+            ("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s; "
+             "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'gus'); "
+             "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
+             "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s"),
+            ("gus", "fieldworker", "INSERT INTO notes (booking_id, author, body) "
+             "VALUES (%(b)s, 'gus', 'Gate code 4411')"),
+            ("olga", "billing", "INSERT INTO invoices (booking_id, number, amount) "
+             "VALUES (%(b)s, 'INV-' || %(b)s, 149.90)"),
+            ("olga", "billing", "UPDATE invoices SET status = 'sent', sent_at = now() "
+             "WHERE booking_id = %(b)s"),
+            ("olga", "billing", "INSERT INTO payments (booking_id, amount, method) "
+             "VALUES (%(b)s, 149.90, 'card')"),
+            ("gus", "fieldworker", "UPDATE notes SET body = 'Gate code 4412' "
+             "WHERE booking_id = %(b)s"),
+            ("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s"),
+        ),
+        after=(
+            "UPDATE bookings SET price = 95.00 WHERE id = %(e)s",
+            "UPDATE notes SET body = 'Ladder and gloves' WHERE booking_id = %(e)s",
+        ),
+        cancelled="cancelled",
+    ),
+    # The same story on the jobs schema: the fieldworker is a column of the job, the invoice
+    # is sent when issued, and the payment names its invoice, not the job.
+    "jobs": Story(
+        existing="J-6001",
+        booking="J-7001",
+        before_install=(
+            "INSERT INTO ops.clients (client_no, full_name) VALUES ('C-900', 'Old customer')",
+            "INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total, window_from) "
+            "VALUES (%(e)s, 'C-900', 'Gutter clean', 80.00, '2026-11-20 09:00+00')",
+            "INSERT INTO ops.job_notes (job_ref, body) VALUES (%(e)s, 'Ladder needed')",
+        ),
+        steps=(
+            ("dana", "dispatcher", "INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total) "
+             "VALUES (%(b)s, %(c)s, 'Boiler service', 120.00)"),
+            ("dana", "dispatcher", "UPDATE ops.jobs SET window_from = '2026-11-27 08:00+00', "
+             "window_to = '2026-11-27 10:00+00', state = 'scheduled', technician = 'finn' "
+             "WHERE job_no = %(b)s"),
+            ("alice", "admin", "UPDATE ops.jobs SET quoted_total = 149.90, modified_at = now() "
+             "WHERE job_no = %(b)s"),
+            ("dana", "dispatcher", "UPDATE ops.jobs SET technician = NULL WHERE job_no = %(b)s; "
+             "UPDATE ops.jobs SET technician = 'gus' WHERE job_no = %(b)s; "
+             "UPDATE ops.jobs SET window_from = '2026-11-28 14:00+00', "
+             "window_to = '2026-11-28 16:00+00' WHERE job_no = %(b)s"),
+            ("gus", "fieldworker", "INSERT INTO ops.job_notes (job_ref, body) "
+             "VALUES (%(b)s, 'Gate code 4411')"),
+            ("olga", "billing", "INSERT INTO billing.invoices (job_ref, total) "
+             "VALUES (%(b)s, 149.90)"),
+            ("olga", "billing", "UPDATE billing.invoices SET issued_at = now() "
+             "WHERE job_ref = %(b)s"),
+            ("olga", "billing", "INSERT INTO billing.payments (invoice_ref, paid) "
+             "SELECT invoice_no, 149.90 FROM billing.invoices WHERE job_ref = %(b)s"),
+            ("gus", "fieldworker", "UPDATE ops.job_notes SET body = 'Gate code 4412' "
+             "WHERE job_ref = %(b)s"),
+            ("dana", "dispatcher", "UPDATE ops.jobs SET state = 'void' WHERE job_no = %(b)s"),
+        ),
+        after=(
+            "UPDATE ops.jobs SET quoted_total = 95.00 WHERE job_no = %(e)s",
+            "UPDATE ops.job_notes SET body = 'Ladder and gloves' WHERE job_ref = %(e)s",
+        ),
+        cancelled="void",
+    ),
+}  # fmt: skip
+
+
 @pytest.fixture(params=["logical", "trigger"])
-def preinstalled(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+def preinstalled(
+    stack: StackEnv, schema: Schema, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
     """A source with a booking (and its note) from before the install: its as-of starts from
     the install's baseline."""
-    p = Pipeline(stack, mode=request.param).create(install=False)
+    p = Pipeline(stack, mode=request.param, schema=schema).create(install=False)
+    story = STORIES[schema.name]
     with psycopg.connect(p.source_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO customers (id, name) VALUES (900, 'Old customer')")
-        conn.execute(
-            "INSERT INTO bookings (id, customer_id, service, address, price, scheduled_start) "
-            "VALUES (%s, 900, 'Gutter clean', 'Canal 5', 80.00, '2026-11-20 09:00+00')",
-            (EXISTING,),
-        )
-        conn.execute(
-            "INSERT INTO notes (booking_id, author, body) VALUES (%s, 'eve', 'Ladder needed')",
-            (EXISTING,),
-        )
+        for statement in story.before_install:
+            conn.execute(statement, {"e": story.existing})
     p.install()
     yield p
     p.drop()
 
 
-EXISTING = 6001
-
-
 def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: Pipeline) -> None:
     pipeline = preinstalled
     dsn = pipeline.source_dsn
+    n, fields = pipeline.schema.names, pipeline.schema.entity_map.booking.fields
+    story = STORIES[pipeline.schema.name]
+    booking, existing = story.booking, story.existing
     moments: list[tuple[datetime, State]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        customer = conn.execute(
-            "INSERT INTO customers (name) VALUES ('Ada') RETURNING id"
-        ).fetchone()
+        customer = conn.execute(pipeline.schema.writes.customer, {"name": "Ada"}).fetchone()
         assert customer is not None
     before_any = _moment(dsn)
-    existing_at_install = _state(dsn, EXISTING)
+    existing_at_install = _state(pipeline, existing)
     existing_moments: list[tuple[datetime, State]] = [(before_any, existing_at_install)]
 
-    steps = [
-        ("dana", "dispatcher", "INSERT INTO bookings (id, customer_id, service, address, price) "
-         "VALUES (%(b)s, %(c)s, 'Boiler service', 'Main St 1', 120.00)"),
-        ("dana", "dispatcher", "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
-         "scheduled_end = '2026-11-27 10:00+00', status = 'scheduled' WHERE id = %(b)s; "
-         "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')"),
-        ("alice", "admin", "UPDATE bookings SET price = 149.90, updated_at = now() WHERE id = %(b)s"),
-        ("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s; "
-         "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'gus'); "
-         "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
-         "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s"),
-        ("gus", "fieldworker", "INSERT INTO notes (booking_id, author, body) "
-         "VALUES (%(b)s, 'gus', 'Gate code 4411')"),
-        ("olga", "billing", "INSERT INTO invoices (booking_id, number, amount) "
-         "VALUES (%(b)s, 'INV-' || %(b)s, 149.90)"),
-        ("olga", "billing", "UPDATE invoices SET status = 'sent', sent_at = now() "
-         "WHERE booking_id = %(b)s"),
-        ("olga", "billing", "INSERT INTO payments (booking_id, amount, method) "
-         "VALUES (%(b)s, 149.90, 'card')"),
-        ("gus", "fieldworker", "UPDATE notes SET body = 'Gate code 4412' WHERE booking_id = %(b)s"),
-        ("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s"),
-    ]  # fmt: skip
-    booking = 7001
-    for actor, role, statements in steps:
+    for actor, role, statements in story.steps:
         with psycopg.connect(pipeline.app_dsn) as conn:
             _as(conn, actor, role)
             for statement in statements.split("; "):
                 conn.execute(statement, {"b": booking, "c": customer[0]})
-        moments.append((_moment(dsn), _state(dsn, booking)))
+        moments.append((_moment(dsn), _state(pipeline, booking)))
     # The pre-existing booking changes after install: its state before comes from the baseline.
     with psycopg.connect(pipeline.app_dsn) as conn:
         _as(conn, "dana", "dispatcher")
-        conn.execute("UPDATE bookings SET price = 95.00 WHERE id = %s", (EXISTING,))
-        conn.execute(
-            "UPDATE notes SET body = 'Ladder and gloves' WHERE booking_id = %s", (EXISTING,)
-        )
-    existing_moments.append((_moment(dsn), _state(dsn, EXISTING)))
+        for statement in story.after:
+            conn.execute(statement, {"e": existing})
+    existing_moments.append((_moment(dsn), _state(pipeline, existing)))
+    # The source state reaches every kind of row, the payment through its invoice on jobs.
+    touched = {n[t] for t in ("bookings", "notes", "invoices", "payments")}
+    assert {table for table, _row in moments[-1][1]} >= touched
     pipeline.flow()
 
     with psycopg.connect(pipeline.warehouse_dsn, row_factory=dict_row) as wh:
 
-        def as_of(at: datetime) -> State:
+        def as_of(key: Key, at: datetime) -> State:
             rows = wh.execute(
                 "SELECT table_name, row_id, row_data FROM audit.booking_as_of(%s, %s)",
-                (str(booking), at),
+                (str(key), at),
             ).fetchall()
             return {(r["table_name"], r["row_id"]): r["row_data"] for r in rows}
 
-        assert as_of(before_any) == {}
+        assert as_of(booking, before_any) == {}
         for at, expected in moments:
-            assert as_of(at) == expected, f"as of {at}"
+            assert as_of(booking, at) == expected, f"as of {at}"
         for at, expected in existing_moments:
-            rows = wh.execute(
-                "SELECT table_name, row_id, row_data FROM audit.booking_as_of(%s, %s)",
-                (str(EXISTING), at),
-            ).fetchall()
-            assert {(r["table_name"], r["row_id"]): r["row_data"] for r in rows} == expected
-        assert existing_moments[0][1][("bookings", str(EXISTING))]["price"] == "80.00"
+            assert as_of(existing, at) == expected, f"{existing} as of {at}"
+        assert existing_moments[0][1][(n["bookings"], str(existing))][n["price"]] == "80.00"
 
         # The diff between the price change and the cancellation, field by field, with who.
         (t1, s1), (t2, s2) = moments[2], moments[9]
@@ -179,19 +282,19 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: 
             (table, row, f)
             for table, row in s1.keys() | s2.keys()
             for f in (s1.get((table, row)) or s2[(table, row)])
-            if f != "updated_at"
+            if f != n["updated_at"]
             and (s1.get((table, row)) or {}).get(f) != (s2.get((table, row)) or {}).get(f)
         }
         assert {(d["table_name"], d["row_id"], d["field"]) for d in diff} == expected_fields
         by_field = {(d["table_name"], d["field"]): d for d in diff}
-        status = by_field[("bookings", "status")]
+        status = by_field[(n["bookings"], fields.status[0])]
         assert (status["value_at_t1"], status["value_at_t2"], status["changed_by"]) == (
-            "scheduled", "cancelled", "dana",
+            "scheduled", story.cancelled, "dana",
         )  # fmt: skip
-        assert by_field[("bookings", "scheduled_start")]["changed_by"] == "dana"
-        assert by_field[("notes", "body")]["value_at_t1"] is None
-        assert by_field[("notes", "body")]["value_at_t2"] == "Gate code 4412"
-        assert ("bookings", "price") not in by_field  # changed before t1, not between
+        assert by_field[(n["bookings"], fields.schedule[0])]["changed_by"] == "dana"
+        assert by_field[(n["notes"], "body")]["value_at_t1"] is None
+        assert by_field[(n["notes"], "body")]["value_at_t2"] == "Gate code 4412"
+        assert (n["bookings"], n["price"]) not in by_field  # changed before t1, not between
 
     # The CLI gives the same answers, with its times read in --tz.
     at, expected = moments[3]

@@ -24,9 +24,9 @@ State = dict[tuple[str, str], dict[str, str | None]]
 
 
 @pytest.fixture
-def logical(stack: StackEnv) -> Iterator[Pipeline]:
+def logical(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
     """Labels and filters read the warehouse only: one capture mode is enough for them."""
-    p = Pipeline(stack).create()
+    p = Pipeline(stack, schema=schema).create()
     yield p
     p.drop()
 
@@ -330,9 +330,10 @@ def _labels(rows: list[dict[str, Any]]) -> list[str]:
 
 def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     p = logical
-    ids = write_labelled_workload(p.app_dsn)  # as the application: the non-owner role
+    ids = write_labelled_workload(p.app_dsn, p.schema)  # as the application: the non-owner role
     p.flow()
     main = str(ids["main"])
+    n, fields = p.schema.names, p.schema.entity_map.booking.fields
 
     history = _json(p, "booking", main)
     assert _labels(history) == [
@@ -353,10 +354,10 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
         "Price changed",
     ]
     # updated_at is noise: hidden from the timeline, still in the warehouse.
-    assert all(r["field"] != "updated_at" for r in history)
+    assert all(r["field"] != n["updated_at"] for r in history)
     with psycopg.connect(p.warehouse_dsn) as wh:
         kept = wh.execute(
-            "SELECT count(*) FROM audit.field_changes WHERE field = 'updated_at'"
+            "SELECT count(*) FROM audit.field_changes WHERE field = %s", (n["updated_at"],)
         ).fetchone()
         assert kept is not None and kept[0] >= 1
     price = [r for r in history if r["label"] == "Price changed"]
@@ -373,7 +374,7 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     table = p.cli("history", "booking", main, "--tz", "Europe/Amsterdam").stdout
     line = next(x for x in table.splitlines() if "Rescheduled" in x)
     assert "dana (dispatcher)" in line
-    assert "scheduled_start 27 Nov 2026 09:00 → 28 Nov 2026 15:00" in line
+    assert f"{fields.schedule[0]} 27 Nov 2026 09:00 → 28 Nov 2026 15:00" in line
     assert "approval APR-1042; second unit" in next(x for x in table.splitlines() if "alice" in x)
     utc = p.cli("history", "booking", main, "--tz", "UTC").stdout
     assert "27 Nov 2026 08:00 → 28 Nov 2026 14:00" in utc
@@ -385,7 +386,8 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     ]  # fmt: skip
     assert {r["actor"] for r in _json(p, "booking", main, "--actor", "olga")} == {"olga"}
     assert _labels(_json(p, "booking", main, "--actor", p.app_role)) == ["Price changed"]
-    assert {r["field"] for r in _json(p, "booking", main, "--field", "status")} == {"status"}
+    status = fields.status[0]
+    assert {r["field"] for r in _json(p, "booking", main, "--field", status)} == {status}
     stamps = sorted({r["committed_at"] for r in history})
     window = _json(p, "booking", main, "--since", stamps[1], "--until", stamps[2], "--tz", "UTC")
     assert window and all(stamps[1] <= r["committed_at"] <= stamps[2] for r in window)

@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from bookaudit.web.serve import check_read_only, reader_dsn
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, wait_for
+from tests.integration.schemas import Key
 from tests.integration.workloads import write_labelled_workload
 
 
@@ -50,7 +51,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, int], str]]:
+def site(stack: StackEnv) -> Iterator[tuple[Pipeline, dict[str, Key], str]]:
     """One pipeline with the labelled workload and its alerts, served by `bookaudit serve`."""
     p = Pipeline(stack).create()
     ids = write_labelled_workload(p.app_dsn)  # as the application: the non-owner role
@@ -91,7 +92,7 @@ def _texts(driver: WebDriver, css: str) -> list[str]:
 
 
 def test_booking_page_shows_labels_old_new_filters_and_as_of(
-    site: tuple[Pipeline, dict[str, int], str], browser: WebDriver, tmp_path: Path
+    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver, tmp_path: Path
 ) -> None:
     _, ids, url = site
     browser.get(f"{url}/bookings/{ids['main']}?tz=Europe/Amsterdam")
@@ -148,7 +149,7 @@ def test_booking_page_shows_labels_old_new_filters_and_as_of(
 
 
 def test_csv_print_and_evidence(
-    site: tuple[Pipeline, dict[str, int], str], browser: WebDriver
+    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
 ) -> None:
     p, ids, url = site
     browser.get(f"{url}/bookings/{ids['main']}?label=price")
@@ -182,7 +183,7 @@ def test_csv_print_and_evidence(
 
 
 def test_customer_log_actor_and_alerts_pages(
-    site: tuple[Pipeline, dict[str, int], str], browser: WebDriver
+    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
 ) -> None:
     _, ids, url = site
     browser.get(f"{url}/customers/{ids['customer']}")
@@ -214,7 +215,7 @@ def test_customer_log_actor_and_alerts_pages(
 
 
 def test_pages_read_through_a_role_that_cannot_write(
-    site: tuple[Pipeline, dict[str, int], str],
+    site: tuple[Pipeline, dict[str, Key], str],
 ) -> None:
     p, _, _ = site
     dsn = reader_dsn(p.warehouse_dsn)
@@ -232,7 +233,7 @@ def test_pages_read_through_a_role_that_cannot_write(
 
 
 def test_serve_refuses_other_addresses_without_credentials(
-    site: tuple[Pipeline, dict[str, int], str],
+    site: tuple[Pipeline, dict[str, Key], str],
 ) -> None:
     p, _, _ = site
     refused = p.cli("serve", "--host", "0.0.0.0", "--port", str(_free_port()), check=False)
@@ -241,7 +242,7 @@ def test_serve_refuses_other_addresses_without_credentials(
 
 
 def test_markup_in_values_is_shown_as_text(
-    site: tuple[Pipeline, dict[str, int], str], browser: WebDriver
+    site: tuple[Pipeline, dict[str, Key], str], browser: WebDriver
 ) -> None:
     _, _, url = site
     browser.get(f"{url}/bookings/503")

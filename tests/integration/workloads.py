@@ -16,7 +16,7 @@ from bookaudit.consumers.records import Record
 from bookaudit.entity_map import Entity, TableRef
 from bookaudit.kafka.alert import decode_alert
 from tests.integration.harness import Pipeline
-from tests.integration.schemas import Key, Schema
+from tests.integration.schemas import SAMPLE, Key, Schema
 
 
 def topic_records(p: Pipeline, topic: str) -> list[Record]:
@@ -82,80 +82,101 @@ def unapproved_edits(p: Pipeline, bookings: list[Key], rounds: int) -> None:
                 conn.execute(nudge, {"keys": bookings})
 
 
-def write_labelled_workload(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO customers (name) VALUES ('Bo') RETURNING id").fetchone()
-        assert row is not None
-    customer = row[0]
-    ids = {"main": 501, "gone": 502}
+# The labelled workload's story, per schema: (actor, role, statements, set_actor extras) with
+# %(b)s the main booking, %(g)s the one that is deleted, %(c)s their customer. The jobs schema
+# assigns through the job's technician column, sends an invoice by issuing it, and pays the
+# invoice rather than the job.
+_Tx = tuple[str, str, tuple[str, ...], dict[str, str]]
+_DISPATCH = ("dana", "dispatcher")
+LABELLED: dict[str, tuple[dict[str, Key], tuple[_Tx, ...], str]] = {
+    "sample": (
+        {"main": 501, "gone": 502},
+        (
+            (*_DISPATCH, ("INSERT INTO bookings (id, customer_id, service, address, price) VALUES "
+             "(%(b)s, %(c)s, 'Annual HVAC', 'Dam 1', 149.00), "
+             "(%(g)s, %(c)s, 'Leak', 'Dam 2', 80.00)",), {}),
+            (*_DISPATCH, ("UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
+             "scheduled_end = '2026-11-27 10:00+00' WHERE id = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
+             "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s",), {}),
+            ("alice", "admin", ("UPDATE bookings SET price = 189.50 WHERE id = %(b)s",),
+             {"approval_ref": "APR-1042", "reason": "second unit"}),
+            ("finn", "fieldworker", ("UPDATE bookings SET updated_at = now() WHERE id = %(b)s",),
+             {}),
+            (*_DISPATCH, ("UPDATE bookings SET status = 'confirmed' WHERE id = %(b)s",), {}),
+            (*_DISPATCH, ("INSERT INTO assignments (booking_id, fieldworker) "
+             "VALUES (%(b)s, 'finn')",), {}),
+            (*_DISPATCH, ("DELETE FROM assignments WHERE booking_id = %(b)s",), {}),
+            ("finn", "fieldworker", ("INSERT INTO notes (booking_id, author, body) "
+             "VALUES (%(b)s, 'finn', 'Dog in yard')",), {}),
+            ("olga", "billing", ("INSERT INTO invoices (booking_id, number, amount) "
+             "VALUES (%(b)s, 'INV-501', 189.50)",), {}),
+            ("olga", "billing", ("UPDATE invoices SET sent_at = now() WHERE booking_id = %(b)s",),
+             {}),
+            ("olga", "billing", ("INSERT INTO payments (booking_id, amount, method) "
+             "VALUES (%(b)s, 189.50, 'card')",), {}),
+            ("olga", "billing", ("INSERT INTO payments (booking_id, amount, method) "
+             "VALUES (%(b)s, -20.00, 'card')",), {}),
+            (*_DISPATCH, ("UPDATE bookings SET address = 'Dam 1A' WHERE id = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s",), {}),
+            (*_DISPATCH, ("DELETE FROM bookings WHERE id = %(g)s",), {}),
+        ),
+        "UPDATE bookings SET price = 99.00 WHERE id = %(b)s",
+    ),
+    "jobs": (
+        {"main": "J-501", "gone": "J-502"},
+        (
+            (*_DISPATCH, ("INSERT INTO ops.jobs (job_no, client_ref, title, quoted_total) VALUES "
+             "(%(b)s, %(c)s, 'Annual HVAC', 149.00), (%(g)s, %(c)s, 'Leak', 80.00)",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET window_from = '2026-11-27 08:00+00', "
+             "window_to = '2026-11-27 10:00+00' WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET window_from = '2026-11-28 14:00+00', "
+             "window_to = '2026-11-28 16:00+00' WHERE job_no = %(b)s",), {}),
+            ("alice", "admin", ("UPDATE ops.jobs SET quoted_total = 189.50 WHERE job_no = %(b)s",),
+             {"approval_ref": "APR-1042", "reason": "second unit"}),
+            ("finn", "fieldworker", ("UPDATE ops.jobs SET modified_at = now() "
+             "WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET state = 'confirmed' WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET technician = 'finn' WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET technician = NULL WHERE job_no = %(b)s",), {}),
+            ("finn", "fieldworker", ("INSERT INTO ops.job_notes (job_ref, body) "
+             "VALUES (%(b)s, 'Dog in yard')",), {}),
+            ("olga", "billing", ("INSERT INTO billing.invoices (job_ref, total) "
+             "VALUES (%(b)s, 189.50)",), {}),
+            ("olga", "billing", ("UPDATE billing.invoices SET issued_at = now() "
+             "WHERE job_ref = %(b)s",), {}),
+            ("olga", "billing", ("INSERT INTO billing.payments (invoice_ref, paid) "
+             "SELECT invoice_no, 189.50 FROM billing.invoices WHERE job_ref = %(b)s",), {}),
+            ("olga", "billing", ("INSERT INTO billing.payments (invoice_ref, paid) "
+             "SELECT invoice_no, -20.00 FROM billing.invoices WHERE job_ref = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET title = 'Annual HVAC, 2 units' "
+             "WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("UPDATE ops.jobs SET state = 'void' WHERE job_no = %(b)s",), {}),
+            (*_DISPATCH, ("DELETE FROM ops.jobs WHERE job_no = %(g)s",), {}),
+        ),
+        "UPDATE ops.jobs SET quoted_total = 99.00 WHERE job_no = %(b)s",
+    ),
+}  # fmt: skip
 
-    def tx(actor: str, role: str, *statements: str, **extra: str) -> None:
+
+def write_labelled_workload(dsn: str, schema: Schema = SAMPLE) -> dict[str, Key]:
+    """A booking's labelled life on `schema` (and a second booking, deleted), each step its own
+    transaction by its actor, then a raw psql price edit; returns the bookings' and customer's
+    keys."""
+    ids, steps, raw_edit = LABELLED[schema.name]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(schema.writes.customer, {"name": "Bo"}).fetchone()
+        assert row is not None
+    params = {"b": ids["main"], "g": ids["gone"], "c": row[0]}
+    for actor, role, statements, extra in steps:
         with psycopg.connect(dsn) as conn:
             set_actor(conn, Actor(actor, role=role, **extra))
             for s in statements:
-                conn.execute(s, {"b": ids["main"], "g": ids["gone"], "c": customer})
+                conn.execute(s, params)
         time.sleep(0.003)
-
-    tx(
-        "dana",
-        "dispatcher",
-        "INSERT INTO bookings (id, customer_id, service, address, price) VALUES "
-        "(%(b)s, %(c)s, 'Annual HVAC', 'Dam 1', 149.00), (%(g)s, %(c)s, 'Leak', 'Dam 2', 80.00)",
-    )
-    tx(
-        "dana",
-        "dispatcher",
-        "UPDATE bookings SET scheduled_start = '2026-11-27 08:00+00', "
-        "scheduled_end = '2026-11-27 10:00+00' WHERE id = %(b)s",
-    )
-    tx(
-        "dana",
-        "dispatcher",
-        "UPDATE bookings SET scheduled_start = '2026-11-28 14:00+00', "
-        "scheduled_end = '2026-11-28 16:00+00' WHERE id = %(b)s",
-    )
-    tx(
-        "alice",
-        "admin",
-        "UPDATE bookings SET price = 189.50 WHERE id = %(b)s",
-        approval_ref="APR-1042",
-        reason="second unit",
-    )
-    tx("finn", "fieldworker", "UPDATE bookings SET updated_at = now() WHERE id = %(b)s")
-    tx("dana", "dispatcher", "UPDATE bookings SET status = 'confirmed' WHERE id = %(b)s")
-    tx(
-        "dana",
-        "dispatcher",
-        "INSERT INTO assignments (booking_id, fieldworker) VALUES (%(b)s, 'finn')",
-    )
-    tx("dana", "dispatcher", "DELETE FROM assignments WHERE booking_id = %(b)s")
-    tx(
-        "finn",
-        "fieldworker",
-        "INSERT INTO notes (booking_id, author, body) VALUES (%(b)s, 'finn', 'Dog in yard')",
-    )
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO invoices (booking_id, number, amount) VALUES (%(b)s, 'INV-501', 189.50)",
-    )
-    tx("olga", "billing", "UPDATE invoices SET sent_at = now() WHERE booking_id = %(b)s")
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, 189.50, 'card')",
-    )
-    tx(
-        "olga",
-        "billing",
-        "INSERT INTO payments (booking_id, amount, method) VALUES (%(b)s, -20.00, 'card')",
-    )
-    tx("dana", "dispatcher", "UPDATE bookings SET address = 'Dam 1A' WHERE id = %(b)s")
-    tx("dana", "dispatcher", "UPDATE bookings SET status = 'cancelled' WHERE id = %(b)s")
-    tx("dana", "dispatcher", "DELETE FROM bookings WHERE id = %(g)s")
     with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
-        conn.execute("UPDATE bookings SET price = 99.00 WHERE id = %s", (ids["main"],))
-    return {**ids, "customer": customer}
+        conn.execute(raw_edit, params)
+    return {**ids, "customer": row[0]}
 
 
 def _related(schema: Schema, kind: str) -> Entity:

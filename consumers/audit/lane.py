@@ -67,7 +67,15 @@ class Pending:
         return len(self.records) >= self.limit
 
     def batch(self) -> Batch:
-        return Batch(self.records, self.entries, self.committed_at_ms, self.rows, self.dead)
+        # Each poll's rows come sorted by identity, but polls joined here interleave: sorted
+        # again, every writer inserts in one key order, so two writers given overlapping copies
+        # wait on each other's unique-key entries instead of deadlocking.
+        rows = sorted(self.rows, key=_identity)
+        return Batch(self.records, self.entries, self.committed_at_ms, rows, self.dead)
+
+
+def _identity(row: PreparedRow) -> tuple[str, Position, int]:
+    return row.key
 
 
 @dataclass(frozen=True, slots=True)

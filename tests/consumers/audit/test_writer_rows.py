@@ -113,3 +113,21 @@ def test_a_pending_batch_joins_polls_and_keeps_one_row_per_event() -> None:
     assert [r.change_id for r in batch.rows] == [1, 3]
     assert batch.records == records
     assert batch.entries == 3 and len(batch.committed_at_ms) == 3
+
+
+def test_a_pending_batch_is_written_in_identity_order_whatever_order_its_polls_came_in() -> None:
+    """Two writers given overlapping copies must insert in one key order, or their unique-key
+    waits cross and PostgreSQL kills one of them as a deadlock."""
+    pending = Pending(limit=10)
+    late, early, middle = (replace(ENTRY, sequence=s) for s in (9, 1, 5))
+    record = Record("ba.public.bookings", 0, 0, None, b"", ())
+    pending.add([record], [ENTRY.committed_at_ms], [prepare_row(late, 1, 0)], [])
+    pending.add(
+        [record, record],
+        [ENTRY.committed_at_ms] * 2,
+        [prepare_row(early, 2, 0), prepare_row(middle, 3, 0)],
+        [],
+    )
+    batch = pending.batch()
+    assert [r.key[2] for r in batch.rows] == [1, 5, 9]
+    assert [r.change_id for r in batch.rows] == [2, 3, 1]

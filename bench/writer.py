@@ -233,6 +233,7 @@ def add_table(source: str, number: int) -> None:
 
 
 _CPU_GROUPS = (
+    "pgbench (the application's load)",
     "source backends (pgbench's)",
     "walsender, capture's catalog",
     "capture",
@@ -252,14 +253,25 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _kafka_pids() -> list[int]:
+def _pids_running(marker: bytes, parent: int | None = None) -> list[int]:
+    """Processes whose command line holds `marker` (children of `parent` only, if given)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with suppress(OSError):
-                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                if marker not in (entry / "cmdline").read_bytes():
+                    continue
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if parent is None or int(stat[1]) == parent:
                     found.append(int(entry.name))
     return found
+
+
+def _machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far, all cores (/proc/stat: all but idle and
+    iowait, guests being counted in user already)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -279,6 +291,9 @@ class CpuWindow:
     started: float = 0.0
     per_txn_us: dict[str, float] = field(default_factory=dict)
     rate: float = 0.0
+    # Busy CPU of the whole machine over the window, in cores: what is left for anything else.
+    machine_cores: float = 0.0
+    _machine_before: float = 0.0
 
     def _commits(self) -> int:
         with psycopg.connect(self.admin, autocommit=True) as conn:
@@ -289,11 +304,12 @@ class CpuWindow:
 
     def _group_pids(self) -> dict[int, str]:
         groups = {
-            self.capture_pid: _CPU_GROUPS[2],
-            self.writer_pid: _CPU_GROUPS[4],
-            os.getpid(): _CPU_GROUPS[6],
+            self.capture_pid: _CPU_GROUPS[3],
+            self.writer_pid: _CPU_GROUPS[5],
+            os.getpid(): _CPU_GROUPS[7],
         }
-        groups.update(dict.fromkeys(_kafka_pids(), _CPU_GROUPS[3]))
+        groups.update(dict.fromkeys(_pids_running(b"kafka.Kafka"), _CPU_GROUPS[4]))
+        groups.update(dict.fromkeys(_pids_running(b"pgbench\0", os.getpid()), _CPU_GROUPS[0]))
         with psycopg.connect(self.admin, autocommit=True) as conn:
             for pid, db, app in conn.execute(
                 "SELECT pid, datname, application_name FROM pg_stat_activity "
@@ -301,11 +317,11 @@ class CpuWindow:
                 (self.source_db, self.warehouse_db),
             ):
                 if db == self.source_db:
-                    groups[pid] = _CPU_GROUPS[0] if app == "pgbench" else _CPU_GROUPS[1]
+                    groups[pid] = _CPU_GROUPS[1] if app == "pgbench" else _CPU_GROUPS[2]
                 elif str(app).startswith("bookaudit-audit-writer"):
-                    groups[pid] = _CPU_GROUPS[5]
-                else:
                     groups[pid] = _CPU_GROUPS[6]
+                else:
+                    groups[pid] = _CPU_GROUPS[7]
         return groups
 
     def start(self) -> None:
@@ -313,6 +329,7 @@ class CpuWindow:
         self.commits = self._commits()
         self.started = time.monotonic()
         self.before = {pid: cpu for pid in self.groups if (cpu := _cpu_s(pid)) is not None}
+        self._machine_before = _machine_busy_s()
 
     def stop(self) -> None:
         spent = dict.fromkeys(_CPU_GROUPS, 0.0)
@@ -320,8 +337,10 @@ class CpuWindow:
             now = _cpu_s(pid)
             if now is not None:
                 spent[self.groups[pid]] += now - cpu
+        elapsed = time.monotonic() - self.started
+        self.machine_cores = (_machine_busy_s() - self._machine_before) / elapsed
         commits = max(1, self._commits() - self.commits)
-        self.rate = commits / (time.monotonic() - self.started)
+        self.rate = commits / elapsed
         self.per_txn_us = {group: s / commits * 1e6 for group, s in spent.items()}
 
     def measure(self, seconds: float, delay: float) -> threading.Thread:
@@ -575,6 +594,10 @@ def report_steady(s: Steady) -> None:
         click.echo(
             f"  {'source commits/s in the window':34s}"
             + "".join(f"{s.cpu[r].rate:11,.0f}" for r in RATES)
+        )
+        click.echo(
+            f"  {f'whole machine busy, of {os.cpu_count()} cores':34s}"
+            + "".join(f"{s.cpu[r].machine_cores:11.2f}" for r in RATES)
         )
 
 

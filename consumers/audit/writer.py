@@ -14,7 +14,7 @@ import psycopg
 
 from bookaudit.chain import JSONB_COLUMNS, ROW_FORM, SCALAR_COLUMNS, FieldRow, dump_json
 from bookaudit.classify import pg_connect_error
-from bookaudit.consumers.records import AuditEntry, Change, DeadLetter, change_of
+from bookaudit.consumers.records import AuditEntry, DeadLetter
 from bookaudit.errors import BookauditError, TerminalError, TransientError
 from bookaudit.model import Position, format_position, parse_position
 
@@ -172,29 +172,32 @@ class _Times:
 
 
 def prepare_rows(
-    changes: Sequence[Change], ids: Sequence[int], recorded_at_us: int
+    entries: Sequence[AuditEntry], ids: Sequence[int], recorded_at_us: int
 ) -> list[PreparedRow]:
-    """Pure: each change as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
+    """Pure: each entry as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
     chain hashes it, from one JSON encoding of each jsonb value. The writer's hot path: what is
     shared by the batch's rows (texts of names, times, actors) is formatted once."""
     times = _Times()
     recorded_at, recorded_text = times(recorded_at_us)
     texts: dict[str, str] = {}
-    actors: dict[tuple[str | None, ...], str] = {}
+    # By the context's id: the entries hold each one for the whole call, and a transaction's
+    # entries share one.
+    actors: dict[int, tuple[tuple[str | None, ...], str]] = {}
     positions: dict[int, str] = {}
     dump = dump_json
     sha256 = hashlib.sha256
     out: list[PreparedRow] = []
-    for change, cid in zip(changes, ids, strict=True):
-        source, commit, seq = change.key
-        topic, partition, offset = change.where
+    for change, cid in zip(entries, ids, strict=True):
+        source, commit, seq = change.source, change.commit_position, change.sequence
+        topic, partition, offset = change.kafka_topic, change.kafka_partition, change.kafka_offset
         lsn = change.position
         committed_us = change.committed_at_ms * 1000
         committed_at, committed_text = times(committed_us)
-        actor = change.actor
-        actor_text = actors.get(actor)
-        if actor_text is None:
-            actor_text = actors[actor] = "\t".join(copy_text(a) for a in actor)
+        found = actors.get(id(change.actor))
+        if found is None:
+            ordered = tuple(change.actor.to_dict().values())  # ACTOR_FIELDS' order
+            found = actors[id(change.actor)] = (ordered, "\t".join(copy_text(a) for a in ordered))
+        actor, actor_text = found
         commit_text = positions.get(commit)
         if commit_text is None:
             commit_text = positions[commit] = format_position(commit)
@@ -240,14 +243,23 @@ def prepare_rows(
             None if change.after is None else after_json,
         )  # fmt: skip
         out.append(
-            PreparedRow(change.key, change.where, cid, values, fields, leaf, line, field_lines)
+            PreparedRow(
+                (source, commit, seq),
+                (topic, partition, offset),
+                cid,
+                values,
+                fields,
+                leaf,
+                line,
+                field_lines,
+            )
         )
     return out
 
 
 def prepare_row(entry: AuditEntry, change_id: int, recorded_at_us: int) -> PreparedRow:
-    """Pure: one typed entry prepared as `prepare_rows` prepares its flat form."""
-    return prepare_rows([change_of(entry)], [change_id], recorded_at_us)[0]
+    """Pure: one entry prepared as `prepare_rows` prepares it in a batch."""
+    return prepare_rows([entry], [change_id], recorded_at_us)[0]
 
 
 class IdPool:

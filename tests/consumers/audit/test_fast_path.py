@@ -12,13 +12,12 @@ import pytest
 from bookaudit.chain import dump_json, leaf
 from bookaudit.consumers.audit.writer import copy_text, prepare_row, prepare_rows, stored_row
 from bookaudit.consumers.records import (
-    Change,
+    AuditEntry,
     Decoded,
+    FieldChange,
     Record,
     _fast_change,
-    change_of,
     decode_and_map,
-    distinct_changes,
     distinct_entries,
     read_changes,
     to_audit_entry,
@@ -78,27 +77,30 @@ def _records(changes: list[RowChange]) -> list[Record]:
     return records
 
 
-def _reference(record: Record) -> Change:
-    """The typed path with fastavro as the reader: record → Envelope → AuditEntry → flat."""
+def _reference(record: Record) -> AuditEntry:
+    """The typed path with fastavro as the reader: record → Envelope → AuditEntry."""
     assert record.value is not None
     check_header(record.headers, ENVELOPE_SCHEMA_ID)
     envelope = envelope_from_record(decode(ENVELOPE_SCHEMA, record.value), record.value)
     key = None
     if record.key is not None:
         key = {c["name"]: c["value"] for c in decode(KEY_SCHEMA, record.key)["columns"]}
-    return change_of(to_audit_entry(Decoded(record, envelope, key)))
+    return to_audit_entry(Decoded(record, envelope, key))
 
 
 def test_fast_changes_equal_fastavros_typed_path() -> None:
     records = _records(_changes())
-    assert all(_fast_change(r) is not None for r in records), "the fast path took them all"
+    assert all(_fast_change(r, {}) is not None for r in records), "the fast path took them all"
     changes, dead = read_changes(records)
     assert dead == []
     assert changes == [_reference(r) for r in records]
+    # The same types too, not only equal values (a tuple equals a FieldChange).
+    assert all(type(f) is FieldChange for c in changes for f in c.fields)
+    assert all(type(c) is AuditEntry for c in changes)
     # and the typed path the alerts consumer uses agrees too
     entries, _ = decode_and_map(records)
-    assert [change_of(e) for e in entries] == changes
-    assert [change_of(e) for e in distinct_entries(entries)] == distinct_changes(changes)
+    assert entries == changes
+    assert distinct_entries(entries) == distinct_entries(changes)
 
 
 def test_records_the_fast_reader_leaves_to_the_typed_path_read_the_same() -> None:
@@ -135,7 +137,7 @@ def test_bad_records_become_the_same_dead_letters(mangle: Any) -> None:
     changes, dead = read_changes(batch)
     entries, typed_dead = decode_and_map(batch)
     assert dead == typed_dead and len(dead) == 1
-    assert changes == [change_of(e) for e in entries]
+    assert changes == entries
 
 
 def _reshaped(value: bytes | None, source_mode: str | None = None, **fields: object) -> bytes:
@@ -164,7 +166,7 @@ def _copy_line(values: tuple[Any, ...]) -> str:
 
 def test_prepared_rows_hash_what_verify_recomputes_and_copy_what_they_store() -> None:
     records = _records(_changes())
-    changes = distinct_changes(read_changes(records)[0])
+    changes = distinct_entries(read_changes(records)[0])
     rows = prepare_rows(changes, range(500, 500 + len(changes)), 1_795_000_000_200_001)
     entries = distinct_entries(decode_and_map(records)[0])
     assert len(rows) == len(entries) == len(changes)

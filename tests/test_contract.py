@@ -13,7 +13,7 @@ from typing import Any
 from bookaudit._resources import read_text
 from bookaudit.chain import CHAINED_COLUMNS
 from bookaudit.consumers.alerts.model import Alert, ChangeEvent, alert_document
-from bookaudit.consumers.audit.writer import stored_row
+from bookaudit.consumers.audit.rows import stored_row
 from bookaudit.consumers.records import AuditEntry, FieldChange, Record, decode_and_map
 from bookaudit.kafka import _avro_fast
 from bookaudit.kafka.alert import DOCUMENT_KEYS

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.lane import Pending, WarehouseLane
-from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_rows
+from bookaudit.consumers.audit.rows import prepare_rows
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter
 from bookaudit.consumers.records import Record, distinct_entries, read_changes
 from bookaudit.consumers.sources import SourceGuard
 

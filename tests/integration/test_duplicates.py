@@ -15,7 +15,8 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
-from bookaudit.consumers.audit.writer import WarehouseWriter, prepare_row
+from bookaudit.consumers.audit.rows import prepare_row
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv

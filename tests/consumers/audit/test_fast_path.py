@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bookaudit.chain import dump_json, leaf
-from bookaudit.consumers.audit.writer import copy_text, prepare_row, prepare_rows, stored_row
+from bookaudit.consumers.audit.rows import copy_text, prepare_row, prepare_rows, stored_row
 from bookaudit.consumers.records import (
     AuditEntry,
     Decoded,

@@ -11,7 +11,8 @@ import pytest
 
 from bookaudit.chain import leaf
 from bookaudit.consumers.audit.lane import Batch, Pending, WarehouseLane
-from bookaudit.consumers.audit.writer import PreparedRow, WarehouseWriter, prepare_row
+from bookaudit.consumers.audit.rows import PreparedRow, prepare_row
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.consumers.records import DeadLetter, Record
 from bookaudit.errors import TransientError
 from tests.consumers.fixtures import ENTRY

@@ -25,6 +25,7 @@ COMPILED = [
     "src/bookaudit/kafka/_avro_fast.py",
     "src/bookaudit/cdc/decode.py",
     "src/bookaudit/cdc/transactions.py",
+    "src/bookaudit/consumers/audit/rows.py",
 ]
 MANIFEST = Path("src/bookaudit/_compiled.json")
 

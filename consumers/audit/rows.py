@@ -4,6 +4,7 @@ and its chain leaf. No I/O; `make compile` builds it with mypyc (setup.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,18 +111,31 @@ class _Times:
         return found
 
 
+def _json_text(value: str | None) -> str:
+    """A string or null as dump_json spells it inside a list (the same C function escapes it)."""
+    return "null" if value is None else _encode_string(value)
+
+
+_encode_string = json.encoder.encode_basestring
+_ROW_FORM_JSON = _json_text(ROW_FORM)
+
+
 def prepare_rows(
     entries: Sequence[AuditEntry], ids: Sequence[int], recorded_at_us: int
 ) -> list[PreparedRow]:
     """Pure: each entry as COPY sends it (SCALAR_COLUMNS then JSONB_COLUMNS) and its leaf as the
     chain hashes it, from one JSON encoding of each jsonb value. The writer's hot path: what is
-    shared by the batch's rows (texts of names, times, actors) is formatted once."""
+    shared by the batch's rows (texts of names, times, actors) is formatted once, and the
+    canonical form's first line, a list of scalars, is written from those texts: the same text
+    as dump_json gives (ints as int's repr, strings by the encoder's own escaping function), as
+    the tests check against `chain.leaf`."""
     times = _Times()
     recorded_at, recorded_text = times(recorded_at_us)
-    texts: dict[str, str] = {}
+    # A name's COPY text and JSON text.
+    texts: dict[str, tuple[str, str]] = {}
     # By the context's id: the entries hold each one for the whole call, and a transaction's
-    # entries share one.
-    actors: dict[int, tuple[tuple[str | None, ...], str]] = {}
+    # entries share one. Its values in ACTOR_FIELDS' order, as COPY text and as JSON text.
+    actors: dict[int, tuple[tuple[str | None, ...], str, str]] = {}
     positions: dict[int, str] = {}
     dump = dump_json
     sha256 = hashlib.sha256
@@ -129,18 +143,31 @@ def prepare_rows(
     for change, cid in zip(entries, ids, strict=True):
         source, commit, seq = change.source, change.commit_position, change.sequence
         topic, partition, offset = change.kafka_topic, change.kafka_partition, change.kafka_offset
-        lsn = change.position
+        schema, table, action, mode = (
+            change.schema_name, change.table_name, change.action, change.capture_mode
+        )  # fmt: skip
+        lsn, txid = change.position, change.txid
         committed_us = change.committed_at_ms * 1000
         committed_at, committed_text = times(committed_us)
         found = actors.get(id(change.actor))
         if found is None:
-            ordered = tuple(change.actor.to_dict().values())  # ACTOR_FIELDS' order
-            found = actors[id(change.actor)] = (ordered, "\t".join(copy_text(a) for a in ordered))
-        actor, actor_text = found
+            ordered = tuple(change.actor.to_dict().values())
+            found = actors[id(change.actor)] = (
+                ordered,
+                "\t".join([copy_text(a) for a in ordered]),
+                ",".join([_json_text(a) for a in ordered]),
+            )
+        actor, actor_text, actor_json = found
         commit_text = positions.get(commit)
         if commit_text is None:
             commit_text = positions[commit] = format_position(commit)
         lsn_text = format_position(lsn)
+        names: list[tuple[str, str]] = []
+        for name in (source, schema, table, action, mode, topic):
+            t = texts.get(name)
+            if t is None:
+                t = texts[name] = (copy_text(name), _encode_string(name))
+            names.append(t)
         fields = tuple(
             (cid, f, n, old, new) for n, (f, old, new) in enumerate(change.fields, start=1)
         )
@@ -149,34 +176,38 @@ def prepare_rows(
             dump(change.before),
             dump(change.after),
         )
-        head = dump(
-            [ROW_FORM, cid, source, commit, seq, lsn, change.txid, committed_us,
-             change.schema_name, change.table_name, change.action, *actor, change.capture_mode,
-             topic, partition, offset, recorded_at_us, [f[1:] for f in fields]]
-        )  # fmt: skip
-        leaf = sha256("\n".join((head, key_json, before_json, after_json)).encode()).digest()
-        names = []
-        for name in (source, change.schema_name, change.table_name, change.capture_mode, topic):
-            t = texts.get(name)
-            if t is None:
-                t = texts[name] = copy_text(name)
-            names.append(t)
+        fields_json = ",".join(
+            [
+                f"[{_encode_string(f)},{n},{_json_text(old)},{_json_text(new)}]"
+                for _, f, n, old, new in fields
+            ]
+        )
+        # dump_json([ROW_FORM, <SCALAR_COLUMNS' values>, <field rows>]), by hand. `int.__repr__`
+        # as JSON writes ints: a position is a plain int at run time (NewType).
+        head = (
+            f"[{_ROW_FORM_JSON},{cid},{names[0][1]},{int.__repr__(commit)},{seq},"
+            f"{int.__repr__(lsn)},{txid},{committed_us},{names[1][1]},{names[2][1]},"
+            f"{names[3][1]},{actor_json},{names[4][1]},{names[5][1]},{partition},{offset},"
+            f"{recorded_at_us},[{fields_json}]]"
+        )
+        leaf = sha256(f"{head}\n{key_json}\n{before_json}\n{after_json}".encode()).digest()
         line = (
-            f"{cid}\t{names[0]}\t{commit_text}\t{seq}\t{lsn_text}\t{change.txid}\t"
-            f"{committed_text}\t{names[1]}\t{names[2]}\t{change.action}\t{actor_text}\t"
-            f"{names[3]}\t{names[4]}\t{partition}\t{offset}\t{recorded_text}\t"
+            f"{cid}\t{names[0][0]}\t{commit_text}\t{seq}\t{lsn_text}\t{txid}\t"
+            f"{committed_text}\t{names[1][0]}\t{names[2][0]}\t{names[3][0]}\t{actor_text}\t"
+            f"{names[4][0]}\t{names[5][0]}\t{partition}\t{offset}\t{recorded_text}\t"
             f"{_json_copy_text(change.row_key, key_json)}\t"
             f"{_json_copy_text(change.before, before_json)}\t"
             f"{_json_copy_text(change.after, after_json)}\n"
         )
         field_lines = "".join(
-            f"{cid}\t{copy_text(f)}\t{n}\t{copy_text(old)}\t{copy_text(new)}\n"
-            for _, f, n, old, new in fields
+            [
+                f"{cid}\t{copy_text(f)}\t{n}\t{copy_text(old)}\t{copy_text(new)}\n"
+                for _, f, n, old, new in fields
+            ]
         )
         values = (
-            cid, source, commit_text, seq, lsn_text, change.txid, committed_at,
-            change.schema_name, change.table_name, change.action, *actor, change.capture_mode,
-            topic, partition, offset, recorded_at,
+            cid, source, commit_text, seq, lsn_text, txid, committed_at, schema, table, action,
+            *actor, mode, topic, partition, offset, recorded_at,
             None if change.row_key is None else key_json,
             None if change.before is None else before_json,
             None if change.after is None else after_json,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,6 +20,7 @@ from bookaudit.kafka.serde import (
 )
 from bookaudit.model import RowChange
 from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, variants
+from tests.compiled import python_source
 
 
 def _bytes(change: RowChange) -> bytes:
@@ -79,21 +77,10 @@ def test_keys_read_as_fastavro_reads_them() -> None:
         decode_key(encode(KEY_SCHEMA, keys[1])[:-1])
 
 
-def _python_source() -> ModuleType:
-    """_avro_read loaded from its .py, whatever the import gives (mypyc's build after
-    `make compile`)."""
-    path = Path(_avro_read.__file__ or "").with_name("_avro_read.py")
-    spec = importlib.util.spec_from_file_location("_avro_read_source", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_imported_reader_reads_as_its_python_source() -> None:
     """After `make compile` the import gives the mypyc build: it must read and refuse exactly as
     the Python source does (without a build, the import is that source)."""
-    source = _python_source()
+    source = python_source(_avro_read)
     datas = [_bytes(c) for c in [*variants(), *captured_changes()]]
     stale = f"{_avro_read.__file__} reads otherwise than its .py: run `make compile` again"
     for data in datas:

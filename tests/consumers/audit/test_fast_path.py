@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bookaudit.chain import dump_json, leaf
+from bookaudit.consumers.audit import rows
 from bookaudit.consumers.audit.rows import copy_text, prepare_row, prepare_rows, stored_row
 from bookaudit.consumers.records import (
     AuditEntry,
@@ -35,6 +36,7 @@ from bookaudit.kafka.serde import (
 )
 from bookaudit.model import ActorContext, Lsn, RowChange
 from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, variants
+from tests.compiled import python_source
 
 HEADERS = ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)
 
@@ -196,3 +198,28 @@ def test_dump_json_is_the_standard_encoding() -> None:
         assert dump_json(value) == json.dumps(
             value, ensure_ascii=False, sort_keys=True, separators=(",", ":")
         )
+
+
+def _fields(row: Any) -> tuple[Any, ...]:
+    return tuple(getattr(row, f) for f in rows.PreparedRow.__dataclass_fields__)
+
+
+def test_the_imported_row_preparer_prepares_as_its_python_source() -> None:
+    """After `make compile` the import gives the mypyc build of rows.py: it must prepare rows
+    exactly as the Python source does (without a build, the import is that source)."""
+    source = python_source(rows)
+    stale = f"{rows.__file__} prepares otherwise than its .py: run `make compile` again"
+    entries = distinct_entries(read_changes(_records(_changes()))[0])
+    ids = range(7, 7 + len(entries))
+    compiled_rows = rows.prepare_rows(entries, ids, 1_795_000_000_200_001)
+    source_rows = source.prepare_rows(entries, ids, 1_795_000_000_200_001)
+    assert [_fields(r) for r in compiled_rows] == [_fields(r) for r in source_rows], stale
+    for entry, cid in zip(entries, ids, strict=True):
+        compiled, python = rows.stored_row(entry, cid, 5), source.stored_row(entry, cid, 5)
+        assert (compiled.values, compiled.fields) == (python.values, python.fields), stale
+    for text in (None, "", "plain", "a\tb\nc\rd\\e", "ünï ✓"):
+        assert rows.copy_text(text) == source.copy_text(text), stale
+    with pytest.raises(ValueError):
+        rows.prepare_rows(entries, ids[1:], 0)
+    with pytest.raises(ValueError):
+        source.prepare_rows(entries, ids[1:], 0)

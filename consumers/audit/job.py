@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from bookaudit.config import Config
 from bookaudit.consumers._kafka import ConsumerSettings, KafkaSource
 from bookaudit.consumers.audit.lane import Pending, WarehouseLane
-from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter, prepare_rows
-from bookaudit.consumers.records import Record, distinct_changes, read_changes
+from bookaudit.consumers.audit.rows import prepare_rows
+from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter
+from bookaudit.consumers.records import Record, distinct_entries, read_changes
 from bookaudit.consumers.sources import SourceGuard
 
 PROGRESS_INTERVAL_S = 5.0
@@ -142,7 +143,7 @@ class AuditWriter:
         started = lap("decode and map (Python)", started)
         for letter in dead:
             self.log(f"audit writer: dead-lettered {letter.error}")
-        unique = distinct_changes(entries)
+        unique = distinct_entries(entries)
         ids = self.ids.take(len(unique))
         rows = prepare_rows(unique, ids, time.time_ns() // 1000)
         self._pending.add(records, [e.committed_at_ms for e in entries], rows, dead)

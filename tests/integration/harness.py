@@ -72,6 +72,23 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
         time.sleep(0.05)
 
 
+def stop(process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Ask a process to stop as a service manager does (SIGTERM) and reap it; one that has not
+    stopped within `timeout` is killed and reaped, then its test fails. One that already exited
+    is left as it is, with its return code for the test to check."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        process.kill()
+        process.wait()
+        raise AssertionError(
+            f"{process.args!r} ignored SIGTERM for {timeout:.0f} s: killed"
+        ) from err
+
+
 @dataclass
 class Pipeline:
     stack: StackEnv
@@ -282,18 +299,26 @@ class Pipeline:
         """Where `spawn` appends the stderr of a `bookaudit <command> ...` process."""
         return Path(tempfile.gettempdir()) / f"{self.name}-{command}.log"
 
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
-        """Start a bookaudit process; its stderr goes to a log file named in the test output."""
+    @contextmanager
+    def running(self, *args: str, stop_timeout: float = 30.0) -> Iterator[subprocess.Popen[str]]:
+        """A `bookaudit <args>` process for the length of the block, its stderr in a log file
+        named in the test output. However the block ends, a process still running is stopped
+        and reaped (`stop`, within `stop_timeout`): none outlives its test, even one whose wait
+        timed out."""
         log_path = self.spawn_log(args[0])
         self.logs.append(f"spawned {' '.join(args)}, stderr in {log_path}")
         with log_path.open("a") as log:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "bookaudit", *args],
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 text=True,
             )
+        try:
+            yield process
+        finally:
+            stop(process, stop_timeout)
 
     # --- looking at what the source recorded ------------------------------------------------
 

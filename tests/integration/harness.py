@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -38,7 +36,7 @@ from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv, _postgres, reset_databases
+from devstack import StackEnv, _postgres, delete_topics, reset_databases
 from tests.integration.schemas import SAMPLE, Key, Schema
 
 
@@ -208,22 +206,10 @@ class Pipeline:
         self.drop_topics()
 
     def drop_topics(self) -> None:
-        """Delete this pipeline's topics. A broker shared by every test of every run otherwise
-        keeps them all: 85,000 partitions took the 512 MB development broker down with an
-        OutOfMemoryError. A pipeline that shares another's prefix leaves them to that one."""
-        if self.shared_with is not None:
-            return
-        admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
-        mine = [t for t in admin.list_topics(timeout=60).topics if t.startswith(self.prefix + ".")]
-        if not mine:
-            return
-        for future in admin.delete_topics(mine, operation_timeout=60).values():
-            try:
-                future.result(timeout=120)
-            except KafkaException as exc:
-                # Already gone (a test deleted it) is the outcome we want; anything else is not.
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise
+        """Delete this pipeline's topics; a pipeline that shares another's prefix leaves them to
+        that one."""
+        if self.shared_with is None:
+            delete_topics(self.stack.kafka_bootstrap, self.prefix)
 
     # --- running the stages -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ RUFF_PATHS := src/bookaudit cdc consumers schemas sql devstack tests bench
 # Every target that talks to services runs with the stack's BOOKAUDIT_* exports.
 WITH_STACK = eval "$$($(BIN)/python -m devstack env --dir $(STACK_DIR))" &&
 
-.PHONY: deps venv stack-up stack-down demo lint test unit bench faults clean compile
+.PHONY: deps venv stack-up stack-down demo lint test unit bench faults clean compile clean-compiled
 
 # System packages (PostgreSQL, Java 17, Maven, Chromium): installed as root by the script CI uses,
 # otherwise it prints the one command to run.
@@ -26,10 +26,13 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# The writer's Avro reader compiled with mypyc (setup.py), in place: imports prefer it to the .py.
-# Optional: without it the same code runs as Python, about 20 µs slower per change read.
-compile: venv
+# The capture's and the writer's hot paths compiled with mypyc (setup.py), in place: imports
+# prefer them to the .py. Optional: without them the same code runs as Python (README, Benchmarks).
+compile: venv clean-compiled
 	BOOKAUDIT_MYPYC=1 $(BIN)/python setup.py --quiet build_ext --inplace
+
+clean-compiled:
+	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/*/*/*.so src/bookaudit/_compiled.json
 
 stack-up: venv
 	$(BIN)/python -m devstack up --dir $(STACK_DIR) >/dev/null
@@ -65,4 +68,5 @@ faults: venv
 	$(BIN)/python -m tests.faults.campaign --long --dir .stack-faults $(if $(SEED),--seed $(SEED))
 
 clean: stack-down
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/bookaudit/kafka/*.so build
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
+	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/*/*/*.so src/bookaudit/_compiled.json

@@ -143,11 +143,16 @@ def drive(source_dsn: str, ids: list[int]) -> tuple[int, int, float]:
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`bookaudit ARGS` as a service runs: a process in a session of its own. Linux shares CPU
+    between sessions (autogroups), and PostgreSQL gives every backend a session; run inside the
+    bench's session, the capture, the writer and the bench itself shared one share among a dozen,
+    and whichever needed most fell behind for want of CPU the machine had."""
     return subprocess.Popen(
         [sys.executable, "-m", "bookaudit", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import click
 import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg.conninfo import make_conninfo
 
-from bench.alerts import Probe, percentiles, spawn, wait_until
+from bench.alerts import percentiles, spawn, wait_until
 from bench.capture import _FILL, _TABLE, _pg_tool
 from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
+from bookaudit.kafka.serde import decode_envelope
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
@@ -206,6 +209,8 @@ def pgbench(source: str, rate: int, seconds: int) -> None:
             [_pg_tool("pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(rate),
              "-T", str(seconds), "-f", script.name, source],
             check=True, capture_output=True, timeout=seconds + 120,
+            # The application is a program of its own (see `spawn`).
+            start_new_session=True,
         )  # fmt: skip
     finally:
         Path(script.name).unlink()
@@ -228,13 +233,14 @@ def add_table(source: str, number: int) -> None:
 
 
 _CPU_GROUPS = (
+    "pgbench (the application's load)",
     "source backends (pgbench's)",
     "walsender, capture's catalog",
     "capture",
     "Kafka broker (all its clients)",
     "audit writer",
     "warehouse backends (writer's)",
-    "bench probes (Kafka, poller)",
+    "bench (warehouse poller)",
 )
 
 
@@ -247,14 +253,25 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _kafka_pids() -> list[int]:
+def _pids_running(marker: bytes, parent: int | None = None) -> list[int]:
+    """Processes whose command line holds `marker` (children of `parent` only, if given)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with suppress(OSError):
-                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                if marker not in (entry / "cmdline").read_bytes():
+                    continue
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if parent is None or int(stat[1]) == parent:
                     found.append(int(entry.name))
     return found
+
+
+def _machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far, all cores (/proc/stat: all but idle and
+    iowait, guests being counted in user already)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -274,6 +291,9 @@ class CpuWindow:
     started: float = 0.0
     per_txn_us: dict[str, float] = field(default_factory=dict)
     rate: float = 0.0
+    # Busy CPU of the whole machine over the window, in cores: what is left for anything else.
+    machine_cores: float = 0.0
+    _machine_before: float = 0.0
 
     def _commits(self) -> int:
         with psycopg.connect(self.admin, autocommit=True) as conn:
@@ -284,11 +304,12 @@ class CpuWindow:
 
     def _group_pids(self) -> dict[int, str]:
         groups = {
-            self.capture_pid: _CPU_GROUPS[2],
-            self.writer_pid: _CPU_GROUPS[4],
-            os.getpid(): _CPU_GROUPS[6],
+            self.capture_pid: _CPU_GROUPS[3],
+            self.writer_pid: _CPU_GROUPS[5],
+            os.getpid(): _CPU_GROUPS[7],
         }
-        groups.update(dict.fromkeys(_kafka_pids(), _CPU_GROUPS[3]))
+        groups.update(dict.fromkeys(_pids_running(b"kafka.Kafka"), _CPU_GROUPS[4]))
+        groups.update(dict.fromkeys(_pids_running(b"pgbench\0", os.getpid()), _CPU_GROUPS[0]))
         with psycopg.connect(self.admin, autocommit=True) as conn:
             for pid, db, app in conn.execute(
                 "SELECT pid, datname, application_name FROM pg_stat_activity "
@@ -296,11 +317,11 @@ class CpuWindow:
                 (self.source_db, self.warehouse_db),
             ):
                 if db == self.source_db:
-                    groups[pid] = _CPU_GROUPS[0] if app == "pgbench" else _CPU_GROUPS[1]
+                    groups[pid] = _CPU_GROUPS[1] if app == "pgbench" else _CPU_GROUPS[2]
                 elif str(app).startswith("bookaudit-audit-writer"):
-                    groups[pid] = _CPU_GROUPS[5]
-                else:
                     groups[pid] = _CPU_GROUPS[6]
+                else:
+                    groups[pid] = _CPU_GROUPS[7]
         return groups
 
     def start(self) -> None:
@@ -308,6 +329,7 @@ class CpuWindow:
         self.commits = self._commits()
         self.started = time.monotonic()
         self.before = {pid: cpu for pid in self.groups if (cpu := _cpu_s(pid)) is not None}
+        self._machine_before = _machine_busy_s()
 
     def stop(self) -> None:
         spent = dict.fromkeys(_CPU_GROUPS, 0.0)
@@ -315,8 +337,10 @@ class CpuWindow:
             now = _cpu_s(pid)
             if now is not None:
                 spent[self.groups[pid]] += now - cpu
+        elapsed = time.monotonic() - self.started
+        self.machine_cores = (_machine_busy_s() - self._machine_before) / elapsed
         commits = max(1, self._commits() - self.commits)
-        self.rate = commits / (time.monotonic() - self.started)
+        self.rate = commits / elapsed
         self.per_txn_us = {group: s / commits * 1e6 for group, s in spent.items()}
 
     def measure(self, seconds: float, delay: float) -> threading.Thread:
@@ -355,6 +379,7 @@ def _spawn_logged(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -371,16 +396,16 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
             "BOOKAUDIT_TOPIC_PREFIX": name,
             "BOOKAUDIT_GROUP_ID": f"{name}-audit",
         }
+        topic = f"{name}.public.bench_bookings"
+        bookings_topic(bootstrap, topic)
         processes = [
             _spawn_logged(["capture"], env, logs),
             _spawn_logged(["consume", "audit"], env, logs),
         ]
         _log(f"steady: capture pid {processes[0].pid}, writer pid {processes[1].pid}")
         poller = WarehousePoller(warehouse)
-        probe = Probe(bootstrap, f"{name}.public.bench_bookings", since_ms=0)
-        threads = [threading.Thread(target=poller.run), threading.Thread(target=probe.run)]
-        for t in threads:
-            t.start()
+        polling = threading.Thread(target=poller.run)
+        polling.start()
         warehouse_ms: dict[int, list[float]] = {}
         kafka_ms: dict[int, list[float]] = {}
         cpu: dict[int, CpuWindow] = {}
@@ -393,22 +418,21 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
                 _log(f"steady: {rate:,} one-row transactions/s for {STEADY_S} s (pgbench) ...")
                 since_ms = int(time.time() * 1000) + WARMUP_S * 1000
                 poller.open_window(str(rate), since_ms)
-                probe.latencies_ms.clear()
-                probe.since_ms = since_ms
                 cpu[rate] = CpuWindow(
                     admin, f"{name}_src", f"{name}_wh", processes[0].pid, processes[1].pid
                 )
                 measuring = cpu[rate].measure(STEADY_S - 1, WARMUP_S)
                 pgbench(source, rate, STEADY_S + WARMUP_S)
                 measuring.join()
-                expected = _settled(probe)
+                caught_up(admin, name, source)
+                kafka_ms[rate] = kafka_latencies(bootstrap, topic, since_ms)
+                expected = len(kafka_ms[rate])
                 wait_until(
                     f"{expected} changes in the warehouse",
                     lambda got=poller.latencies_ms[str(rate)], n=expected: len(got) >= n,
                     timeout=300,
                 )
                 warehouse_ms[rate] = list(poller.latencies_ms[str(rate)])
-                kafka_ms[rate] = list(probe.latencies_ms)
             poller.window = ""
             for n in range(1, NEW_TABLES + 1):
                 _log(f"new table: bench_new_{n}")
@@ -420,9 +444,7 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
             new_table_ms = [poller.tables_seen[f"bench_new_{n}"] for n in range(1, NEW_TABLES + 1)]
         finally:
             poller.stop.set()
-            probe.stop.set()
-            for t in threads:
-                t.join()
+            polling.join()
             for p in processes:
                 p.terminate()
                 with suppress(subprocess.TimeoutExpired):
@@ -430,13 +452,74 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
         return Steady(warehouse_ms, kafka_ms, new_table_ms, cpu)
 
 
-def _settled(probe: Probe) -> int:
-    """The window's change count, once the Kafka probe has stopped seeing new ones."""
-    count = -1
-    while count != len(probe.latencies_ms):
-        count = len(probe.latencies_ms)
-        time.sleep(1.0)
-    return count
+def bookings_topic(bootstrap: str, topic: str) -> None:
+    """The bookings topic, made before the capture runs with the broker's append time on each
+    record (LogAppendTime): the time an event reached Kafka is then read after the window, from
+    the records themselves, instead of by a consumer working beside what is measured."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = NewTopic(topic, num_partitions=3, config={"message.timestamp.type": "LogAppendTime"})
+    admin.create_topics([new])[topic].result(timeout=30)
+
+
+def kafka_latencies(bootstrap: str, topic: str, since_ms: int) -> list[float]:
+    """Broker append time minus commit time of every change committed from `since_ms` on."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-read-" + uuid.uuid4().hex[:8],
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        # Commit time ≤ append time, so no record of the window was appended before it opened.
+        starts = consumer.offsets_for_times(
+            [TopicPartition(topic, p, since_ms) for p in partitions], timeout=10
+        )
+        left = {}
+        for start in starts:
+            _, high = consumer.get_watermark_offsets(start, timeout=10)
+            if 0 <= start.offset < high:
+                left[start.partition] = high
+        consumer.assign([s for s in starts if s.partition in left])
+        latencies: list[float] = []
+        while left:
+            msg = consumer.poll(1.0)
+            value = None if msg is None or msg.error() is not None else msg.value()
+            if msg is None or value is None:
+                continue
+            committed = int(decode_envelope(value)["source"]["ts_ms"])
+            if committed >= since_ms:
+                latencies.append(msg.timestamp()[1] - committed)
+            partition, offset = msg.partition(), msg.offset()
+            if (
+                partition is not None
+                and offset is not None
+                and offset + 1 >= left.get(partition, 0)
+            ):
+                left.pop(partition, None)
+        return latencies
+    finally:
+        consumer.close()
+
+
+def caught_up(admin: str, slot: str, source: str) -> None:
+    """Wait until the capture has confirmed, so Kafka has acknowledged, everything written."""
+    with psycopg.connect(source, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert row is not None
+    with psycopg.connect(admin, autocommit=True) as conn:
+        wait_until(
+            "the capture to confirm the window",
+            lambda: bool(
+                conn.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                    "WHERE slot_name = %s",
+                    (row[0], slot),
+                ).fetchone()[0]  # type: ignore[index]
+            ),
+            timeout=300,
+        )
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -511,6 +594,10 @@ def report_steady(s: Steady) -> None:
         click.echo(
             f"  {'source commits/s in the window':34s}"
             + "".join(f"{s.cpu[r].rate:11,.0f}" for r in RATES)
+        )
+        click.echo(
+            f"  {f'whole machine busy, of {os.cpu_count()} cores':34s}"
+            + "".join(f"{s.cpu[r].machine_cores:11.2f}" for r in RATES)
         )
 
 

@@ -134,6 +134,11 @@ def verified_old_row(
     return int(oid), texts
 
 
+# A tuple's values by column as pgoutput sent them: UNCHANGED_TOAST where it sent 'u'. A Mapping,
+# so a rendered Row passes for one; a Row only once the gaps are filled (_fill_unchanged_toast).
+RawRow = Mapping[str, Value]
+
+
 @dataclass(frozen=True, slots=True)
 class _Held:
     """A delete held back while a partitioned table's UPDATE runs: the first half of a move, if
@@ -141,7 +146,7 @@ class _Held:
 
     wal_start: int
     table: TableSchema
-    old: Row
+    old: RawRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +295,8 @@ class TransactionAssembler:
             txn.old_rows[found[0]] = found[1]
 
     def _whole_old_row(
-        self, table: TableSchema, wal_old: Row | None, after: Row | None
-    ) -> Row | None:
+        self, table: TableSchema, wal_old: RawRow | None, after: RawRow | None
+    ) -> RawRow | None:
         """The old row an old-row message carried for this change, else the WAL's. The message
         serves only the change whose key it holds: the WAL's old key, or the new row's key when
         the WAL kept no old row (an update that left a default-identity key alone)."""
@@ -335,15 +340,22 @@ class TransactionAssembler:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
     def _change(
-        self, lsn: int, table: TableSchema, op: str, before: Row | None, after: Row | None
+        self,
+        lsn: int,
+        table: TableSchema,
+        op: str,
+        raw_before: RawRow | None,
+        raw_after: RawRow | None,
     ) -> RowChange:
         txn = self._require_open("row change")
         toast: tuple[str, ...] = ()
-        if after is not None:
-            after, toast = _fill_unchanged_toast(after, before)
-        if before is not None:
+        after: Row | None = None
+        if raw_after is not None:
+            after, toast = _fill_unchanged_toast(raw_after, raw_before)
+        before: Row | None = None
+        if raw_before is not None:
             # A key-only or default-identity old tuple leaves UNCHANGED_TOAST-like gaps as None.
-            before = {k: (None if v is UNCHANGED_TOAST else v) for k, v in before.items()}
+            before = {k: _text(v) for k, v in raw_before.items()}
         order = txn.per_table.get(table.oid, 0)
         txn.per_table[table.oid] = order + 1
         change = RowChange(
@@ -364,28 +376,29 @@ class TransactionAssembler:
         return change
 
 
-def _row(table: TableSchema, values: tuple[Value, ...]) -> Row:
+def _row(table: TableSchema, values: tuple[Value, ...]) -> RawRow:
     if len(values) != len(table.columns):
         raise DecodeError(
             f"{table.schema}.{table.name}: tuple has {len(values)} values for "
             f"{len(table.columns)} columns"
         )
-    return dict(zip(table.columns, values, strict=True))  # type: ignore[arg-type]
+    return dict(zip(table.columns, values, strict=True))
 
 
-def _fill_unchanged_toast(after: Row, before: Row | None) -> tuple[Row, tuple[str, ...]]:
+def _text(value: Value) -> str | None:
+    """A column's text; None for SQL NULL and for UNCHANGED_TOAST, the only other values."""
+    return value if isinstance(value, str) else None
+
+
+def _fill_unchanged_toast(after: RawRow, before: RawRow | None) -> tuple[Row, tuple[str, ...]]:
     """pgoutput sends 'u' for an unchanged TOASTed value; REPLICA IDENTITY FULL gives us the old
     one, so the new row stays complete instead of silently losing the column."""
-    missing = [k for k, v in after.items() if v is UNCHANGED_TOAST]
-    if not missing:
-        return after, ()
-    filled = dict(after)
-    unknown = []
-    for column in missing:
-        old: object = UNCHANGED_TOAST if before is None else before.get(column, UNCHANGED_TOAST)
-        if old is UNCHANGED_TOAST:
-            filled[column] = None
-            unknown.append(column)
-        else:
-            filled[column] = old  # type: ignore[assignment]
+    filled: Row = {}
+    unknown: list[str] = []
+    for column, value in after.items():
+        if value is UNCHANGED_TOAST:
+            value = UNCHANGED_TOAST if before is None else before.get(column, UNCHANGED_TOAST)
+            if value is UNCHANGED_TOAST:
+                unknown.append(column)
+        filled[column] = _text(value)
     return filled, tuple(unknown)

@@ -40,30 +40,34 @@ def source_of(record: Record) -> tuple[str, str] | None:
     return name, identity
 
 
-def unbound(records: Iterable[Record], bound: Mapping[str, str]) -> dict[str, str]:
-    """Pure: the source names these records carry that have no binding yet, each with the
-    identity of the first record naming it."""
+def sources_of(records: Iterable[Record]) -> list[tuple[str, str] | None]:
+    """Pure: source_of for each record, in one pass over their headers."""
+    return [source_of(record) for record in records]
+
+
+def unbound(found: Iterable[tuple[str, str] | None], bound: Mapping[str, str]) -> dict[str, str]:
+    """Pure: the source names of `found` (sources_of a batch) that have no binding yet, each
+    with the identity of the first record naming it."""
     claims: dict[str, str] = {}
-    for record in records:
-        found = source_of(record)
-        if found is not None and found[0] not in bound:
-            claims.setdefault(*found)
+    for pair in found:
+        if pair is not None and pair[0] not in bound:
+            claims.setdefault(*pair)
     return claims
 
 
 def sort_out(
-    records: Sequence[Record], bound: Mapping[str, str]
+    records: Sequence[Record], found: Sequence[tuple[str, str] | None], bound: Mapping[str, str]
 ) -> tuple[list[Record], list[DeadLetter]]:
-    """Pure: the records whose source is bound to their own database (or that name no source),
-    and dead letters for the rest, each naming both databases and the way out."""
+    """Pure: the records whose source (`found`, sources_of them) is bound to their own database
+    (or that name no source), and dead letters for the rest, each naming both databases and the
+    way out."""
     admitted: list[Record] = []
     refused: list[DeadLetter] = []
-    for record in records:
-        found = source_of(record)
-        if found is None or bound.get(found[0]) == found[1]:
+    for record, pair in zip(records, found, strict=True):
+        if pair is None or bound.get(pair[0]) == pair[1]:
             admitted.append(record)
             continue
-        name, identity = found
+        name, identity = pair
         refused.append(
             DeadLetter(
                 record,
@@ -86,10 +90,11 @@ class SourceGuard:
         self.bound: dict[str, str] = {}
 
     def admit(self, records: Sequence[Record]) -> tuple[list[Record], list[DeadLetter]]:
-        claims = unbound(records, self.bound)
+        found = sources_of(records)
+        claims = unbound(found, self.bound)
         if claims:
             self.bound.update(self._bind(claims))
-        return sort_out(records, self.bound)
+        return sort_out(records, found, self.bound)
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:

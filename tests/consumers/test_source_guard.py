@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bookaudit.consumers.records import Record
-from bookaudit.consumers.sources import sort_out, source_of, unbound
+from bookaudit.consumers.sources import sort_out, source_of, sources_of, unbound
 from bookaudit.kafka.serde import SCHEMA_HEADER, record_headers, to_kafka
 from bookaudit.model import SourceInfo
 from tests.cdc.fixtures import NOW_MS, change
@@ -28,13 +28,13 @@ def test_records_name_their_source_and_its_database() -> None:
 
 def test_the_first_database_seen_claims_a_name() -> None:
     records = [_record(SOUTH, 1), _record(NORTH, 2), _record(SOUTH, 3)]
-    assert unbound(records, {}) == {"bookings": "7002/db"}
-    assert unbound(records, {"bookings": "7001/db"}) == {}
+    assert unbound(sources_of(records), {}) == {"bookings": "7002/db"}
+    assert unbound(sources_of(records), {"bookings": "7001/db"}) == {}
 
 
 def test_only_the_bound_database_is_admitted_and_the_rest_is_kept_as_dead_letters() -> None:
     records = [_record(NORTH, 1), _record(SOUTH, 2), _record(SourceInfo("bookings", "db"), 3)]
-    admitted, refused = sort_out(records, {"bookings": "7001/db"})
+    admitted, refused = sort_out(records, sources_of(records), {"bookings": "7001/db"})
     assert [r.offset for r in admitted] == [1, 3]
     assert [d.record.offset for d in refused] == [2]
     assert refused[0].record == records[1]

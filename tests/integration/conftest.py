@@ -8,7 +8,7 @@ import pytest
 
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
-from tests.integration.schemas import SCHEMAS, Schema
+from tests.integration.schemas import SCHEMAS, Key, Schema
 
 
 @pytest.fixture(params=["logical", "trigger"])
@@ -34,6 +34,22 @@ def schema_pipeline(
     p = Pipeline(stack, mode=request.param, schema=schema).create()
     yield p
     p.drop()
+
+
+@pytest.fixture(params=["logical", "trigger"])
+def fresh(stack: StackEnv, schema: Schema, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A source on each schema in both capture modes with no bookaudit yet, as a platform team
+    finds it: the test installs it."""
+    p = Pipeline(stack, mode=request.param, schema=schema).create(install=False)
+    yield p
+    p.drop()
+
+
+@pytest.fixture
+def booking(schema_pipeline: Pipeline) -> Key:
+    """One booking at 100.00 on `schema_pipeline`, written by the actor `seed`."""
+    [key] = schema_pipeline.seed()
+    return key
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -218,15 +218,21 @@ class Schema:
         assert key is not None
         return key
 
+    def new_customer(self, conn: psycopg.Connection[tuple[Any, ...]], name: str) -> Key:
+        """One customer named `name`, in the caller's transaction; returns its key."""
+        row = conn.execute(self.writes.customer, {"name": name}).fetchone()
+        assert row is not None
+        key: Key = row[0]
+        return key
+
     def seed(
         self, conn: psycopg.Connection[tuple[Any, ...]], count: int, price: str, name: str = "Ada"
     ) -> list[Key]:
         """One customer with `count` bookings at `price`, in the caller's transaction; returns
         the bookings' keys in the order they were written."""
-        customer = conn.execute(self.writes.customer, {"name": name}).fetchone()
-        assert customer is not None
+        customer = self.new_customer(conn, name)
         rows = conn.execute(
-            self.writes.bookings, {"customer": customer[0], "count": count, "price": price}
+            self.writes.bookings, {"customer": customer, "count": count, "price": price}
         ).fetchall()
         return sorted(r[0] for r in rows)
 

@@ -3,21 +3,28 @@ the sample schema and on one that shares none of its names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tests.integration.harness import Pipeline
+from tests.integration.schemas import Key
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 SEED = "seed"
 
-_ROWS = (
-    "SELECT table_name, action, actor, actor_role, reason, approval_ref, request_id, "
-    "actor_origin FROM audit.row_changes WHERE actor IS DISTINCT FROM 'seed' "
-    "ORDER BY commit_lsn, sequence"
-)
+_CONTEXT = "table_name, action, actor, actor_role, reason, approval_ref, request_id, actor_origin"
+
+
+def _changes(p: Pipeline, columns: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """`columns` of every audited row change in commit order, less the seed's."""
+    return p.warehouse(
+        f"SELECT {columns} FROM audit.row_changes WHERE actor IS DISTINCT FROM %s "
+        "ORDER BY commit_lsn, sequence",
+        (*params, SEED),
+    )
 
 
 def _xid(conn: Conn) -> int:
@@ -36,11 +43,10 @@ def _status(p: Pipeline) -> str:
 
 
 def test_set_actor_once_covers_every_statement_of_the_transaction(
-    schema_pipeline: Pipeline,
+    schema_pipeline: Pipeline, booking: Key
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = p.seed()
     with p.source() as conn:
         conn.execute(
             "SELECT bookaudit.set_actor('ann', role => 'dispatcher', reason => 'customer call', "
@@ -54,7 +60,7 @@ def test_set_actor_once_covers_every_statement_of_the_transaction(
     p.flow()
 
     context = ("ann", "dispatcher", "customer call", "APR-1", "req-1", "application")
-    assert p.warehouse(_ROWS) == [
+    assert _changes(p, _CONTEXT) == [
         (n["bookings"], "update", *context),
         (n["bookings"], "update", *context),
         (*w.assigned_as, *context),
@@ -64,11 +70,10 @@ def test_set_actor_once_covers_every_statement_of_the_transaction(
 
 
 def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_context(
-    schema_pipeline: Pipeline,
+    schema_pipeline: Pipeline, booking: Key
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = p.seed()
     with p.source() as conn:
         xid = _xid(conn)
         conn.execute("SELECT bookaudit.set_actor('ann', role => 'dispatcher')")
@@ -81,10 +86,7 @@ def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_contex
         conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
-    rows = p.warehouse(
-        "SELECT table_name, action, actor, actor_role, approval_ref, txid FROM audit.row_changes "
-        "WHERE actor IS DISTINCT FROM 'seed' ORDER BY commit_lsn, sequence"
-    )
+    rows = _changes(p, "table_name, action, actor, actor_role, approval_ref, txid")
     assert rows == [
         (n["bookings"], "update", "ann", "dispatcher", None, xid % 2**32),
         (n["bookings"], "update", "bob", "admin", "APR-2", xid % 2**32),
@@ -99,10 +101,11 @@ def test_set_actor_twice_in_one_transaction_attributes_each_change_to_its_contex
     assert price == [("bob", "100.00", "150.00")]
 
 
-def test_set_local_settings_attribute_without_a_function_call(schema_pipeline: Pipeline) -> None:
+def test_set_local_settings_attribute_without_a_function_call(
+    schema_pipeline: Pipeline, booking: Key
+) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = p.seed()
     with p.source() as conn:
         conn.execute("SET LOCAL bookaudit.actor = 'carl'")
         conn.execute("SET LOCAL bookaudit.role = 'support'")
@@ -115,7 +118,7 @@ def test_set_local_settings_attribute_without_a_function_call(schema_pipeline: P
         conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
-    assert p.warehouse(_ROWS) == [
+    assert _changes(p, _CONTEXT) == [
         (n["bookings"], "update", "carl", "support", "goodwill discount", "APR-3", "req-3",
          "application"),
         (n["bookings"], "update", "dora", "support", "goodwill discount", "APR-3", "req-3",
@@ -268,11 +271,10 @@ def test_function_trigger_and_cascade_changes_carry_the_callers_actor(
 
 
 def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(
-    schema_pipeline: Pipeline,
+    schema_pipeline: Pipeline, booking: Key
 ) -> None:
     p = schema_pipeline
     w, n = p.schema.writes, p.schema.names
-    [booking] = p.seed()
     with p.source() as conn:
         conn.execute("SELECT bookaudit.set_actor('gil', role => 'dispatcher')")
         conn.execute(w.note, {"booking": booking, "body": "kept before"})
@@ -293,10 +295,10 @@ def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(
         conn.execute(w.status, {"booking": booking, "status": "confirmed"})
     p.flow()
 
-    rows = p.warehouse(
-        "SELECT table_name, action, actor, actor_role, actor_origin, "
-        "coalesce(after ->> 'body', after ->> %s), after ->> %s "
-        "FROM audit.row_changes WHERE actor IS DISTINCT FROM 'seed' ORDER BY commit_lsn, sequence",
+    rows = _changes(
+        p,
+        "table_name, action, actor, actor_role, actor_origin, "
+        "coalesce(after ->> 'body', after ->> %s), after ->> %s",
         (_status(p), _price(p)),
     )
     b, notes = n["bookings"], n["notes"]
@@ -313,11 +315,10 @@ def test_rolled_back_savepoint_leaves_no_trace_and_the_rest_is_kept(
 
 
 def test_pooled_session_never_carries_one_transactions_actor_into_the_next(
-    schema_pipeline: Pipeline,
+    schema_pipeline: Pipeline, booking: Key
 ) -> None:
     p = schema_pipeline
     w = p.schema.writes
-    [booking] = p.seed()
     with p.source(application_name="pool") as conn:
         conn.execute("SELECT bookaudit.set_actor('jo', role => 'billing', request_id => 'r-1')")
         conn.execute(w.price, {"booking": booking, "price": "101.00"})
@@ -348,10 +349,9 @@ def test_pooled_session_never_carries_one_transactions_actor_into_the_next(
 
 
 def test_no_context_records_db_role_application_and_client_address(
-    schema_pipeline: Pipeline,
+    schema_pipeline: Pipeline, booking: Key
 ) -> None:
     p = schema_pipeline
-    [booking] = p.seed()
     with p.source(application_name="psql-hotfix") as conn:
         session = conn.execute("SELECT session_user::text, host(inet_client_addr())").fetchone()
         assert session is not None
@@ -396,10 +396,10 @@ def test_interleaved_transactions_each_keep_their_own_actor_in_commit_order(
             conn.close()
     p.flow()
 
-    rows = p.warehouse(
-        "SELECT actor, actor_role, application, table_name, action, "
-        "coalesce(after, before) ->> %s, row_key ->> %s "
-        "FROM audit.row_changes WHERE actor IS DISTINCT FROM 'seed' ORDER BY commit_lsn, sequence",
+    rows = _changes(
+        p,
+        "actor, actor_role, application, table_name, action, "
+        "coalesce(after, before) ->> %s, row_key ->> %s",
         (p.schema.notes.booking_column, p.schema.booking_key),
     )
     b, notes = n["bookings"], n["notes"]

@@ -12,7 +12,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 import pytest
@@ -26,8 +25,7 @@ from bookaudit.source.audit_start import install
 from bookaudit.source.install import TableName
 from devstack import StackEnv
 from tests.integration.harness import Pipeline, private_server, wait_for
-from tests.integration.schemas import Schema
-from tests.integration.workloads import book
+from tests.integration.workloads import SourceState, book, replayed, source_state
 
 
 @dataclass(frozen=True)
@@ -140,14 +138,6 @@ FROM generate_series(%(first)s::int, %(last)s) g
 ORDERS = {"sample": WORK_ORDERS, "jobs": JOBS_TABLE}
 
 
-@pytest.fixture(params=["logical", "trigger"])
-def fresh(stack: StackEnv, schema: Schema, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
-    """A source that already has data and no bookaudit yet, as a platform team finds it."""
-    p = Pipeline(stack, mode=request.param, schema=schema).create(install=False)
-    yield p
-    p.drop()
-
-
 def _orders(p: Pipeline) -> Orders:
     return ORDERS[p.schema.name]
 
@@ -161,64 +151,15 @@ def _work_orders(p: Pipeline, rows: int) -> Orders:
     return orders
 
 
-def _text_rows(conn: psycopg.Connection[Any], query: str) -> list[list[str | None]]:
-    """Rows as each value's output text, the form pgoutput and the warehouse hold."""
-    result = conn.execute(query).pgresult
-    assert result is not None
-    return [
-        [
-            None if (v := result.get_value(i, j)) is None else v.decode()
-            for j in range(result.nfields)
-        ]
-        for i in range(result.ntuples)
-    ]
-
-
-def _source_state(p: Pipeline) -> dict[tuple[str | None, ...], dict[str, str | None]]:
+def _source_state(p: Pipeline) -> SourceState:
     orders = _orders(p)
-    columns = orders.columns
-    query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), orders.sql("{table}")
-    )
     with p.source() as conn:
-        rows = _text_rows(conn, query.as_string(conn))
-    return {(r[0],): dict(zip(columns, r, strict=True)) for r in rows}
-
-
-def _replayed(p: Pipeline) -> tuple[dict[tuple[str | None, ...], dict[str, Any]], Counter[str]]:
-    """The table rebuilt from its audit entries in commit order. A change missing at the
-    boundary breaks the chain (the next change's old row differs from the audited one); a
-    change doubled by the baseline and the stream breaks it too (its old row is already gone)."""
-    orders = _orders(p)
-    key_columns = (orders.key,)
-    entries = p.warehouse(
-        "SELECT action, before, after, commit_lsn::text, sequence FROM audit.row_changes "
-        "WHERE table_name = %s ORDER BY commit_lsn, sequence",
-        (orders.name,),
-    )
-    state: dict[tuple[str | None, ...], dict[str, Any]] = {}
-    actions: Counter[str] = Counter()
-    for action, before, after, lsn, seq in entries:
-        actions[action] += 1
-        where = f"{action} at {lsn}/{seq}"
-        if action in ("existing", "insert"):
-            key = tuple(after[c] for c in key_columns)
-            assert key not in state, f"{where}: row {key} is already in the audit (doubled)"
-            state[key] = after
-        elif action == "update":
-            key = tuple(before[c] for c in key_columns)
-            assert state.get(key) == before, f"{where}: old row of {key} is not the audited one"
-            del state[key]
-            state[tuple(after[c] for c in key_columns)] = after
-        else:
-            assert action == "delete", where
-            key = tuple(before[c] for c in key_columns)
-            assert state.pop(key, None) == before, f"{where}: deleted row {key} not as audited"
-    return state, actions
+        return source_state(conn, orders.sql("{table}"), orders.columns, (orders.key,))
 
 
 def _assert_audit_equals_source(p: Pipeline) -> Counter[str]:
-    state, actions = _replayed(p)
+    orders = _orders(p)
+    state, actions = replayed(p, orders.name, (orders.key,))
     source = _source_state(p)
     missing = source.keys() - state.keys()
     extra = state.keys() - source.keys()

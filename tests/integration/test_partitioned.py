@@ -10,14 +10,16 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from bookaudit.actor import Actor
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
 from tests.integration.schemas import SAMPLE
+from tests.integration.workloads import SourceState, replayed, source_state, write_as
 
 COLUMNS = ["id", "customer_id", "scheduled_start", "status", "price", "note"]
 KEY = ("id", "scheduled_start")
@@ -71,59 +73,14 @@ def partitioned(stack: StackEnv, request: pytest.FixtureRequest) -> Iterator[Pip
     p.drop()
 
 
-def _text_rows(conn: psycopg.Connection[Any], query: str) -> list[list[str | None]]:
-    """Rows as each value's output text, the form pgoutput and the warehouse hold."""
-    result = conn.execute(query).pgresult
-    assert result is not None
-    return [
-        [
-            None if (v := result.get_value(i, j)) is None else v.decode()
-            for j in range(result.nfields)
-        ]
-        for i in range(result.ntuples)
-    ]
-
-
-def _source_state(p: Pipeline) -> dict[tuple[str | None, ...], dict[str, str | None]]:
+def _source_state(p: Pipeline) -> SourceState:
     with p.owner() as conn:
-        rows = _text_rows(conn, f"SELECT {', '.join(COLUMNS)} FROM bookings")
-    return {(r[0], r[2]): dict(zip(COLUMNS, r, strict=True)) for r in rows}
-
-
-def _replayed(p: Pipeline) -> tuple[dict[tuple[str | None, ...], dict[str, Any]], Counter[str]]:
-    """The table rebuilt from its audit entries in commit order: each update and delete must
-    name the row as audited so far, old values and all."""
-    entries = p.warehouse(
-        "SELECT action, before, after, commit_lsn::text, sequence FROM audit.row_changes "
-        "WHERE table_name = 'bookings' ORDER BY commit_lsn, sequence"
-    )
-    state: dict[tuple[str | None, ...], dict[str, Any]] = {}
-    actions: Counter[str] = Counter()
-    for action, before, after, lsn, seq in entries:
-        actions[action] += 1
-        where = f"{action} at {lsn}/{seq}"
-        if action in ("existing", "insert"):
-            key = tuple(after[c] for c in KEY)
-            assert key not in state, f"{where}: row {key} is already in the audit (doubled)"
-            state[key] = after
-        elif action == "update":
-            key = tuple(before[c] for c in KEY)
-            assert state.get(key) == before, f"{where}: old row of {key} is not the audited one"
-            del state[key]
-            state[tuple(after[c] for c in KEY)] = after
-        else:
-            assert action == "delete", where
-            key = tuple(before[c] for c in KEY)
-            assert state.pop(key, None) == before, f"{where}: deleted row {key} not as audited"
-    return state, actions
+        return source_state(conn, sql.Identifier("bookings"), COLUMNS, KEY)
 
 
 def _write(p: Pipeline, actor: str, *statements: str) -> None:
     """One transaction of the application, as its own non-owner role, naming its user."""
-    with p.source() as conn:
-        conn.execute("SELECT bookaudit.set_actor(%s, role => 'dispatcher')", (actor,))
-        for statement in statements:
-            conn.execute(statement)
+    write_as(p.app_dsn, Actor(actor, role="dispatcher"), statements)
 
 
 def test_a_partitioned_table_is_audited_as_one_table(partitioned: Pipeline) -> None:
@@ -175,7 +132,7 @@ def test_a_partitioned_table_is_audited_as_one_table(partitioned: Pipeline) -> N
 
     p.flow()
 
-    state, actions = _replayed(p)
+    state, actions = replayed(p, "bookings", KEY)
     assert state == _source_state(p)
     assert actions == Counter(existing=6, insert=3, update=6, delete=3)
     # The partitioned table, never a partition, in the warehouse and on Kafka.

@@ -14,11 +14,12 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from bookaudit.actor import Actor
 from bookaudit.entity_map import Entity, TableRef
 from devstack import StackEnv
 from tests.integration.harness import Pipeline
 from tests.integration.schemas import Key, Schema
-from tests.integration.workloads import write_labelled_workload
+from tests.integration.workloads import write_as, write_labelled_workload
 
 State = dict[tuple[str, str], dict[str, str | None]]
 
@@ -29,14 +30,6 @@ def logical(stack: StackEnv, schema: Schema) -> Iterator[Pipeline]:
     p = Pipeline(stack, schema=schema).create()
     yield p
     p.drop()
-
-
-def _as(conn: psycopg.Connection[Any], actor: str, role: str, **extra: str) -> None:
-    args = ", ".join(f"{k} => %({k})s" for k in extra)
-    conn.execute(
-        f"SELECT bookaudit.set_actor(%(a)s, role => %(r)s{', ' + args if args else ''})",
-        {"a": actor, "r": role, **extra},
-    )
 
 
 def _table(ref: TableRef) -> sql.Identifier:
@@ -210,20 +203,16 @@ STORIES = {
 }  # fmt: skip
 
 
-@pytest.fixture(params=["logical", "trigger"])
-def preinstalled(
-    stack: StackEnv, schema: Schema, request: pytest.FixtureRequest
-) -> Iterator[Pipeline]:
+@pytest.fixture
+def preinstalled(fresh: Pipeline) -> Pipeline:
     """A source with a booking (and its note) from before the install: its as-of starts from
     the install's baseline."""
-    p = Pipeline(stack, mode=request.param, schema=schema).create(install=False)
-    story = STORIES[schema.name]
-    with psycopg.connect(p.source_dsn, autocommit=True) as conn:
+    story = STORIES[fresh.schema.name]
+    with psycopg.connect(fresh.source_dsn, autocommit=True) as conn:
         for statement in story.before_install:
             conn.execute(statement, {"e": story.existing})
-    p.install()
-    yield p
-    p.drop()
+    fresh.install()
+    return fresh
 
 
 def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: Pipeline) -> None:
@@ -234,23 +223,21 @@ def test_as_of_and_diff_rebuild_the_source_state_at_known_moments(preinstalled: 
     booking, existing = story.booking, story.existing
     moments: list[tuple[datetime, State]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        customer = conn.execute(pipeline.schema.writes.customer, {"name": "Ada"}).fetchone()
-        assert customer is not None
+        customer = pipeline.schema.new_customer(conn, "Ada")
     before_any = _moment(dsn)
     existing_at_install = _state(pipeline, existing)
     existing_moments: list[tuple[datetime, State]] = [(before_any, existing_at_install)]
 
     for actor, role, statements in story.steps:
-        with psycopg.connect(pipeline.app_dsn) as conn:
-            _as(conn, actor, role)
-            for statement in statements.split("; "):
-                conn.execute(statement, {"b": booking, "c": customer[0]})
+        write_as(
+            pipeline.app_dsn,
+            Actor(actor, role=role),
+            statements.split("; "),
+            {"b": booking, "c": customer},
+        )
         moments.append((_moment(dsn), _state(pipeline, booking)))
     # The pre-existing booking changes after install: its state before comes from the baseline.
-    with psycopg.connect(pipeline.app_dsn) as conn:
-        _as(conn, "dana", "dispatcher")
-        for statement in story.after:
-            conn.execute(statement, {"e": existing})
+    write_as(pipeline.app_dsn, Actor("dana", role="dispatcher"), story.after, {"e": existing})
     existing_moments.append((_moment(dsn), _state(pipeline, existing)))
     # The source state reaches every kind of row, the payment through its invoice on jobs.
     touched = {n[t] for t in ("bookings", "notes", "invoices", "payments")}
@@ -418,21 +405,16 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
     ]
 
     # The log: entries, per-booking counts and per-actor totals; the views agree.
-    log = _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC")
+    today = ("--since", stamps[0][:10], "--tz", "UTC")
+    log = _json(p, "log", *today)
     assert [r["event"] for r in log if r["label"] in ("Booking created", "Deleted")] == [
         "created", "created", "deleted",
     ]  # fmt: skip
-    counts = {
-        c["booking_id"]: c
-        for c in _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC", "--per", "booking")
-    }
+    counts = {c["booking_id"]: c for c in _json(p, "log", *today, "--per", "booking")}
     assert {k: counts[main][k] for k in ("reschedules", "cancellations", "price_changes", "status_changes")} == {
         "reschedules": 1, "cancellations": 1, "price_changes": 2, "status_changes": 2,
     }  # fmt: skip
-    totals = {
-        t["actor"]: t
-        for t in _json(p, "log", "--since", stamps[0][:10], "--tz", "UTC", "--per", "actor")
-    }
+    totals = {t["actor"]: t for t in _json(p, "log", *today, "--per", "actor")}
     assert totals["dana"]["created"] == 2 and totals["dana"]["bookings"] == 2
     assert totals["olga"]["entries"] == 4
     with psycopg.connect(p.warehouse_dsn, row_factory=dict_row) as wh:
@@ -454,7 +436,7 @@ def test_labelled_timeline_filters_and_log(logical: Pipeline) -> None:
             )
         }
         assert per_actor == {a: t["entries"] for a, t in totals.items()}
-    printed = p.cli("history", "log", "--since", stamps[0][:10], "--tz", "UTC").stdout
+    printed = p.cli("history", "log", *today).stdout
     assert "Per booking:" in printed and "Per actor:" in printed and "Cancelled" in printed
     quiet = p.cli("history", "log", "--since", "2000-01-01")
     assert quiet.stdout == "" and quiet.stderr.startswith("log: no booking")

@@ -1,9 +1,13 @@
 """Writes and reads several integration test modules share: bookings seeded and edited without
-approval, the labelled timeline workload, and a topic read from its start to its end."""
+approval, application transactions by a named actor, the labelled timeline workload, a topic
+read from its start to its end, and a table's source rows beside the same table replayed from
+its audit entries."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -17,6 +21,9 @@ from bookaudit.entity_map import Entity, TableRef
 from bookaudit.kafka.alert import decode_alert
 from tests.integration.harness import Pipeline
 from tests.integration.schemas import SAMPLE, Key, Schema
+
+# A statement's parameters, by name, as psycopg takes them.
+Params = Mapping[str, object] | None
 
 
 def topic_records(p: Pipeline, topic: str) -> list[Record]:
@@ -159,24 +166,90 @@ LABELLED: dict[str, tuple[dict[str, Key], tuple[_Tx, ...], str]] = {
 }  # fmt: skip
 
 
+def write_as(dsn: str, actor: Actor, statements: Iterable[str], params: Params = None) -> None:
+    """One application transaction on `dsn` by `actor`: `statements` in order, each with
+    `params`."""
+    with psycopg.connect(dsn) as conn:
+        set_actor(conn, actor)
+        for statement in statements:
+            conn.execute(statement, params)
+
+
 def write_labelled_workload(dsn: str, schema: Schema = SAMPLE) -> dict[str, Key]:
     """A booking's labelled life on `schema` (and a second booking, deleted), each step its own
     transaction by its actor, then a raw psql price edit; returns the bookings' and customer's
     keys."""
     ids, steps, raw_edit = LABELLED[schema.name]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(schema.writes.customer, {"name": "Bo"}).fetchone()
-        assert row is not None
-    params = {"b": ids["main"], "g": ids["gone"], "c": row[0]}
+        customer = schema.new_customer(conn, "Bo")
+    params = {"b": ids["main"], "g": ids["gone"], "c": customer}
     for actor, role, statements, extra in steps:
-        with psycopg.connect(dsn) as conn:
-            set_actor(conn, Actor(actor, role=role, **extra))
-            for s in statements:
-                conn.execute(s, params)
+        write_as(dsn, Actor(actor, role=role, **extra), statements, params)
         time.sleep(0.003)
     with psycopg.connect(dsn, autocommit=True, application_name="psql") as conn:
         conn.execute(raw_edit, params)
-    return {**ids, "customer": row[0]}
+    return {**ids, "customer": customer}
+
+
+# A table's rows as the source holds them, keyed by their primary key's values.
+SourceState = dict[tuple[str | None, ...], dict[str, str | None]]
+
+
+def text_rows(conn: psycopg.Connection[Any], query: str | sql.Composed) -> list[list[str | None]]:
+    """Rows as each value's output text, the form pgoutput and the warehouse hold."""
+    result = conn.execute(query).pgresult
+    assert result is not None
+    return [
+        [
+            None if (v := result.get_value(i, j)) is None else v.decode()
+            for j in range(result.nfields)
+        ]
+        for i in range(result.ntuples)
+    ]
+
+
+def source_state(
+    conn: psycopg.Connection[Any], table: sql.Composable, columns: Sequence[str], key: Sequence[str]
+) -> SourceState:
+    """`columns` of every row of `table`, as text, keyed by the values of its `key` columns."""
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), table
+    )
+    rows = [dict(zip(columns, r, strict=True)) for r in text_rows(conn, query)]
+    return {tuple(r[c] for c in key): r for r in rows}
+
+
+def replayed(
+    p: Pipeline, table: str, key: Sequence[str]
+) -> tuple[dict[tuple[str | None, ...], dict[str, Any]], Counter[str]]:
+    """The table rebuilt from its audit entries in commit order, with how many entries of each
+    action it took. Each update and delete must name the row as audited so far, old values and
+    all: a change missing at a boundary breaks the chain (the next change's old row differs from
+    the audited one); a change recorded twice breaks it too (its old row is already gone)."""
+    entries = p.warehouse(
+        "SELECT action, before, after, commit_lsn::text, sequence FROM audit.row_changes "
+        "WHERE table_name = %s ORDER BY commit_lsn, sequence",
+        (table,),
+    )
+    state: dict[tuple[str | None, ...], dict[str, Any]] = {}
+    actions: Counter[str] = Counter()
+    for action, before, after, lsn, seq in entries:
+        actions[action] += 1
+        where = f"{action} at {lsn}/{seq}"
+        if action in ("existing", "insert"):
+            row = tuple(after[c] for c in key)
+            assert row not in state, f"{where}: row {row} is already in the audit (doubled)"
+            state[row] = after
+        elif action == "update":
+            row = tuple(before[c] for c in key)
+            assert state.get(row) == before, f"{where}: old row of {row} is not the audited one"
+            del state[row]
+            state[tuple(after[c] for c in key)] = after
+        else:
+            assert action == "delete", where
+            row = tuple(before[c] for c in key)
+            assert state.pop(row, None) == before, f"{where}: deleted row {row} not as audited"
+    return state, actions
 
 
 def _related(schema: Schema, kind: str) -> Entity:

@@ -157,18 +157,34 @@ Fields = tuple[
 # Runs of bytes that repeat from one envelope to the next are parsed once and recognised after:
 # a table's source names, the snapshot/mode/op strings, and what follows the transaction block
 # (the actor, the same for a whole transaction, then the table's columns).
-_Seen = tuple[bytes, tuple[str, ...]]
-_NAMES: _Seen | None = None
-_FLAGS: _Seen | None = None
 _RESTS: dict[bytes, tuple[tuple[str | None, ...], Tail]] = {}
 
 
-def _read_strings(data: bytes, pos: int, n: int) -> tuple[tuple[str, ...], int]:
+class _Seen:
+    """The last run of strings read at one place in the envelope, with its bytes."""
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.strings: tuple[str, ...] = ()
+
+
+_NAMES = _Seen()  # source: version, connector, name, db, schema, table
+_FLAGS = _Seen()  # source: snapshot, mode; op
+
+
+def _strings(data: bytes, pos: int, seen: _Seen, n: int) -> tuple[tuple[str, ...], int]:
+    """`n` strings from `pos`: the ones `seen` last held when the bytes are the same."""
+    raw = seen.raw
+    if raw and data.startswith(raw, pos):
+        return seen.strings, pos + len(raw)
+    start = pos
     out = []
     for _ in range(n):
         text, pos = _str(data, pos)
         out.append(text)
-    return tuple(out), pos
+    seen.raw = data[start:pos]
+    seen.strings = tuple(out)
+    return seen.strings, pos
 
 
 def _read_rest(data: bytes, pos: int) -> tuple[tuple[str | None, ...], Tail]:
@@ -189,32 +205,17 @@ def _read_rest(data: bytes, pos: int) -> tuple[tuple[str | None, ...], Tail]:
 
 
 def _read_fields(data: bytes) -> Fields:
-    global _NAMES, _FLAGS
     long_ = _long
     before, pos = _opt_map(data, 0)
     after, pos = _opt_map(data, pos)
-    seen = _NAMES
-    if seen is not None and data.startswith(seen[0], pos):
-        names = seen[1]
-        pos += len(seen[0])
-    else:
-        start = pos
-        names, pos = _read_strings(data, pos, 6)
-        _NAMES = (data[start:pos], names)
+    names, pos = _strings(data, pos, _NAMES, 6)
     version, connector, name, db, schema, table = names
     txid, pos = long_(data, pos)
     lsn, pos = long_(data, pos)
     commit_lsn, pos = long_(data, pos)
     sequence, pos = long_(data, pos)
     src_ts, pos = long_(data, pos)
-    seen = _FLAGS
-    if seen is not None and data.startswith(seen[0], pos):
-        flags = seen[1]
-        pos += len(seen[0])
-    else:
-        start = pos
-        flags, pos = _read_strings(data, pos, 3)
-        _FLAGS = (data[start:pos], flags)
+    flags, pos = _strings(data, pos, _FLAGS, 3)
     snapshot, mode, op = flags
     ts_ms, pos = long_(data, pos)
     transaction: tuple[str, int, int] | None = None
@@ -317,3 +318,19 @@ def read_key(data: bytes) -> dict[str, Any]:
             name, pos = _str(data, pos)
             value, pos = _opt_str(data, pos)
             columns.append({"name": name, "value": value})
+
+
+def read_key_row(data: bytes) -> dict[str, str | None]:
+    """The key's columns as one {name: value} dict, without read_key's dict per column."""
+    row: dict[str, str | None] = {}
+    pos = 0
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            return row
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            name, pos = _str(data, pos)
+            row[name], pos = _opt_str(data, pos)

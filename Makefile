@@ -32,7 +32,7 @@ compile: venv clean-compiled
 	BOOKAUDIT_MYPYC=1 $(BIN)/python setup.py --quiet build_ext --inplace
 
 clean-compiled:
-	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/_compiled.json
+	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/*/*/*.so src/bookaudit/_compiled.json
 
 stack-up: venv
 	$(BIN)/python -m devstack up --dir $(STACK_DIR) >/dev/null
@@ -69,4 +69,4 @@ faults: venv
 
 clean: stack-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
-	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/_compiled.json
+	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/*/*/*.so src/bookaudit/_compiled.json

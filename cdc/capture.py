@@ -31,6 +31,13 @@ STATUS_INTERVAL_S = 1.0
 # How often the confirmed position is also written to bookaudit.capture_state (outside the slot).
 STATE_INTERVAL_S = 5.0
 READ_BATCH = 2000
+# After a read that found only a few messages, the capture waits this long before reading again,
+# as the producer lingers: the walsender sends every message as it decodes it, and waking for
+# each transaction's few cost about a fifth of the capture's CPU at 2,500 one-row transactions/s
+# (132 and 127 against 99 and 113 µs per transaction, two pairs of runs). It adds at most this
+# much latency.
+READ_LINGER_S = 0.002
+READ_LINGER_BELOW = 64
 
 
 class Capture:
@@ -223,6 +230,8 @@ class Capture:
                     self.handle(data)
                 self.confirm()
                 self.report_progress()
+                if 0 < batch < READ_LINGER_BELOW:
+                    time.sleep(READ_LINGER_S)
                 if target is not None and idle:
                     if self.caught_up(target):
                         self.confirm(force=True)

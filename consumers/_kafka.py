@@ -181,7 +181,14 @@ class KafkaSource:
         for msg in messages:
             err = msg.error()
             if err is None:
-                records.extend(self._chunks.feed(to_record(msg), _chunk_header(msg)))
+                record = to_record(msg)
+                header = _chunk_header(record.headers)
+                if header is None and not self._chunks.waiting:
+                    # A plain record and no chunked event open, as nearly every record comes:
+                    # what feed would give, without its generator.
+                    records.append(record)
+                else:
+                    records.extend(self._chunks.feed(record, header))
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -248,8 +255,10 @@ class KafkaSource:
         self._consumer.close()
 
 
-def _chunk_header(msg: Any) -> bytes | None:
-    for name, value in msg.headers() or ():
+def _chunk_header(headers: Headers) -> bytes | None:
+    for name, value in headers:
         if name == CHUNK_HEADER:
-            return bytes(value) if value is not None else b""
+            if value is None:
+                return b""
+            return value.encode() if isinstance(value, str) else bytes(value)
     return None

@@ -355,8 +355,10 @@ def reset_databases(admin_dsn: str, names: Sequence[str], *, create: bool = True
     dropped), then create it empty again unless `create` is False."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         for name in names:
+            # Waiting (up to 10 s) for the reader to exit: a terminated walsender holds its slot
+            # until it has, and a reader whose client just quit may not have noticed yet.
             conn.execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots "
                 "WHERE database = %s AND active_pid IS NOT NULL",
                 (name,),
             )

@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bookaudit.consumers.audit.writer import EntryRejected, PreparedRow, WarehouseWriter
+from bookaudit.consumers.audit.rows import PreparedRow
+from bookaudit.consumers.audit.writer import EntryRejected, WarehouseWriter
 from bookaudit.consumers.records import DeadLetter, Record
 from bookaudit.model import Position
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -18,9 +16,11 @@ from bookaudit.kafka.serde import (
     decode_key,
     encode,
     envelope_record,
+    to_kafka,
 )
 from bookaudit.model import RowChange
 from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, variants
+from tests.compiled import python_source
 
 
 def _bytes(change: RowChange) -> bytes:
@@ -71,30 +71,25 @@ def test_keys_read_as_fastavro_reads_them() -> None:
     for key in keys:
         data = encode(KEY_SCHEMA, key)
         assert decode_key(data) == decode(KEY_SCHEMA, data) == key
+        columns: Any = key["columns"]
+        assert _avro_read.read_key_row(data) == {c["name"]: c["value"] for c in columns}
     with pytest.raises(DecodeError, match=r"not a bookaudit Avro record \(key\)"):
         decode_key(encode(KEY_SCHEMA, keys[1])[:-1])
-
-
-def _python_source() -> ModuleType:
-    """_avro_read loaded from its .py, whatever the import gives (mypyc's build after
-    `make compile`)."""
-    path = Path(_avro_read.__file__ or "").with_name("_avro_read.py")
-    spec = importlib.util.spec_from_file_location("_avro_read_source", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_imported_reader_reads_as_its_python_source() -> None:
     """After `make compile` the import gives the mypyc build: it must read and refuse exactly as
     the Python source does (without a build, the import is that source)."""
-    source = _python_source()
+    source = python_source(_avro_read)
     datas = [_bytes(c) for c in [*variants(), *captured_changes()]]
     stale = f"{_avro_read.__file__} reads otherwise than its .py: run `make compile` again"
     for data in datas:
         assert _avro_read.read_envelope(data) == source.read_envelope(data), stale
         assert _avro_read.read_change(data) == source.read_change(data), stale
+    keys = [k for c in variants() if (k := to_kafka(c, SOURCE, "p", NOW_MS).key) is not None]
+    assert keys
+    for key in keys:
+        assert _avro_read.read_key_row(key) == source.read_key_row(key), stale
     for cut in (0, 1, 5, 40, -30, -1):
         with pytest.raises((IndexError, ValueError)) as compiled_error:
             _avro_read.read_change(datas[0][:cut])

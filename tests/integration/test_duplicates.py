@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -15,7 +15,8 @@ from psycopg.conninfo import make_conninfo
 
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
-from bookaudit.consumers.audit.writer import WarehouseWriter, prepare_row
+from bookaudit.consumers.audit.rows import prepare_row
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
@@ -219,12 +220,12 @@ def test_a_batch_sent_straight_in_that_holds_stored_events_is_written_again_with
     batch of two goes in as pipelined INSERTs, a larger one by COPY.)"""
     writer = WarehouseWriter(warehouse_dsn)
     try:
-        first = [prepare_row(replace(ENTRY, sequence=i), 1000 + i, 0) for i in range(5)]
+        first = [prepare_row(ENTRY._replace(sequence=i), 1000 + i, 0) for i in range(5)]
         assert writer.write(first, []) == 5
-        clean = [prepare_row(replace(ENTRY, sequence=i), 2000 + i, 0) for i in range(5, 10)]
+        clean = [prepare_row(ENTRY._replace(sequence=i), 2000 + i, 0) for i in range(5, 10)]
         assert writer.write(clean, []) == 5  # after this one, the next goes straight in
         # The last stored event, then new ones.
-        mixed = [prepare_row(replace(ENTRY, sequence=i), 3000 + i, 0) for i in range(9, 9 + size)]
+        mixed = [prepare_row(ENTRY._replace(sequence=i), 3000 + i, 0) for i in range(9, 9 + size)]
         assert writer.write(mixed, []) == size - 1
     finally:
         writer.close()

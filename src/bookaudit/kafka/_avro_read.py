@@ -318,3 +318,19 @@ def read_key(data: bytes) -> dict[str, Any]:
             name, pos = _str(data, pos)
             value, pos = _opt_str(data, pos)
             columns.append({"name": name, "value": value})
+
+
+def read_key_row(data: bytes) -> dict[str, str | None]:
+    """The key's columns as one {name: value} dict, without read_key's dict per column."""
+    row: dict[str, str | None] = {}
+    pos = 0
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            return row
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            name, pos = _str(data, pos)
+            row[name], pos = _opt_str(data, pos)

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from bookaudit.chain import dump_json, leaf
-from bookaudit.consumers.audit.writer import copy_text, prepare_row, prepare_rows, stored_row
+from bookaudit.consumers.audit import rows
+from bookaudit.consumers.audit.rows import copy_text, prepare_row, prepare_rows, stored_row
 from bookaudit.consumers.records import (
-    Change,
+    AuditEntry,
     Decoded,
+    FieldChange,
     Record,
     _fast_change,
-    change_of,
     decode_and_map,
-    distinct_changes,
     distinct_entries,
     read_changes,
     to_audit_entry,
@@ -36,6 +36,7 @@ from bookaudit.kafka.serde import (
 )
 from bookaudit.model import ActorContext, Lsn, RowChange
 from tests.cdc.fixtures import NOW_MS, SOURCE, captured_changes, variants
+from tests.compiled import python_source
 
 HEADERS = ((SCHEMA_HEADER, ENVELOPE_SCHEMA_ID),)
 
@@ -78,27 +79,30 @@ def _records(changes: list[RowChange]) -> list[Record]:
     return records
 
 
-def _reference(record: Record) -> Change:
-    """The typed path with fastavro as the reader: record → Envelope → AuditEntry → flat."""
+def _reference(record: Record) -> AuditEntry:
+    """The typed path with fastavro as the reader: record → Envelope → AuditEntry."""
     assert record.value is not None
     check_header(record.headers, ENVELOPE_SCHEMA_ID)
     envelope = envelope_from_record(decode(ENVELOPE_SCHEMA, record.value), record.value)
     key = None
     if record.key is not None:
         key = {c["name"]: c["value"] for c in decode(KEY_SCHEMA, record.key)["columns"]}
-    return change_of(to_audit_entry(Decoded(record, envelope, key)))
+    return to_audit_entry(Decoded(record, envelope, key))
 
 
 def test_fast_changes_equal_fastavros_typed_path() -> None:
     records = _records(_changes())
-    assert all(_fast_change(r) is not None for r in records), "the fast path took them all"
+    assert all(_fast_change(r, {}) is not None for r in records), "the fast path took them all"
     changes, dead = read_changes(records)
     assert dead == []
     assert changes == [_reference(r) for r in records]
+    # The same types too, not only equal values (a tuple equals a FieldChange).
+    assert all(type(f) is FieldChange for c in changes for f in c.fields)
+    assert all(type(c) is AuditEntry for c in changes)
     # and the typed path the alerts consumer uses agrees too
     entries, _ = decode_and_map(records)
-    assert [change_of(e) for e in entries] == changes
-    assert [change_of(e) for e in distinct_entries(entries)] == distinct_changes(changes)
+    assert entries == changes
+    assert distinct_entries(entries) == distinct_entries(changes)
 
 
 def test_records_the_fast_reader_leaves_to_the_typed_path_read_the_same() -> None:
@@ -135,7 +139,7 @@ def test_bad_records_become_the_same_dead_letters(mangle: Any) -> None:
     changes, dead = read_changes(batch)
     entries, typed_dead = decode_and_map(batch)
     assert dead == typed_dead and len(dead) == 1
-    assert changes == [change_of(e) for e in entries]
+    assert changes == entries
 
 
 def _reshaped(value: bytes | None, source_mode: str | None = None, **fields: object) -> bytes:
@@ -164,7 +168,7 @@ def _copy_line(values: tuple[Any, ...]) -> str:
 
 def test_prepared_rows_hash_what_verify_recomputes_and_copy_what_they_store() -> None:
     records = _records(_changes())
-    changes = distinct_changes(read_changes(records)[0])
+    changes = distinct_entries(read_changes(records)[0])
     rows = prepare_rows(changes, range(500, 500 + len(changes)), 1_795_000_000_200_001)
     entries = distinct_entries(decode_and_map(records)[0])
     assert len(rows) == len(entries) == len(changes)
@@ -194,3 +198,28 @@ def test_dump_json_is_the_standard_encoding() -> None:
         assert dump_json(value) == json.dumps(
             value, ensure_ascii=False, sort_keys=True, separators=(",", ":")
         )
+
+
+def _fields(row: Any) -> tuple[Any, ...]:
+    return tuple(getattr(row, f) for f in rows.PreparedRow.__dataclass_fields__)
+
+
+def test_the_imported_row_preparer_prepares_as_its_python_source() -> None:
+    """After `make compile` the import gives the mypyc build of rows.py: it must prepare rows
+    exactly as the Python source does (without a build, the import is that source)."""
+    source = python_source(rows)
+    stale = f"{rows.__file__} prepares otherwise than its .py: run `make compile` again"
+    entries = distinct_entries(read_changes(_records(_changes()))[0])
+    ids = range(7, 7 + len(entries))
+    compiled_rows = rows.prepare_rows(entries, ids, 1_795_000_000_200_001)
+    source_rows = source.prepare_rows(entries, ids, 1_795_000_000_200_001)
+    assert [_fields(r) for r in compiled_rows] == [_fields(r) for r in source_rows], stale
+    for entry, cid in zip(entries, ids, strict=True):
+        compiled, python = rows.stored_row(entry, cid, 5), source.stored_row(entry, cid, 5)
+        assert (compiled.values, compiled.fields) == (python.values, python.fields), stale
+    for text in (None, "", "plain", "a\tb\nc\rd\\e", "ünï ✓"):
+        assert rows.copy_text(text) == source.copy_text(text), stale
+    with pytest.raises(ValueError):
+        rows.prepare_rows(entries, ids[1:], 0)
+    with pytest.raises(ValueError):
+        source.prepare_rows(entries, ids[1:], 0)

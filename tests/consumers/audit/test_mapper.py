@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from bookaudit.consumers import records
@@ -99,7 +97,7 @@ def test_distinct_entries_keeps_the_first_copy_in_identity_order() -> None:
         [mapped], _ = decode_and_map(
             [Record("ba.public.booking_lines", 0, offset, None, good.value, good.headers)]
         )
-        return replace(mapped, commit_position=Lsn(lsn), sequence=sequence)
+        return mapped._replace(commit_position=Lsn(lsn), sequence=sequence)
 
     late, early, early_copy, early_next = (
         entry(2**32, 0, 1),

@@ -4,7 +4,6 @@ from the stored row, and its lane hands batches back in order, or the error that
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,8 @@ import pytest
 
 from bookaudit.chain import leaf
 from bookaudit.consumers.audit.lane import Batch, Pending, WarehouseLane
-from bookaudit.consumers.audit.writer import PreparedRow, WarehouseWriter, prepare_row
+from bookaudit.consumers.audit.rows import PreparedRow, prepare_row
+from bookaudit.consumers.audit.writer import WarehouseWriter
 from bookaudit.consumers.records import DeadLetter, Record
 from bookaudit.errors import TransientError
 from tests.consumers.fixtures import ENTRY
@@ -102,7 +102,7 @@ def test_a_pending_batch_joins_polls_and_keeps_one_row_per_event() -> None:
     first = [prepare_row(ENTRY, 1, 0)]
     # The same event again in a later poll (a re-send): counted, not stored twice.
     again = [prepare_row(ENTRY, 2, 0)]
-    other = [prepare_row(replace(ENTRY, sequence=4), 3, 0)]
+    other = [prepare_row(ENTRY._replace(sequence=4), 3, 0)]
     records = [Record("ba.public.bookings", 0, offset, None, b"", ()) for offset in range(3)]
     pending.add(records[:1], [ENTRY.committed_at_ms], first, [])
     pending.add(records[1:2], [ENTRY.committed_at_ms], again, [])
@@ -119,7 +119,7 @@ def test_a_pending_batch_is_written_in_identity_order_whatever_order_its_polls_c
     """Two writers given overlapping copies must insert in one key order, or their unique-key
     waits cross and PostgreSQL kills one of them as a deadlock."""
     pending = Pending(limit=10)
-    late, early, middle = (replace(ENTRY, sequence=s) for s in (9, 1, 5))
+    late, early, middle = (ENTRY._replace(sequence=s) for s in (9, 1, 5))
     record = Record("ba.public.bookings", 0, 0, None, b"", ())
     pending.add([record], [ENTRY.committed_at_ms], [prepare_row(late, 1, 0)], [])
     pending.add(

@@ -159,11 +159,14 @@ def test_a_drifted_column_list_is_caught() -> None:
 
 
 def test_source_context_json_carries_every_actor_field() -> None:
-    """What bookaudit.current_context() builds is what ActorContext.from_message reads."""
+    """What bookaudit._context_document() builds is what ActorContext.from_message reads."""
     sql_text = read_text("sql", "source", "001_context.sql")
-    body = re.search(r"current_context\(\).*?jsonb_build_object\((.*?)\n\s*\)", sql_text, re.S)
+    body = re.search(r"_context_document\(\).*?json_object\(\s*'\{([\w,]*)\}'::text\[\],"
+                     r"\s*ARRAY\[(.*?)\]\)::text", sql_text, re.S)  # fmt: skip
     assert body is not None
-    keys = re.findall(r"^\s*'(\w+)',", body.group(1), re.M)
+    keys = body.group(1).split(",")
+    values = re.split(r",\s*\n", body.group(2).strip())
+    assert len(values) == len(keys), "a key without its value, or a value without its key"
     assert sorted(keys) == sorted(CONTEXT_JSON_ACTOR.get(f, f) for f in ACTOR_FIELDS)
     message = {k: f"v-{k}" for k in keys}
     actor = ActorContext.from_message(json.dumps(message).encode())

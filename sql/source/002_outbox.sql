@@ -97,9 +97,11 @@ $$;
 -- argument is its partitioned table's oid, whose shape its rows are recorded in.
 CREATE OR REPLACE FUNCTION bookaudit.record_context() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- An assignment, not PERFORM: PERFORM runs a whole query every time.
+    cleared text := set_config('bookaudit._shape_' || CASE WHEN TG_NARGS > 0 THEN TG_ARGV[0]
+                                                           ELSE TG_RELID::text END, '', true);
 BEGIN
-    PERFORM set_config('bookaudit._shape_' || CASE WHEN TG_NARGS > 0 THEN TG_ARGV[0]
-                                                   ELSE TG_RELID::text END, '', true);
     RETURN NULL;
 END
 $$;
@@ -111,11 +113,13 @@ $$;
 -- its own.
 CREATE OR REPLACE FUNCTION bookaudit.note_moves() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- An assignment, not PERFORM (which runs a whole query); _mac is inlined (001_context.sql).
+    mark text := set_config('bookaudit._moving_' || TG_RELID,
+                            CASE WHEN TG_WHEN = 'BEFORE' THEN bookaudit._mac(convert_to(
+                                'moving:' || bookaudit._xid() || ':' || TG_RELID, 'UTF8'))
+                            ELSE '' END, true);
 BEGIN
-    PERFORM set_config('bookaudit._moving_' || TG_RELID,
-                       CASE WHEN TG_WHEN = 'BEFORE' THEN bookaudit._mac(convert_to(
-                           'moving:' || bookaudit._xid() || ':' || TG_RELID, 'UTF8'))
-                       ELSE '' END, true);
     RETURN NULL;
 END
 $$;

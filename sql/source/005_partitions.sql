@@ -12,11 +12,12 @@ CREATE OR REPLACE FUNCTION bookaudit.emit_moves() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     note bytea := convert_to(TG_ARGV[0] || ' ' || TG_RELID::text, 'UTF8');
-BEGIN
-    PERFORM pg_logical_emit_message(
+    -- Assignments, not PERFORM (which runs a whole query); _mac is inlined (001_context.sql).
+    lsn pg_lsn := pg_logical_emit_message(
         true, 'bookaudit.moves',
         convert_to(bookaudit._mac(convert_to('moves:' || bookaudit._xid() || ':', 'UTF8') || note)
                    || ' ', 'UTF8') || note);
+BEGIN
     RETURN NULL;
 END
 $$;
@@ -35,13 +36,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     identity "char";
     has_context boolean;
+    emitted boolean;
 BEGIN
     SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_trigger t
                                     WHERE t.tgrelid = c.oid AND t.tgname = 'bookaudit_context')
       INTO identity, has_context
       FROM pg_class c WHERE c.oid = TG_RELID;
     IF NOT has_context THEN
-        PERFORM bookaudit._emit_context();
+        emitted := bookaudit._emit_context();  -- an assignment: PERFORM runs a whole query
     END IF;
     IF identity <> 'f' AND TG_OP <> 'INSERT' THEN
         PERFORM bookaudit._emit_old_row(TG_RELID, TG_ARGV[0], OLD);

@@ -7,7 +7,10 @@ warehouse ends up with.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -241,3 +244,54 @@ def test_a_marker_replayed_from_a_rolled_back_savepoint_is_flagged(
             "SELECT rule, severity FROM audit.alerts WHERE rule = 'untrusted-attribution'"
         )
         assert alerts == [("untrusted-attribution", "critical")]
+
+
+def test_a_marker_signed_for_anything_else_does_not_suppress_the_context(
+    schema_pipeline: Pipeline,
+) -> None:
+    """The marker is the HMAC over 'emitted:<xid>:<mark>' and nothing else. Signed here with the
+    real key (which the application cannot read), every near miss still leaves the context to be
+    recorded: the earlier '<hmac> <mark>' form, the context message's prefix, another
+    transaction's id. The exact marker, the control, does suppress it in logical mode (trigger
+    mode keeps its state in the outbox and ignores the setting)."""
+    p = schema_pipeline
+    price = p.schema.writes.price
+    [booking] = p.seed()
+    with p.owner() as owner:
+        row = owner.execute("SELECT key FROM bookaudit.context_key").fetchone()
+    assert row is not None
+    key = bytes(row[0])
+
+    def signed(prefix: str, xid: int, mark: str) -> str:
+        message = f"{prefix}:{xid}:{mark}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    mark = _mark("web", "dee")
+    variants: tuple[tuple[str, Callable[[int], str]], ...] = (
+        ("141.00", lambda xid: signed("emitted", xid, mark) + " " + mark),
+        ("142.00", lambda xid: signed("context", xid, mark)),
+        ("143.00", lambda xid: signed("emitted", (xid + 1) % 2**32, mark)),
+        ("144.00", lambda xid: signed("emitted", xid, mark)),
+    )
+    with p.source(application_name="web") as conn:
+        addr = _client_addr(conn)
+    for new_price, marker in variants:
+        with p.source(application_name="web") as conn:
+            conn.execute("SELECT bookaudit.set_actor('dee')")
+            xid = conn.execute("SELECT pg_current_xact_id()::text::bigint % 4294967296").fetchone()
+            assert xid is not None
+            conn.execute(
+                "SELECT set_config('bookaudit._emitted', %s, true)", (marker(int(xid[0])),)
+            )
+            conn.execute(price, {"booking": booking, "price": new_price})
+    p.flow()
+
+    app = p.app_role
+    recorded = ("dee", None, None, "web", app, addr, "application")
+    control = recorded if p.mode == "trigger" else (None, None, None, None, None, None, "missing")
+    assert _attribution(p) == [
+        ("141.00", *recorded),
+        ("142.00", *recorded),
+        ("143.00", *recorded),
+        ("144.00", *control),
+    ]

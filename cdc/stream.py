@@ -247,6 +247,7 @@ class ReplicationStream:
     def read(self, timeout: float) -> bytes | None:
         """One CopyData message, or None when none arrived within timeout."""
         deadline = time.monotonic() + timeout
+        taken = False
         while True:
             nbytes, data = self._pgconn.get_copy_data(1)
             if nbytes > 0:
@@ -254,6 +255,13 @@ class ReplicationStream:
             if nbytes < 0:
                 message = self._pgconn.get_error_message().strip() or "stream ended"
                 raise TransientError(f"replication stream closed: {message}")
+            if not taken:
+                # What the socket already holds first (libpq's socket never blocks): "nothing"
+                # must mean the server sent nothing more, not that libpq's buffer ran dry, or a
+                # reader that lingers when little came would linger in the middle of a backlog.
+                self._pgconn.consume_input()
+                taken = True
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None

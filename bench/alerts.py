@@ -18,7 +18,6 @@ from typing import Any
 import click
 import psycopg
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
 from bookaudit.demo.day import create_sample_schema
@@ -26,7 +25,7 @@ from bookaudit.kafka.alert import alerts_topic, decode_alert
 from bookaudit.kafka.serde import decode_envelope
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import reset_databases
+from devstack import delete_topics, reset_databases
 
 RATE = 1000  # row changes per second
 DURATION_S = 30
@@ -79,8 +78,12 @@ class Probe:
 
 
 @contextmanager
-def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
-    name = "bench_" + uuid.uuid4().hex[:8]
+def databases(
+    admin_dsn: str, bootstrap: str, kind: str = "bench"
+) -> Iterator[tuple[str, str, str]]:
+    """A run's name (`<kind>_<random>`, its slot and topic prefix too), source DSN and warehouse
+    DSN. Afterwards the run's databases go, with their slots, and so do its topics."""
+    name = f"{kind}_" + uuid.uuid4().hex[:8]
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}_src"')
         admin.execute(f'CREATE DATABASE "{name}_wh"')
@@ -92,6 +95,7 @@ def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
         )
     finally:
         reset_databases(admin_dsn, (f"{name}_src", f"{name}_wh"), create=False)
+        delete_topics(bootstrap, name)
 
 
 def prepare(source_dsn: str, warehouse_dsn: str, slot: str) -> list[int]:
@@ -175,7 +179,7 @@ def main() -> None:
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
         raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
-    with databases(admin) as (name, source_dsn, warehouse_dsn):
+    with databases(admin, bootstrap) as (name, source_dsn, warehouse_dsn):
         click.echo(f"preparing {BOOKINGS} bookings ...", err=True)
         ids = prepare(source_dsn, warehouse_dsn, name)
         env = {
@@ -239,8 +243,6 @@ def main() -> None:
                 with suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
-            topics = [f"{name}.public.bookings", alerts_topic(name)]
-            AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics)
 
     changes_seen, alerts_seen = (len(p.latencies_ms) for p in probes)
     if recorded != unapproved or distinct != unapproved or alerts_seen != unapproved:

@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.source.install import TableName, apply, plan_install
-from devstack import reset_databases
+from devstack import delete_topics, reset_databases
 
 ROWS = 200_000
 
@@ -58,6 +58,16 @@ def bench_database(admin_dsn: str) -> Iterator[str]:
         yield dsn
     finally:
         reset_databases(admin_dsn, (name,), create=False)
+
+
+@contextmanager
+def bench_topics(bootstrap: str) -> Iterator[str]:
+    """A topic prefix of the run's own; afterwards the topics under it are deleted."""
+    prefix = "bench" + uuid.uuid4().hex[:6]
+    try:
+        yield prefix
+    finally:
+        delete_topics(bootstrap, prefix)
 
 
 def prepare(dsn: str) -> str:
@@ -127,11 +137,11 @@ def main() -> None:
     bootstrap = os.environ.get("BOOKAUDIT_KAFKA_BOOTSTRAP")
     if not admin or not bootstrap:
         raise click.ClickException('run under the stack: eval "$(python -m devstack env)"')
-    with bench_database(admin) as dsn:
+    with bench_database(admin) as dsn, bench_topics(bootstrap) as prefix:
         click.echo(f"preparing {ROWS} rows and one {ROWS}-row UPDATE ...", err=True)
         end_lsn = prepare(dsn)
         recv_s = time_recvlogical(dsn, end_lsn)
-        capture_s, changes = time_capture(dsn, bootstrap, "bench" + uuid.uuid4().hex[:6])
+        capture_s, changes = time_capture(dsn, bootstrap, prefix)
     if changes != ROWS:
         raise click.ClickException(f"capture produced {changes} events, expected {ROWS}")
     recv_rate = ROWS / recv_s

@@ -8,14 +8,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import click
 import psycopg
 
-from bench.capture import _FILL, _TABLE, _pg_tool, bench_database
+from bench.capture import _FILL, _TABLE, _pg_tool, bench_database, bench_topics
 from bookaudit.cdc.relay import OutboxRelay
 from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.source.install import TableName, apply, plan_install
@@ -71,13 +70,13 @@ def queued(dsn: str) -> int:
     return int(row[0])
 
 
-def time_relay(dsn: str, bootstrap: str) -> tuple[float, int]:
+def time_relay(dsn: str, bootstrap: str, prefix: str) -> tuple[float, int]:
     settings = CaptureSettings(
         source_dsn=dsn,
         kafka_bootstrap=bootstrap,
         slot="unused",
         publication="bookaudit",
-        topic_prefix="bench" + uuid.uuid4().hex[:6],
+        topic_prefix=prefix,
         source_name="bench",
         exit_when_idle=True,
     )
@@ -109,10 +108,11 @@ def main(seconds: int, rounds: int) -> None:
                 tps[label].append(pgbench(dsns[label], script, seconds))
         dsn = dsns["trigger"]
         backlog = queued(dsn)
-        small_s, small = time_relay(dsn, bootstrap)
+        # Each relay run on topics of its own, deleted with the databases at the end.
+        small_s, small = time_relay(dsn, bootstrap, stack.enter_context(bench_topics(bootstrap)))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("UPDATE bench_bookings SET price = price + 1 WHERE id <= %s", (BULK,))
-        bulk_s, bulk = time_relay(dsn, bootstrap)
+        bulk_s, bulk = time_relay(dsn, bootstrap, stack.enter_context(bench_topics(bootstrap)))
     if small != backlog or bulk != BULK:
         raise click.ClickException(f"relay sent {small}/{backlog} and {bulk}/{BULK} changes")
     median = {label: statistics.median(runs) for label, runs in tps.items()}

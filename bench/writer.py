@@ -10,8 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg.conninfo import make_conninfo
 
-from bench.alerts import percentiles, spawn, wait_until
+from bench.alerts import databases, percentiles, spawn, wait_until
 from bench.capture import _FILL, _TABLE, _pg_tool
 from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.settings import CaptureSettings
@@ -31,7 +30,6 @@ from bookaudit.kafka.serde import decode_envelope
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
-from devstack import reset_databases
 
 ROWS = 200_000
 STEADY_ROWS = 10_000
@@ -55,21 +53,6 @@ END;
 
 def _log(message: str) -> None:
     click.echo(f"  {message}", err=True)
-
-
-@contextmanager
-def databases(admin_dsn: str) -> Iterator[tuple[str, str, str]]:
-    """A source and a warehouse database of their own, dropped afterwards with their slots."""
-    name = "benchw_" + uuid.uuid4().hex[:8]
-    source = make_conninfo(admin_dsn, dbname=f"{name}_src")
-    warehouse = make_conninfo(admin_dsn, dbname=f"{name}_wh")
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}_src"')
-        admin.execute(f'CREATE DATABASE "{name}_wh"')
-    try:
-        yield name, source, warehouse
-    finally:
-        reset_databases(admin_dsn, (f"{name}_src", f"{name}_wh"), create=False)
 
 
 def prepare(source: str, warehouse: str, slot: str, rows: int) -> None:
@@ -97,7 +80,7 @@ class Drain:
 
 def drain(admin: str, bootstrap: str) -> Drain:
     """One 200k-row UPDATE: the capture puts it on Kafka alone, then the writer drains it alone."""
-    with databases(admin) as (name, source, warehouse):
+    with databases(admin, bootstrap, "benchw") as (name, source, warehouse):
         _log(f"drain: preparing {ROWS:,} rows and one {ROWS:,}-row UPDATE ...")
         prepare(source, warehouse, name, ROWS)
         with psycopg.connect(source, autocommit=True) as conn, conn.transaction():
@@ -384,7 +367,7 @@ def _spawn_logged(
 
 
 def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
-    with databases(admin) as (name, source, warehouse):
+    with databases(admin, bootstrap, "benchw") as (name, source, warehouse):
         _log(f"steady: {STEADY_ROWS:,} bookings, capture and consume audit as processes ...")
         prepare(source, warehouse, name, STEADY_ROWS)
         env = {

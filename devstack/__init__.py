@@ -17,11 +17,13 @@ from typing import Any
 
 from bookaudit.errors import TerminalError
 from devstack import _kafka, _postgres
+from devstack._kafka import delete_topics
 from devstack._postgres import reset_databases
 
 __all__ = [
     "SERVICES",
     "StackEnv",
+    "delete_topics",
     "down",
     "read_env",
     "reset_databases",

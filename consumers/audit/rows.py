@@ -111,12 +111,15 @@ class _Times:
         return found
 
 
+# The function dump_json's encoder escapes strings with (chain.py gives it to c_make_encoder).
+_encode_string = json.encoder.encode_basestring
+
+
 def _json_text(value: str | None) -> str:
-    """A string or null as dump_json spells it inside a list (the same C function escapes it)."""
+    """A string or null as dump_json spells it inside a list."""
     return "null" if value is None else _encode_string(value)
 
 
-_encode_string = json.encoder.encode_basestring
 _ROW_FORM_JSON = _json_text(ROW_FORM)
 
 

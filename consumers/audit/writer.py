@@ -1,5 +1,5 @@
-"""Warehouse edge of the audit writer: rows prepared and hashed in Python, then one idempotent
-transaction per batch that COPYs them in and appends one chain link."""
+"""Warehouse edge of the audit writer: one idempotent transaction per batch that COPYs the rows
+prepared by `rows` in and appends one chain link."""
 
 from __future__ import annotations
 

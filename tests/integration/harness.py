@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -38,7 +36,7 @@ from bookaudit.model import CONTEXT_PREFIX
 from bookaudit.source.audit_start import AuditStart, install
 from bookaudit.source.install import TableName
 from bookaudit.warehouse.schema import init_warehouse
-from devstack import StackEnv, _postgres, reset_databases
+from devstack import StackEnv, _postgres, delete_topics, reset_databases
 from tests.integration.schemas import SAMPLE, Key, Schema
 
 
@@ -70,6 +68,23 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Ask a process to stop as a service manager does (SIGTERM) and reap it; one that has not
+    stopped within `timeout` is killed and reaped, then its test fails. One that already exited
+    is left as it is, with its return code for the test to check."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        process.kill()
+        process.wait()
+        raise AssertionError(
+            f"{process.args!r} ignored SIGTERM for {timeout:.0f} s: killed"
+        ) from err
 
 
 @dataclass
@@ -191,22 +206,10 @@ class Pipeline:
         self.drop_topics()
 
     def drop_topics(self) -> None:
-        """Delete this pipeline's topics. A broker shared by every test of every run otherwise
-        keeps them all: 85,000 partitions took the 512 MB development broker down with an
-        OutOfMemoryError. A pipeline that shares another's prefix leaves them to that one."""
-        if self.shared_with is not None:
-            return
-        admin = AdminClient({"bootstrap.servers": self.stack.kafka_bootstrap})
-        mine = [t for t in admin.list_topics(timeout=60).topics if t.startswith(self.prefix + ".")]
-        if not mine:
-            return
-        for future in admin.delete_topics(mine, operation_timeout=60).values():
-            try:
-                future.result(timeout=120)
-            except KafkaException as exc:
-                # Already gone (a test deleted it) is the outcome we want; anything else is not.
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise
+        """Delete this pipeline's topics; a pipeline that shares another's prefix leaves them to
+        that one."""
+        if self.shared_with is None:
+            delete_topics(self.stack.kafka_bootstrap, self.prefix)
 
     # --- running the stages -----------------------------------------------------------------
 
@@ -282,18 +285,26 @@ class Pipeline:
         """Where `spawn` appends the stderr of a `bookaudit <command> ...` process."""
         return Path(tempfile.gettempdir()) / f"{self.name}-{command}.log"
 
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
-        """Start a bookaudit process; its stderr goes to a log file named in the test output."""
+    @contextmanager
+    def running(self, *args: str, stop_timeout: float = 30.0) -> Iterator[subprocess.Popen[str]]:
+        """A `bookaudit <args>` process for the length of the block, its stderr in a log file
+        named in the test output. However the block ends, a process still running is stopped
+        and reaped (`stop`, within `stop_timeout`): none outlives its test, even one whose wait
+        timed out."""
         log_path = self.spawn_log(args[0])
         self.logs.append(f"spawned {' '.join(args)}, stderr in {log_path}")
         with log_path.open("a") as log:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "bookaudit", *args],
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 text=True,
             )
+        try:
+            yield process
+        finally:
+            stop(process, stop_timeout)
 
     # --- looking at what the source recorded ------------------------------------------------
 

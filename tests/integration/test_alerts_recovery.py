@@ -43,12 +43,13 @@ def test_consumer_killed_mid_stream_restarts_with_no_duplicate_and_no_miss(
     expected = BOOKINGS * ROUNDS
     unapproved_edits(pipeline, seed_bookings(pipeline, BOOKINGS), ROUNDS)
     pipeline.capture()
-    consumer = pipeline.spawn("consume", "alerts", "--batch-size", "50", "--no-stdout")
-    wait_for(
-        "600 alerts recorded", lambda: count(pipeline, "SELECT count(*) FROM audit.alerts") >= 600
-    )
-    consumer.send_signal(signal.SIGKILL)
-    consumer.wait(timeout=10)
+    with pipeline.running("consume", "alerts", "--batch-size", "50", "--no-stdout") as consumer:
+        wait_for(
+            "600 alerts recorded",
+            lambda: count(pipeline, "SELECT count(*) FROM audit.alerts") >= 600,
+        )
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait(timeout=10)
     at_kill = count(pipeline, "SELECT count(*) FROM audit.alerts")
     assert consumer.returncode == -signal.SIGKILL
     assert at_kill < expected, "the kill came after the consumer had finished"
@@ -139,35 +140,34 @@ def test_webhook_down_then_up_gets_each_alert_once(schema_pipeline: Pipeline) ->
             pipeline, "SELECT count(*) FROM audit.alert_deliveries WHERE channel = 'kafka'"
         )
 
+    consume = ("consume", "alerts", "--webhook", url, "--no-stdout")
     # Down: nothing listens. Alerts still reach the table and the topic at once.
-    consumer = pipeline.spawn("consume", "alerts", "--webhook", url, "--no-stdout")
-    unapproved_edits(pipeline, bookings[:2], 1)
-    pipeline.capture()
-    wait_for("2 alerts on the topic", lambda: kafka_deliveries() == 2)
-    wait_for("a refused connection", lambda: "unreachable" in log.read_text())
-    assert webhook_deliveries() == 0
-
-    webhook = Webhook(port)
-    with webhook.listening():
-        # Up but failing (503), and the consumer is killed while it fails.
-        wait_for("a POST answered 503", lambda: sum(webhook.refused.values()) >= 1)
-        consumer.send_signal(signal.SIGKILL)
-        consumer.wait(timeout=10)
+    with pipeline.running(*consume, stop_timeout=10) as consumer:
+        unapproved_edits(pipeline, bookings[:2], 1)
+        pipeline.capture()
+        wait_for("2 alerts on the topic", lambda: kafka_deliveries() == 2)
+        wait_for("a refused connection", lambda: "unreachable" in log.read_text())
         assert webhook_deliveries() == 0
-        consumer = pipeline.spawn("consume", "alerts", "--webhook", url, "--no-stdout")
-        try:
-            wait_for("the restarted consumer to retry", lambda: sum(webhook.refused.values()) >= 2)
-            webhook.accept.set()
-            wait_for("2 webhook deliveries", lambda: webhook_deliveries() == 2)
-            # Up: a new alert goes straight through.
-            unapproved_edits(pipeline, bookings[2:], 1)
-            pipeline.capture()
-            wait_for("3 webhook deliveries", lambda: webhook_deliveries() == 3)
-        finally:
-            consumer.terminate()
+
+        webhook = Webhook(port)
+        with webhook.listening():
+            # Up but failing (503), and the consumer is killed while it fails.
+            wait_for("a POST answered 503", lambda: sum(webhook.refused.values()) >= 1)
+            consumer.send_signal(signal.SIGKILL)
             consumer.wait(timeout=10)
-        # Another run finds nothing left to deliver.
-        pipeline.cli("consume", "alerts", "--webhook", url, "--exit-when-idle")
+            assert webhook_deliveries() == 0
+            with pipeline.running(*consume, stop_timeout=10):
+                wait_for(
+                    "the restarted consumer to retry", lambda: sum(webhook.refused.values()) >= 2
+                )
+                webhook.accept.set()
+                wait_for("2 webhook deliveries", lambda: webhook_deliveries() == 2)
+                # Up: a new alert goes straight through.
+                unapproved_edits(pipeline, bookings[2:], 1)
+                pipeline.capture()
+                wait_for("3 webhook deliveries", lambda: webhook_deliveries() == 3)
+            # Another run finds nothing left to deliver.
+            pipeline.cli("consume", "alerts", "--webhook", url, "--exit-when-idle")
 
     recorded = {r[0] for r in pipeline.warehouse("SELECT alert_id FROM audit.alerts")}
     assert len(recorded) == 3

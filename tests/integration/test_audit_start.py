@@ -287,14 +287,11 @@ def _capture_with_writers_running(p: Pipeline) -> CaptureStats:
     the capture sends the baseline, and once the capture is done a second writer joins the
     group for the backlog and exits when the group has committed all of it. The writers' work
     (most of this test's time) overlaps the capture's and is shared by two processes."""
-    follower = p.spawn("consume", "audit")
-    try:
+    # Once the block ends the group has committed every event the capture sent: the follower,
+    # stopped then, has nothing left.
+    with p.running("consume", "audit", stop_timeout=60):
         stats = p.capture()
         p.consume(batch_size=5000)
-    finally:
-        # The group has committed every event the capture sent: the follower has nothing left.
-        follower.terminate()
-        follower.wait(timeout=60)
     return stats
 
 
@@ -328,14 +325,10 @@ def test_baseline_resumes_after_kill_9_without_doubles(fresh: Pipeline) -> None:
     rows = 30_000 if p.schema.name == "sample" else 15_000
     orders = _work_orders(p, rows)
     p.install([orders.table])
-    capture = p.spawn("capture")
-    try:
+    with p.running("capture") as capture:
         wait_for("the baseline to be partly sent", lambda: _staged_sent(p) >= 5000)
         os.kill(capture.pid, signal.SIGKILL)
         capture.wait(timeout=30)
-    finally:
-        if capture.poll() is None:
-            capture.kill()
     sent = _staged_sent(p)
     assert 0 < sent < rows, "the capture was not killed in the middle of the baseline"
     stats = p.capture()

@@ -3,7 +3,6 @@ nothing lost (the bad-input table in the README points here)."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -95,8 +94,7 @@ def test_source_lost_mid_stream_is_retried_and_nothing_is_lost(
 ) -> None:
     p = schema_pipeline
     log = p.spawn_log("capture")
-    capture = p.spawn("capture")
-    try:
+    with p.running("capture") as capture:
         _insert(p, 0, 10)
         wait_for("the capture to stream", lambda: "capture:" in log.read_text()
                  or "relay:" in log.read_text())  # fmt: skip
@@ -104,9 +102,6 @@ def test_source_lost_mid_stream_is_retried_and_nothing_is_lost(
         wait_for("a logged retry", lambda: "(retry 1 in" in log.read_text())
         _insert(p, 10, 10)
         assert capture.poll() is None, "the capture must retry, not exit"
-    finally:
-        capture.send_signal(signal.SIGTERM)
-        capture.wait(timeout=30)
     p.flow()
     assert _customers(p) == sorted((f"c{n}", 1) for n in range(20))
 
@@ -117,8 +112,7 @@ def test_warehouse_lost_mid_stream_is_retried_and_nothing_is_lost(logical: Pipel
     log = p.spawn_log("consume")
     _insert(p, 0, 10)
     p.capture()
-    writer = p.spawn("consume", "audit")
-    try:
+    with p.running("consume", "audit") as writer:
         wait_for("the first batch", lambda: len(_customers(p)) == 10)
         assert _kill_backends(p, "bookaudit-audit-writer", p.warehouse_dsn) >= 1
         _insert(p, 10, 10)
@@ -126,9 +120,6 @@ def test_warehouse_lost_mid_stream_is_retried_and_nothing_is_lost(logical: Pipel
         wait_for("a logged retry", lambda: "(retry 1 in" in log.read_text())
         wait_for("every change", lambda: len(_customers(p)) == 20)
         assert writer.poll() is None, "the writer must retry, not exit"
-    finally:
-        writer.send_signal(signal.SIGTERM)
-        writer.wait(timeout=30)
     assert _customers(p) == sorted((f"c{n}", 1) for n in range(20))
 
 

@@ -133,8 +133,7 @@ def _outbox_rows(p: Pipeline) -> int:
 def test_outbox_is_drained_while_the_relay_runs(trigger_pipeline: Pipeline) -> None:
     p = trigger_pipeline
     rounds, per_round, per_txn = 3, 4000, 100
-    relay = p.spawn("capture")
-    try:
+    with p.running("capture") as relay:
         for r in range(rounds):
             with p.source() as conn:
                 for start in range(0, per_round, per_txn):
@@ -148,9 +147,6 @@ def test_outbox_is_drained_while_the_relay_runs(trigger_pipeline: Pipeline) -> N
             assert _outbox_rows(p) > 0 or relay.poll() is None
             wait_for(f"the relay to drain round {r}", lambda: _outbox_rows(p) == 0)
             assert relay.poll() is None, "the relay stopped instead of draining while it runs"
-    finally:
-        relay.terminate()
-        relay.wait(timeout=30)
     p.consume()
     written = p.warehouse(
         "SELECT count(*), count(DISTINCT after ->> 'name') FROM audit.row_changes "

@@ -5,9 +5,8 @@ history. Only Docker itself is left out (there is no engine here)."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,10 @@ def test_compose_steps_end_with_the_demo_bookings_history(fresh: Pipeline) -> No
     p = fresh
     for step in ("sample-schema", "warehouse-init", "source-install"):
         p.cli(*SERVICES[step]["command"])
-    running: list[subprocess.Popen[str]] = []
-    try:
+    with ExitStack() as services:
         for service in ("capture", "audit-writer"):
-            running.append(p.spawn(*SERVICES[service]["command"]))
+            services.enter_context(p.running(*SERVICES[service]["command"], stop_timeout=60))
         day = p.cli(*SERVICES["demo-day"]["command"])
-    finally:
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            process.wait(timeout=60)
     match = re.search(r"Timeline of booking (\d+)", day.stdout)
     assert match, day.stdout + day.stderr
     booking = match.group(1)

@@ -122,25 +122,22 @@ def _assert_exactly_once(p: Pipeline) -> None:
 def test_capture_killed_mid_stream_resumes_with_nothing_lost(schema_pipeline: Pipeline) -> None:
     pipeline = schema_pipeline
     topic = _topic(pipeline)
-    capture = pipeline.spawn("capture")
     done = threading.Event()
     generator = threading.Thread(target=_generate, args=(pipeline, done))
-    generator.start()
-    try:
-        # A generator that died (a bad statement) ends the wait at once; the counts then fail.
-        wait_for(
-            "4000 events in Kafka",
-            lambda: _kafka_count(pipeline, topic) >= 4000 or not generator.is_alive(),
-        )
-        capture.send_signal(signal.SIGKILL)
-        capture.wait(timeout=10)
-        in_kafka_at_kill = _kafka_count(pipeline, topic)
-        still_generating = not done.is_set()
-    finally:
-        if capture.poll() is None:  # the wait failed: no capture outlives its test
-            capture.kill()
+    with pipeline.running("capture") as capture:
+        generator.start()
+        try:
+            # A generator that died (a bad statement) ends the wait at once; the counts then fail.
+            wait_for(
+                "4000 events in Kafka",
+                lambda: _kafka_count(pipeline, topic) >= 4000 or not generator.is_alive(),
+            )
+            capture.send_signal(signal.SIGKILL)
             capture.wait(timeout=10)
-        generator.join()
+            in_kafka_at_kill = _kafka_count(pipeline, topic)
+            still_generating = not done.is_set()
+        finally:
+            generator.join()
     assert capture.returncode == -signal.SIGKILL
     assert in_kafka_at_kill < CHANGES, "the kill came after the stream had ended"
     assert still_generating or in_kafka_at_kill < CHANGES
@@ -156,14 +153,14 @@ def test_writer_killed_mid_stream_resumes_with_no_duplicate(schema_pipeline: Pip
     done = threading.Event()
     _generate(pipeline, done)
     pipeline.capture()
-    writer = pipeline.spawn("consume", "audit", "--batch-size", "200")
 
     def written() -> int:
         return int(pipeline.warehouse("SELECT count(*) FROM audit.row_changes")[0][0])
 
-    wait_for("4000 rows in the warehouse", lambda: written() >= 4000)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait(timeout=10)
+    with pipeline.running("consume", "audit", "--batch-size", "200") as writer:
+        wait_for("4000 rows in the warehouse", lambda: written() >= 4000)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
     at_kill = written()
     assert writer.returncode == -signal.SIGKILL
     assert at_kill < CHANGES, "the kill came after the writer had finished"

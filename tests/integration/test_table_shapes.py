@@ -4,6 +4,8 @@ changes wait in the outbox; each made in the PostgreSQL schema of a source schem
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 from psycopg import sql
 
@@ -104,8 +106,7 @@ def test_queued_changes_keep_the_columns_and_types_they_were_written_with(
     name, rates = _own(pipeline, "rate_cards")
     pipeline.migrate(sql.SQL(RATES).format(rates))
     pipeline.cli("source", "install", "--table", name)
-    running = pipeline.spawn("capture") if capture == "running" else None
-    try:
+    with pipeline.running("capture") if capture == "running" else nullcontext() as running:
         # The owner migrates the table; the application writes between the migrations.
         with pipeline.owner() as owner, pipeline.source() as conn:
             conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 12.50, 'a', 'old')").format(rates))
@@ -119,10 +120,6 @@ def test_queued_changes_keep_the_columns_and_types_they_were_written_with(
                 conn.commit()
         if running is not None:
             wait_for("the capture to take the last change", lambda: _caught_up(pipeline))
-    finally:
-        if running is not None:
-            running.terminate()
-            running.wait(timeout=30)
     pipeline.flow()
 
     rows = pipeline.warehouse(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -73,34 +71,29 @@ def _serve(stack: StackEnv, schema: Schema) -> Iterator[Site]:
     """One pipeline on `schema` with the labelled workload and its alerts, served by
     `bookaudit serve`."""
     p = Pipeline(stack, schema=schema).create()
-    ids = write_labelled_workload(p.app_dsn, schema)  # as the application: the non-owner role
-    statement, hostile = _HOSTILE_BOOKING[schema.name]
-    with psycopg.connect(p.app_dsn) as conn:  # markup in an actor and a value stays text
-        conn.execute("SELECT bookaudit.set_actor(%s, role => 'x')", (HOSTILE,))
-        conn.execute(statement, {"c": ids["customer"], "text": HOSTILE})
-    p.flow()
-    p.alerts()
-    port = _free_port()
-    log = p.spawn_log("serve")
-    with log.open("w") as err:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bookaudit", "serve", "--port", str(port)],
-            env=p.env(), stderr=err, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    try:
+        ids = write_labelled_workload(p.app_dsn, schema)  # as the application: the non-owner role
+        statement, hostile = _HOSTILE_BOOKING[schema.name]
+        with psycopg.connect(p.app_dsn) as conn:  # markup in an actor and a value stays text
+            conn.execute("SELECT bookaudit.set_actor(%s, role => 'x')", (HOSTILE,))
+            conn.execute(statement, {"c": ids["customer"], "text": HOSTILE})
+        p.flow()
+        p.alerts()
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with p.running("serve", "--port", str(port), stop_timeout=10) as server:
 
-    def up() -> bool:
-        try:
-            return bool(urllib.request.urlopen(f"{url}/healthz", timeout=2).read() == b"ok")
-        except (urllib.error.URLError, ConnectionError):
-            assert server.poll() is None, log.read_text()
-            return False
+            def up() -> bool:
+                try:
+                    return bool(urllib.request.urlopen(f"{url}/healthz", timeout=2).read() == b"ok")
+                except (urllib.error.URLError, ConnectionError):
+                    assert server.poll() is None, p.spawn_log("serve").read_text()
+                    return False
 
-    wait_for("bookaudit serve", up, timeout=30)
-    yield p, {**ids, "hostile": hostile}, url
-    server.terminate()
-    server.wait(timeout=10)
-    p.drop()
+            wait_for("bookaudit serve", up, timeout=30)
+            yield p, {**ids, "hostile": hostile}, url
+    finally:
+        p.drop()
 
 
 @pytest.fixture(scope="module")

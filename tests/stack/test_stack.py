@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from devstack import StackEnv, read_env, status
+from devstack import StackEnv, delete_topics, read_env, status
 from devstack.cli import stack
+from tests.integration.harness import wait_for
 
 
 def _state_dir() -> Path:
@@ -104,7 +105,8 @@ def test_kafka_lists_topics(env: StackEnv) -> None:
 
 @pytest.mark.integration
 def test_kafka_round_trips_a_message(env: StackEnv) -> None:
-    topic = f"stack-smoke-{uuid.uuid4().hex[:12]}"
+    run = f"stack-smoke-{uuid.uuid4().hex[:12]}"
+    topic = f"{run}.ping"
     producer = Producer({"bootstrap.servers": env.kafka_bootstrap})
     producer.produce(topic, key=b"k", value=b"hello", partition=0)
     assert producer.flush(30) == 0
@@ -115,5 +117,30 @@ def test_kafka_round_trips_a_message(env: StackEnv) -> None:
         message = consumer.poll(20)
     finally:
         consumer.close()
+        delete_topics(env.kafka_bootstrap, run)
     assert message is not None and message.error() is None
     assert (message.key(), message.value()) == (b"k", b"hello")
+
+
+@pytest.mark.integration
+def test_delete_topics_takes_the_runs_topics_and_no_other(env: StackEnv) -> None:
+    run = f"stack-run-{uuid.uuid4().hex[:12]}"
+    mine = [f"{run}.public.bookings", f"{run}.ops.jobs", f"{run}.alerts"]
+    # Another run whose name starts with this one's, and a topic named as the run itself.
+    others = [f"{run}0.public.bookings", run]
+    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap})
+    made = admin.create_topics([NewTopic(t, num_partitions=1) for t in mine + others])
+    for future in made.values():
+        future.result(timeout=60)
+    try:
+        assert delete_topics(env.kafka_bootstrap, run) == sorted(mine)
+
+        def listed() -> set[str]:
+            return set(admin.list_topics(timeout=30).topics)
+
+        wait_for("the deleted topics to leave the metadata", lambda: not listed() & set(mine))
+        assert set(others) <= listed()
+        assert delete_topics(env.kafka_bootstrap, run) == []  # nothing left: nothing to do
+    finally:
+        for future in admin.delete_topics(others, operation_timeout=60).values():
+            future.result(timeout=120)

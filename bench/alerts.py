@@ -160,6 +160,20 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate what still runs, kill what ignores it, and reap all: spawned in sessions of
+    their own, they would otherwise outlive the bench, which a Ctrl-C no longer reaches them."""
+    for process in processes:
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def wait_until(what: str, check: Any, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -239,10 +253,7 @@ def main() -> None:
             assert rows is not None
             recorded, distinct, recorded_ms = int(rows[0]), int(rows[1]), rows[2] or []
         finally:
-            for process in processes:
-                with suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+            stop(processes)
 
     changes_seen, alerts_seen = (len(p.latencies_ms) for p in probes)
     if recorded != unapproved or distinct != unapproved or alerts_seen != unapproved:

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg.conninfo import make_conninfo
 
-from bench.alerts import databases, percentiles, spawn, wait_until
+from bench.alerts import databases, percentiles, spawn, stop, wait_until
 from bench.capture import _FILL, _TABLE, _pg_tool
 from bookaudit.cdc.capture import Capture
 from bookaudit.cdc.settings import CaptureSettings
@@ -125,9 +125,12 @@ def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
         _log(f"drain: {WRITERS} writer processes of one group ...")
         started = time.perf_counter()
         processes = [spawn(["consume", "audit", "--exit-when-idle"], env) for _ in range(WRITERS)]
-        for p in processes:
-            if p.wait(timeout=900) != 0:
-                raise click.ClickException(f"a writer process exited with {p.returncode}")
+        try:
+            for p in processes:
+                if p.wait(timeout=900) != 0:
+                    raise click.ClickException(f"a writer process exited with {p.returncode}")
+        finally:
+            stop(processes)
         taken = time.perf_counter() - started
         with psycopg.connect(warehouse) as conn:
             row = conn.execute("SELECT count(*) FROM audit.row_changes").fetchone()
@@ -428,10 +431,7 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
         finally:
             poller.stop.set()
             polling.join()
-            for p in processes:
-                p.terminate()
-                with suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=20)
+            stop(processes)
         return Steady(warehouse_ms, kafka_ms, new_table_ms, cpu)
 
 

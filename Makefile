@@ -67,6 +67,5 @@ bench: stack-up compile
 faults: venv
 	$(BIN)/python -m tests.faults.campaign --long --dir .stack-faults $(if $(SEED),--seed $(SEED))
 
-clean: stack-down
+clean: stack-down clean-compiled
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
-	rm -f src/*.so src/bookaudit/*.so src/bookaudit/*/*.so src/bookaudit/*/*/*.so src/bookaudit/_compiled.json

@@ -18,8 +18,8 @@ from pathlib import Path
 from setuptools import setup
 
 # Pure modules whose loops run for every change (README, Benchmarks): the writer's Avro reader
-# (about 3.5 times faster compiled) and row preparer (about 1.3 times), and the capture's pgoutput decoder, transaction assembler
-# and Avro writer. None of them does I/O.
+# (about 3.5 times faster compiled) and row preparer (about 1.3 times), and the capture's
+# pgoutput decoder, transaction assembler and Avro writer. None of them does I/O.
 COMPILED = [
     "src/bookaudit/kafka/_avro_read.py",
     "src/bookaudit/kafka/_avro_fast.py",

@@ -161,8 +161,8 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate what still runs, kill what ignores it, and reap all: spawned in sessions of
-    their own, they would otherwise outlive the bench, which a Ctrl-C no longer reaches them."""
+    """Terminate what still runs, kill what ignores that, and reap all. Spawned in sessions of
+    their own, the processes no longer get the bench's Ctrl-C and would otherwise outlive it."""
     for process in processes:
         with suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)

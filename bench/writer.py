@@ -440,7 +440,12 @@ def bookings_topic(bootstrap: str, topic: str) -> None:
     record (LogAppendTime): the time an event reached Kafka is then read after the window, from
     the records themselves, instead of by a consumer working beside what is measured."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = NewTopic(topic, num_partitions=3, config={"message.timestamp.type": "LogAppendTime"})
+    new = NewTopic(
+        topic,
+        # As many partitions as the capture would have made it with.
+        num_partitions=CaptureSettings.partitions,
+        config={"message.timestamp.type": "LogAppendTime"},
+    )
     admin.create_topics([new])[topic].result(timeout=30)
 
 

@@ -192,6 +192,9 @@ class WarehouseWriter:
                     [format_position(r.key[1]) for r in rows],
                     [r.key[2] for r in rows],
                 ),
+                # Planned each time with the batch's keys: a prepared plan made while the
+                # table was small hashed all of row_changes for every batch that checks.
+                prepare=False,
             ).fetchall()
             stored = {(s, parse_position(c), int(q)) for s, c, q in found}
             new = [r for r in rows if r.key not in stored]

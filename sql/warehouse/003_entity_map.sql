@@ -184,8 +184,13 @@ CREATE TABLE IF NOT EXISTS audit.mapped_changes (
 -- Link the given row changes, and whatever waited for them: a payment that arrives before its
 -- invoice (they travel on different topics) is linked when the invoice arrives. A row belongs
 -- to every booking that any version of it (or of its parent) named, so a move shows in both.
+-- Planned afresh on every call: PL/pgSQL caches a statement's plan for its session, and a writer's
+-- session lives for days. A plan cached while row_changes was empty (a new warehouse) scanned
+-- the whole table for `id = ANY (ids)` on every batch, until autovacuum's first ANALYZE: 1.5 s
+-- a batch at 44k rows, and the writer minutes behind. Planning costs well under a millisecond
+-- a batch.
 CREATE OR REPLACE FUNCTION audit.link_changes(ids bigint[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     frontier bigint[] := ids;
     found bigint[];

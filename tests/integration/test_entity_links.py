@@ -166,3 +166,51 @@ def test_map_apply_relinks_only_when_the_map_changed(warehouse: str) -> None:
         conn.execute("DELETE FROM audit.mapped_changes")
     init_warehouse(warehouse)
     assert bookings_of(warehouse, note) == {"J-1"} and bookings_of(warehouse, sample) == {"42"}
+
+
+def test_a_writer_session_older_than_its_rows_still_links_by_index(warehouse: str) -> None:
+    """A writer's session outlives the table sizes its plans were made for. PL/pgSQL caches a
+    statement's plan per session: one cached while row_changes was empty looked up a batch's ids
+    by scanning the whole table, every batch, until autovacuum happened to analyze it."""
+    rows = Rows(warehouse)
+    with psycopg.connect(warehouse, autocommit=True) as writer:
+
+        def link_batch() -> int:
+            """One batch through the writer's session: its row scans of row_changes."""
+            payment = rows.add(
+                "jobs", "billing.payments", {"payment_id": "9001"},
+                {"payment_id": "9001", "invoice_ref": "7001", "paid": "1.00"},
+            )  # fmt: skip
+            invoice = rows.add(
+                "jobs", "billing.invoices", {"invoice_no": "7001"},
+                {"invoice_no": "7001", "job_ref": "J-1", "total": "1.00"},
+            )  # fmt: skip
+            # The counts are the session's since its last report, which happens between
+            # transactions only: the difference within one transaction is this call's.
+            with writer.transaction():
+                before = seq_scans()
+                writer.execute("SELECT audit.link_changes(%s)", ([payment, invoice],))
+                scans = seq_scans() - before
+            assert bookings_of(warehouse, payment) == {"J-1"}
+            return scans
+
+        def seq_scans() -> int:
+            row = writer.execute(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables "
+                "WHERE schemaname = 'audit' AND relname = 'row_changes'"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        # Enough calls on a near-empty table for every plan to be cached as the generic one.
+        for _ in range(8):
+            link_batch()
+        with psycopg.connect(warehouse) as bulk:
+            bulk.execute(
+                "INSERT INTO audit.row_changes (source, commit_lsn, sequence, lsn, txid, "
+                "committed_at, schema_name, table_name, action, row_key, after, actor_origin, "
+                "kafka_topic, kafka_partition, kafka_offset) "
+                "SELECT 'other', '1/0'::pg_lsn + g, 0, '1/0'::pg_lsn + g, 1, now(), 'public', "
+                "'notes', 'insert', jsonb_build_object('id', g), jsonb_build_object('id', g), "
+                "'application', 't', 0, g FROM generate_series(1, 20000) g"
+            )
+        assert link_batch() == 0

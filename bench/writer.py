@@ -41,7 +41,6 @@ WRITERS = 2
 TARGET_DRAIN_RATIO = 1.0
 TARGET_P99_MS = {1000: 100.0, 2500: 250.0}
 TARGET_NEW_TABLE_MS = 1000.0
-POLL_S = 0.01
 
 _PGBENCH_SCRIPT = """\\set id random(1, {rows})
 BEGIN;
@@ -153,41 +152,49 @@ def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
 # --- steady latency and new tables -------------------------------------------------------------
 
 
-@dataclass
-class WarehousePoller:
-    """Stamps each audit row as it becomes visible in the warehouse, against its commit time."""
+# When each audit row became visible: its writer's commit, from the warehouse's commit timestamps,
+# read after the window. Both times come from the one server's clock.
+_VISIBLE_MS = """
+SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) * 1000
+FROM audit.row_changes
+WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)
+"""
 
-    dsn: str
-    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
-    window: str = ""
-    since_ms: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    last_id: int = 0
-    tables_seen: dict[str, float] = field(default_factory=dict)
 
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set():
-                rows = conn.execute(
-                    "SELECT id, table_name, (extract(epoch FROM committed_at) * 1000)::bigint "
-                    "FROM audit.row_changes WHERE id > %s ORDER BY id",
-                    (self.last_id,),
-                    # Planned each time: a prepared plan made while the table was empty
-                    # scanned and sorted all of it every 10 ms, beside what it measured.
-                    prepare=False,
-                ).fetchall()
-                seen_ms = time.time() * 1000
-                for change_id, table, committed_ms in rows:
-                    self.last_id = max(self.last_id, change_id)
-                    if table != "bench_bookings":
-                        self.tables_seen.setdefault(table, seen_ms - committed_ms)
-                    elif self.window and committed_ms >= self.since_ms:
-                        self.latencies_ms[self.window].append(seen_ms - committed_ms)
-                time.sleep(POLL_S)
+def require_commit_timestamps(admin: str) -> None:
+    """The warehouse latency is read from commit timestamps, which a server keeps only with
+    track_commit_timestamp (set by the stack since 2026-11-27; it needs a restart)."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        row = conn.execute("SHOW track_commit_timestamp").fetchone()
+    if row is None or row[0] != "on":
+        raise click.ClickException(
+            "PostgreSQL runs with track_commit_timestamp = off: the bench reads when audit rows "
+            "became visible from commit timestamps; restart the stack (make stack-down "
+            "stack-up) or set it and restart the server"
+        )
 
-    def open_window(self, name: str, since_ms: int) -> None:
-        self.latencies_ms[name] = []
-        self.since_ms, self.window = since_ms, name
+
+def visible_ms(warehouse: str, table: str, since_ms: int) -> list[float]:
+    """Commit → visible in the warehouse, ms, of each audit row of `table` committed from
+    `since_ms` on. The rows of one writer transaction became visible together, at its commit."""
+    with psycopg.connect(warehouse, autocommit=True) as conn:
+        rows = conn.execute(_VISIBLE_MS, (table, since_ms)).fetchall()
+    if any(ms is None for (ms,) in rows):
+        raise click.ClickException(
+            f"an audit row of {table} has no commit timestamp (written before the server kept them)"
+        )
+    return [float(ms) for (ms,) in rows]
+
+
+def stored(warehouse: str, table: str, since_ms: int = 0) -> int:
+    """How many audit rows of `table` committed from `since_ms` on the warehouse holds."""
+    with psycopg.connect(warehouse, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM audit.row_changes "
+            "WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)",
+            (table, since_ms),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def pgbench(source: str, rate: int, seconds: int) -> None:
@@ -195,7 +202,7 @@ def pgbench(source: str, rate: int, seconds: int) -> None:
         script.write(_PGBENCH_SCRIPT.format(rows=STEADY_ROWS))
     try:
         subprocess.run(
-            [_pg_tool("pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(rate),
+            [_pg_tool("pgbench"), "-n", "-M", "prepared", "-c", "4", "-j", "2", "-R", str(rate),
              "-T", str(seconds), "-f", script.name, source],
             check=True, capture_output=True, timeout=seconds + 120,
             # The application is a program of its own (see `spawn`).
@@ -229,7 +236,7 @@ _CPU_GROUPS = (
     "Kafka broker (all its clients)",
     "audit writer",
     "warehouse backends (writer's)",
-    "bench (warehouse poller)",
+    "bench (its process, other backends)",
 )
 
 
@@ -373,6 +380,7 @@ def _spawn_logged(
 
 
 def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
+    require_commit_timestamps(admin)
     with databases(admin, bootstrap, "benchw") as (name, source, warehouse):
         _log(f"steady: {STEADY_ROWS:,} bookings, capture and consume audit as processes ...")
         prepare(source, warehouse, name, STEADY_ROWS)
@@ -392,9 +400,6 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
             _spawn_logged(["consume", "audit"], env, logs),
         ]
         _log(f"steady: capture pid {processes[0].pid}, writer pid {processes[1].pid}")
-        poller = WarehousePoller(warehouse)
-        polling = threading.Thread(target=poller.run)
-        polling.start()
         warehouse_ms: dict[int, list[float]] = {}
         kafka_ms: dict[int, list[float]] = {}
         cpu: dict[int, CpuWindow] = {}
@@ -402,11 +407,13 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
             # The pipeline is up once a first change has gone all the way through.
             with psycopg.connect(source, autocommit=True) as conn:
                 conn.execute("UPDATE bench_bookings SET status = 'ready' WHERE id = 1")
-            wait_until("the first change in the warehouse", lambda: poller.last_id > 0)
+            wait_until(
+                "the first change in the warehouse",
+                lambda: stored(warehouse, "bench_bookings") > 0,
+            )
             for rate in RATES:
                 _log(f"steady: {rate:,} one-row transactions/s for {STEADY_S} s (pgbench) ...")
                 since_ms = int(time.time() * 1000) + WARMUP_S * 1000
-                poller.open_window(str(rate), since_ms)
                 cpu[rate] = CpuWindow(
                     admin, f"{name}_src", f"{name}_wh", processes[0].pid, processes[1].pid
                 )
@@ -418,22 +425,18 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
                 expected = len(kafka_ms[rate])
                 wait_until(
                     f"{expected} changes in the warehouse",
-                    lambda got=poller.latencies_ms[str(rate)], n=expected: len(got) >= n,
+                    lambda n=expected, t=since_ms: stored(warehouse, "bench_bookings", t) >= n,
                     timeout=300,
                 )
-                warehouse_ms[rate] = list(poller.latencies_ms[str(rate)])
-            poller.window = ""
+                warehouse_ms[rate] = visible_ms(warehouse, "bench_bookings", since_ms)
+            new_table_ms = []
             for n in range(1, NEW_TABLES + 1):
-                _log(f"new table: bench_new_{n}")
+                table = f"bench_new_{n}"
+                _log(f"new table: {table}")
                 add_table(source, n)
-                wait_until(
-                    f"bench_new_{n} in the warehouse",
-                    lambda table=f"bench_new_{n}": table in poller.tables_seen,
-                )
-            new_table_ms = [poller.tables_seen[f"bench_new_{n}"] for n in range(1, NEW_TABLES + 1)]
+                wait_until(f"{table} in the warehouse", lambda t=table: stored(warehouse, t) > 0)
+                new_table_ms.append(min(visible_ms(warehouse, table, 0)))
         finally:
-            poller.stop.set()
-            polling.join()
             stop(processes)
         return Steady(warehouse_ms, kafka_ms, new_table_ms, cpu)
 
@@ -569,7 +572,7 @@ def report_steady(s: Steady) -> None:
     click.echo(
         f"new table's first change in the warehouse: {shown} ms  target < {TARGET_NEW_TABLE_MS:.0f} ms: {_met(worst < TARGET_NEW_TABLE_MS)}"
     )
-    click.echo(f"(warehouse visibility polled every {POLL_S * 1000:.0f} ms)")
+    click.echo("(visible: the writer's commit, from the warehouse's commit timestamps)")
     if all(w.per_txn_us for w in s.cpu.values()):
         click.echo(
             "CPU per one-row transaction, µs, by process (its CPU over "

@@ -27,6 +27,7 @@ from bookaudit.cdc.settings import CaptureSettings
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
 from bookaudit.kafka.serde import decode_envelope
+from bookaudit.runtime import tune_collector
 from bookaudit.source.install import TableName, apply, plan_install
 from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
@@ -89,6 +90,8 @@ def drain(admin: str, bootstrap: str) -> Drain:
             source_dsn=source, kafka_bootstrap=bootstrap, slot=name, publication="bookaudit",
             topic_prefix=name, source_name="bench", exit_when_idle=True,
         )  # fmt: skip
+        # Both run in this process here, tuned as their commands tune theirs.
+        tune_collector()
         started = time.perf_counter()
         captured = Capture(settings, _log).run()
         capture_s = time.perf_counter() - started

@@ -26,7 +26,6 @@ from bookaudit.errors import SourceCheckError
 from bookaudit.kafka.producer import KafkaSink, ProducerSettings
 from bookaudit.kafka.serde import to_kafka
 from bookaudit.model import RowChange, SourceInfo, format_lsn, parse_lsn
-from bookaudit.runtime import tune_collector
 
 STATUS_INTERVAL_S = 1.0
 # How often the confirmed position is also written to bookaudit.capture_state (outside the slot).
@@ -57,7 +56,6 @@ class Capture:
         )
         self.ledger = AckLedger()
         self.sink = KafkaSink(ProducerSettings(settings.kafka_bootstrap, settings.partitions))
-        tune_collector()
         self.stream: ReplicationStream | None = None
         self.server_wal_end = 0
         self._last_status = 0.0

@@ -14,7 +14,6 @@ from bookaudit.consumers.audit.rows import prepare_rows
 from bookaudit.consumers.audit.writer import IdPool, Phases, WarehouseWriter
 from bookaudit.consumers.records import Record, distinct_entries, read_changes
 from bookaudit.consumers.sources import SourceGuard
-from bookaudit.runtime import tune_collector
 
 PROGRESS_INTERVAL_S = 5.0
 # While the lane writes, how long one poll waits for more records to join the pending batch: the
@@ -106,7 +105,6 @@ class AuditWriter:
         # the answer it needs the GIL back from the main thread, which is busy decoding: with
         # Python's default 5 ms switch interval the lane idled up to 5 ms per round trip.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        tune_collector()
         self._last_progress = time.monotonic()
         self._lags = LagWindow()
 

@@ -17,6 +17,7 @@ from bookaudit._commands import config_from, log
 from bookaudit.config import ENV_PREFIX, Config
 from bookaudit.errors import BookauditError, ConfigError, TerminalError, TransientError
 from bookaudit.model import MODES
+from bookaudit.runtime import tune_collector
 
 if TYPE_CHECKING:
     from bookaudit.warehouse.history import Filters
@@ -269,6 +270,7 @@ def capture(ctx: click.Context, /, exit_when_idle: bool, accept_gap: bool, **fla
     cfg = config_from(ctx, **flags)
     settings = settings_from(cfg, exit_when_idle=exit_when_idle, accept_gap=accept_gap)
     runner = OutboxRelay if cfg.mode == "trigger" else Capture
+    tune_collector()
     with_retry(lambda: runner(settings, log).run(), max_attempts=5 if exit_when_idle else None)
 
 
@@ -380,6 +382,7 @@ def consume_audit(ctx: click.Context, /, exit_when_idle: bool, **flags: Any) -> 
     from bookaudit.consumers.audit.job import AuditWriter, settings_from
 
     settings, dsn = settings_from(config_from(ctx, **flags))
+    tune_collector()
     with_retry(
         lambda: AuditWriter(settings, dsn, log).run(exit_when_idle),
         max_attempts=5 if exit_when_idle else None,

@@ -161,25 +161,27 @@ _VISIBLE_MS = """
 SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) * 1000
 FROM audit.row_changes
 WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)
+ORDER BY committed_at, id
 """
 
 
 def require_commit_timestamps(admin: str) -> None:
     """The warehouse latency is read from commit timestamps, which a server keeps only with
-    track_commit_timestamp (set by the stack since 2026-11-27; it needs a restart)."""
+    track_commit_timestamp (set by the stack's initdb since 2026-11-27)."""
     with psycopg.connect(admin, autocommit=True) as conn:
         row = conn.execute("SHOW track_commit_timestamp").fetchone()
     if row is None or row[0] != "on":
         raise click.ClickException(
             "PostgreSQL runs with track_commit_timestamp = off: the bench reads when audit rows "
-            "became visible from commit timestamps; restart the stack (make stack-down "
-            "stack-up) or set it and restart the server"
+            "became visible from commit timestamps; re-create the stack (make stack-down "
+            "stack-up, which deletes its data) or set it and restart the server"
         )
 
 
 def visible_ms(warehouse: str, table: str, since_ms: int) -> list[float]:
-    """Commit → visible in the warehouse, ms, of each audit row of `table` committed from
-    `since_ms` on. The rows of one writer transaction became visible together, at its commit."""
+    """Source commit → the writer's commit timestamp, ms, of each audit row of `table` committed
+    from `since_ms` on, in commit order. A row becomes visible when its writer's transaction
+    commits, just after the server takes that timestamp."""
     with psycopg.connect(warehouse, autocommit=True) as conn:
         rows = conn.execute(_VISIBLE_MS, (table, since_ms)).fetchall()
     if any(ms is None for (ms,) in rows):
@@ -438,7 +440,8 @@ def steady(admin: str, bootstrap: str, logs: Path | None = None) -> Steady:
                 _log(f"new table: {table}")
                 add_table(source, n)
                 wait_until(f"{table} in the warehouse", lambda t=table: stored(warehouse, t) > 0)
-                new_table_ms.append(min(visible_ms(warehouse, table, 0)))
+                # Its first change: the earliest committed.
+                new_table_ms.append(visible_ms(warehouse, table, 0)[0])
         finally:
             stop(processes)
         return Steady(warehouse_ms, kafka_ms, new_table_ms, cpu)

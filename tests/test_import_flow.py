@@ -32,6 +32,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bookaudit.chain",
             "bookaudit.kafka",
             "bookaudit.terminal",
+            "bookaudit.runtime",
         ),
     ),
     ("source install", ("bookaudit.source", "bookaudit.actor")),

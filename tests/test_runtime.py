@@ -27,13 +27,16 @@ def test_tuning_freezes_what_exists_and_raises_only_the_young_threshold() -> Non
     tune_collector()
     assert gc.get_threshold() == (YOUNG_THRESHOLD, middle, old)
     assert gc.get_freeze_count() > before
-    # Objects made afterwards are still collected: a cycle is freed by the next collection.
+    assert gc.isenabled()
+    # Objects made afterwards are still collected, without being asked: a cycle is freed once
+    # the threshold's worth of containers has been allocated after it.
     node = _Node()
     node.me = node
     gone = weakref.ref(node)
     del node
-    gc.collect()
+    kept: list[list[object]] = [[] for _ in range(YOUNG_THRESHOLD + 1000)]
     assert gone() is None
+    del kept
 
 
 class _Node:

@@ -56,7 +56,7 @@ ALTER TABLE audit.row_changes ADD CONSTRAINT row_changes_action_check
     CHECK (action IN ('insert', 'update', 'delete', 'truncate', 'existing')) NOT VALID;
 
 -- No statistics for the row images: no query compares a whole before or after (lookups go by id,
--- row key, time and actor), and sampling them cost 45 % of every ANALYZE of row_changes (450 →
+-- row key, time and actor), and sampling them cost 43 % of every ANALYZE of row_changes (450 →
 -- 255 ms at 70k rows), a burst that autovacuum repeats while a warehouse grows, beside the writer.
 ALTER TABLE audit.row_changes ALTER COLUMN before SET STATISTICS 0,
                               ALTER COLUMN after SET STATISTICS 0;

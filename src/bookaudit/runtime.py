@@ -13,8 +13,10 @@ YOUNG_THRESHOLD = 50_000
 
 
 def tune_collector() -> None:
-    """Collect rarely, and never again walk the objects that exist by now (modules, schemas,
-    settings): they live as long as the process."""
+    """Collect rarely, and never again walk the objects that exist by now (the imported modules
+    and their schemas): they live as long as the process. Garbage is collected first, or it
+    would be kept for good."""
+    gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)

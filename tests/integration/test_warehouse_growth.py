@@ -25,7 +25,9 @@ def warehouse(stack: StackEnv) -> Iterator[str]:
 
 
 def test_analyze_samples_the_keys_but_not_the_row_images(warehouse: str) -> None:
-    # Twice: rerunning init (an upgrade) keeps the setting.
+    # Twice: rerunning init, as an upgrade does, keeps the setting. (A warehouse analyzed
+    # before the upgrade keeps its old statistics of the images; ANALYZE no longer refreshes
+    # them, and no plan reads them.)
     init_warehouse(warehouse, {})
     init_warehouse(warehouse, {})
     with psycopg.connect(warehouse, autocommit=True) as conn:

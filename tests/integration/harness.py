@@ -41,6 +41,21 @@ from tests.integration.schemas import SAMPLE, Key, Schema
 
 
 @contextmanager
+def scratch_database(admin_dsn: str) -> Iterator[str]:
+    """An empty database of its own on the stack's server, dropped afterwards, failed or not."""
+    name = "t" + uuid.uuid4().hex[:10]
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextmanager
 def private_server(settings: dict[str, str]) -> Iterator[str]:
     """A second real PostgreSQL with some settings of its own (a managed database's limits):
     the shared stack must not be restarted or starved for one test."""

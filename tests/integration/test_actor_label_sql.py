@@ -4,32 +4,24 @@ bookaudit.model on every shape of context."""
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from bookaudit.model import actor_identity, actor_label
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
+from tests.integration.harness import scratch_database
 
 VALUES = (None, "", "alice", "o'brien via x")
 
 
 @pytest.fixture
 def warehouse_dsn(stack: StackEnv) -> Iterator[str]:
-    name = "t" + uuid.uuid4().hex[:10] + "_wh"
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        dsn = make_conninfo(stack.admin_dsn, dbname=name)
+    with scratch_database(stack.admin_dsn) as dsn:
         init_warehouse(dsn)
         yield dsn
-    finally:
-        with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_sql_label_and_identity_equal_the_python_ones(warehouse_dsn: str) -> None:

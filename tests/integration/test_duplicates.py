@@ -4,14 +4,12 @@ stop the writer: within one batch, across batches, and across partitions and wri
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from psycopg.conninfo import make_conninfo
 
 from bookaudit.consumers._kafka import ConsumerSettings
 from bookaudit.consumers.audit.job import AuditWriter, WriterStats
@@ -21,7 +19,7 @@ from bookaudit.warehouse.schema import init_warehouse
 from bookaudit.warehouse.verify import verify_chain
 from devstack import StackEnv
 from tests.consumers.fixtures import ENTRY
-from tests.integration.harness import Pipeline
+from tests.integration.harness import Pipeline, scratch_database
 from tests.integration.schemas import Key, Schema
 
 
@@ -201,14 +199,9 @@ def test_copies_on_other_partitions_read_by_two_writers_are_stored_once(
 
 @pytest.fixture
 def warehouse_dsn(stack: StackEnv) -> Iterator[str]:
-    name = "tw" + uuid.uuid4().hex[:10]
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(stack.admin_dsn, dbname=name)
-    init_warehouse(dsn)
-    yield dsn
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(stack.admin_dsn) as dsn:
+        init_warehouse(dsn)
+        yield dsn
 
 
 @pytest.mark.parametrize("size", [2, 100], ids=["pipelined", "copy"])

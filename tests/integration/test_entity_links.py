@@ -5,31 +5,25 @@ from __future__ import annotations
 
 import json
 import tomllib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from bookaudit.entity_map import parse_map
 from bookaudit.warehouse.mapping import apply_map
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
+from tests.integration.harness import scratch_database
 from tests.integration.schemas import JOBS, JOBS_MAP
 
 
 @pytest.fixture
 def warehouse(stack: StackEnv) -> Iterator[str]:
-    name = "wl" + uuid.uuid4().hex[:10]
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(stack.admin_dsn, dbname=name)
-    init_warehouse(dsn, {"jobs": JOBS.entity_map})
-    yield dsn
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(stack.admin_dsn) as dsn:
+        init_warehouse(dsn, {"jobs": JOBS.entity_map})
+        yield dsn
 
 
 class Rows:

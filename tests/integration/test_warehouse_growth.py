@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from bookaudit.warehouse.schema import init_warehouse
 from devstack import StackEnv
+from tests.integration.harness import scratch_database
 
 
 @pytest.fixture
 def warehouse(stack: StackEnv) -> Iterator[str]:
-    name = "wg" + uuid.uuid4().hex[:10]
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(stack.admin_dsn, dbname=name)
-    yield dsn
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(stack.admin_dsn) as dsn:
+        yield dsn
 
 
 def test_analyze_samples_the_keys_but_not_the_row_images(warehouse: str) -> None:

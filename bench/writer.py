@@ -157,10 +157,13 @@ def drain_by_group(admin: str, bootstrap: str, prefix: str) -> float:
 
 # When each audit row became visible: its writer's commit, from the warehouse's commit timestamps,
 # read after the window. Both times come from the one server's clock.
-_VISIBLE_MS = """
+# The audit rows of one table committed from a time on: what is counted and what is measured.
+_ROWS_OF = (
+    "FROM audit.row_changes WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)"
+)
+_VISIBLE_MS = f"""
 SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) * 1000
-FROM audit.row_changes
-WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)
+{_ROWS_OF}
 ORDER BY committed_at, id
 """
 
@@ -194,11 +197,7 @@ def visible_ms(warehouse: str, table: str, since_ms: int) -> list[float]:
 def stored(warehouse: str, table: str, since_ms: int = 0) -> int:
     """How many audit rows of `table` committed from `since_ms` on the warehouse holds."""
     with psycopg.connect(warehouse, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM audit.row_changes "
-            "WHERE table_name = %s AND committed_at >= to_timestamp(%s / 1000.0)",
-            (table, since_ms),
-        ).fetchone()
+        row = conn.execute(f"SELECT count(*) {_ROWS_OF}", (table, since_ms)).fetchone()
     return int(row[0]) if row else 0
 
 
